@@ -1,0 +1,128 @@
+"""Files that survive crashes: atomic writes, JSONL reading, and resumable JSONL outputs.
+
+Every stage writes its outputs through these helpers, so an interrupted run never leaves a half-written file
+where a complete one is expected, and a long stage can continue where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deliberate.errors import DeliberateError
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` so that readers see the old file or the whole new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write rows as JSON lines, atomically."""
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_yaml(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file; a malformed line is an error naming the file and line."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DeliberateError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+class ResumableJsonl:
+    """A JSONL output built up row by row, that an interrupted run continues without duplicates or gaps.
+
+    Rows are appended (and fsynced) to `<path>.partial`, each with a unique key; on restart the rows already
+    there are kept and their keys reported as done, so the caller only produces the missing ones. A line cut
+    short by a crash is dropped. `finish()` writes the complete file atomically, in the caller's order, and
+    removes the partial file. Rows of a finished file count as done too, so a finished output is reused.
+    """
+
+    def __init__(self, path: str | Path, key: str = "key"):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.key = key
+        self.rows: dict[str, dict[str, Any]] = {}
+        for source in (self.path, self.partial):  # a finished file, then rows added since
+            if source.exists():
+                for row in self._read_tolerant(source):
+                    self.rows[row[key]] = row
+
+    def _read_tolerant(self, path: Path) -> Iterator[dict[str, Any]]:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the last line of a crashed write
+                if isinstance(row, dict) and self.key in row:
+                    yield row
+
+    @property
+    def done(self) -> set[str]:
+        return set(self.rows)
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        rows = [r for r in rows if r[self.key] not in self.rows]
+        if not rows:
+            return
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self._repair_tail()
+        with open(self.partial, "a", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        for r in rows:
+            self.rows[r[self.key]] = r
+
+    def _repair_tail(self) -> None:
+        """Cut a trailing partial line left by a crash, so the next append starts on a fresh line."""
+        if not self.partial.exists() or self.partial.stat().st_size == 0:
+            return
+        data = self.partial.read_bytes()
+        if not data.endswith(b"\n"):
+            self.partial.write_bytes(data[: data.rfind(b"\n") + 1])
+
+    def finish(self, order: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        keys = list(order) if order is not None else list(self.rows)
+        missing = [k for k in keys if k not in self.rows]
+        if missing:
+            raise RuntimeError(f"{self.path}: {len(missing)} rows missing at finish (e.g. {missing[0]!r})")
+        rows = [self.rows[k] for k in keys]
+        write_jsonl(self.path, rows)
+        self.partial.unlink(missing_ok=True)
+        return rows

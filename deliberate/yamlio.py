@@ -1,0 +1,118 @@
+"""YAML loading with YAML 1.2 scalars.
+
+PyYAML implements YAML 1.1, whose implicit typing surprises people writing recipes: `1e-5` stays a string
+(1.1 floats need a dot), `no`/`off`/`y` become booleans, `010` is octal and `1:30` is a base-60 integer. We use
+YAML 1.2 core-schema resolution instead: `true`/`false` only, decimal/0o/0x integers, floats with or without a
+dot, `.inf`, `.nan`, `null`/`~`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deliberate.errors import DeliberateError
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    pass
+
+
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in {
+        "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
+}
+
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
+Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+.0123456789"))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    value = loader.construct_scalar(node)
+    if value.startswith("0o"):
+        return int(value[2:], 8)
+    if value.startswith("0x"):
+        return int(value[2:], 16)
+    return int(value, 10)
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.Node) -> float:
+    value = loader.construct_scalar(node).lower()
+    if value.endswith(".inf"):
+        return float("-inf") if value.startswith("-") else float("inf")
+    return float(value)
+
+
+Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+Yaml12Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    try:
+        return yaml.load(text, Loader=Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(e, "problem", None) or str(e)
+        raise DeliberateError(f"{where}: malformed YAML: {problem}") from None
+
+
+def load_yaml_file(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise DeliberateError(f"{path}: no such file")
+    return parse_yaml(path.read_text(encoding="utf-8"), str(path))
+
+
+def _field_names(cls: type, loc: tuple) -> list[str]:
+    """Names of the fields allowed beside the unknown one at `loc`, for the error message."""
+    from pydantic import BaseModel
+
+    model = cls
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def validate(cls: type, data: Any, source: str):
+    """Validate `data` against the pydantic model `cls`; errors name the source, the field and what was expected."""
+    import difflib
+
+    from pydantic import ValidationError
+
+    if data is None:
+        data = {}
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            field = ".".join(str(p) for p in loc) or "(top level)"
+            if err["type"] == "extra_forbidden":
+                allowed = _field_names(cls, loc)
+                close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                msg = f"unknown field ({hint}expected one of: {', '.join(allowed)})"
+            else:
+                msg = err["msg"]
+                if "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
+                    msg += f", got {err['input']!r}"
+            parts.append(f"{field}: {msg}")
+        more = f" (and {len(parts) - 3} more)" if len(parts) > 3 else ""
+        raise DeliberateError(f"{source}: " + "; ".join(parts[:3]) + more) from None
