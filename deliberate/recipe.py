@@ -1,0 +1,244 @@
+"""The recipe: one YAML file that says which model, spec, data and judge a run uses, and each stage's settings.
+
+Every field is documented here; these docstrings are the reference for recipe authors. A recipe is validated
+when it is loaded: an unknown field, a wrong type or a bad value is reported as one line that names the file
+and the field. Any field can be overridden from the command line with `--set section.field=value` (the value is
+read as YAML, so `--set sft.learning_rate=1e-4` is a float and `--set data.where.split=heldout` a string).
+
+Relative paths in a recipe (data files, spec files, output folders) are relative to the directory you run
+`deliberate` from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from deliberate.errors import DeliberateError
+from deliberate.io import write_yaml
+from deliberate.yamlio import load_yaml_file, parse_yaml, validate
+
+Expected = Literal["comply", "refuse", "safe_complete"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class ModelConfig(Section):
+    name: str = "smollm2"
+    """A Hugging Face Hub id, a local model folder, a PEFT adapter folder, or `smollm2` (the embedded
+    SmolLM2-135M-Instruct)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) for a Hub id."""
+    base: str | None = None
+    """For an adapter folder: the base model to put it on, when the path recorded in the adapter has moved."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; `auto` is bfloat16 on a GPU that supports it and float32 on CPU."""
+    device: str = "auto"
+    """`auto`, `cpu`, `cuda`, `cuda:1`, ..."""
+    trust_remote_code: bool = False
+    """Run code shipped with the model. Off unless you trust the model's authors."""
+    attn_implementation: str | None = None
+    """e.g. `sdpa`, `eager`, `flash_attention_2`; the transformers default when unset."""
+
+
+class ColumnMap(Section):
+    prompt: str = "prompt"
+    """Column holding the user prompt."""
+    category: str | None = None
+    """Column holding the safety category (matched against the spec's ids, titles and aliases)."""
+    expected: str | None = None
+    """Column holding the expected behaviour or a safe/unsafe label (mapped through `label_map`)."""
+    id: str | None = None
+    """Column holding a stable row id; row numbers are used when unset."""
+
+
+class DataConfig(Section):
+    source: str = "builtin:demo"
+    """`builtin:demo` (the project's demo prompts), a local .csv/.json/.jsonl/.parquet file (optionally .gz),
+    or a Hugging Face dataset id."""
+    subset: str | None = None
+    """Dataset configuration name, for Hub datasets that have several."""
+    split: str = "train"
+    """Split to read from a Hub dataset."""
+    columns: ColumnMap = Field(default_factory=ColumnMap)
+    """Which columns hold what. For `builtin:demo` and files with the standard names this can stay unset."""
+    category: str | None = None
+    """One category for every row (e.g. `illicit_behavior` for AdvBench), when there is no category column."""
+    expected: Expected | None = None
+    """One expected behaviour for every row (e.g. `refuse` for a set of harmful prompts)."""
+    category_map: dict[str, str] = Field(default_factory=dict)
+    """Rename dataset categories to spec categories, e.g. `{"Illegal goods and services": illicit_behavior}`;
+    names the spec already knows (ids, titles, aliases) need no entry."""
+    label_map: dict[str, Expected] = Field(default_factory=dict)
+    """Extra mappings from label values to expected behaviours, on top of the built-in ones (safe -> comply,
+    unsafe/harmful -> refuse, ...)."""
+    where: dict[str, str | int | bool | list[str | int | bool]] = Field(default_factory=dict)
+    """Keep only rows whose column equals the value (or one of the listed values), e.g. `{split: heldout}`."""
+    limit: int | None = Field(default=None, ge=1)
+    """Keep only the first N rows (after `where`)."""
+
+
+class GenerationConfig(Section):
+    max_new_tokens: int = Field(default=256, ge=1)
+    """Most tokens generated per answer; generation stops earlier at the model's end-of-sequence token."""
+    temperature: float = Field(default=0.0, ge=0.0)
+    """0 means greedy decoding."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    """0 disables top-k filtering."""
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    batch_size: int = Field(default=16, ge=1)
+    """Prompts generated together; prompts are sorted by length first so batches waste little padding."""
+    seed: int = 0
+    """Sampling seed."""
+
+
+class JudgeConfig(Section):
+    backend: Literal["rules", "openai", "hf", "classifier"] = "rules"
+    """`rules` (offline refusal detection), `openai` (any OpenAI-compatible server), `hf` (a local generative
+    model) or `classifier` (a local reward/cost model)."""
+    model: str | None = None
+    """The judge model: an API model name for `openai`, a folder or Hub id for `hf` and `classifier`."""
+    base_url: str | None = None
+    """Endpoint for `openai` (e.g. a vLLM server); the OpenAI API when unset."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable that holds the API key. The key itself never goes in a recipe."""
+    max_concurrency: int = Field(default=16, ge=1)
+    """Requests in flight at once."""
+    timeout: float = Field(default=60.0, gt=0)
+    """Seconds per request."""
+    max_retries: int = Field(default=6, ge=0)
+    """Retries of a failed request (429, 5xx, timeout), with exponential backoff."""
+    repeats: int = Field(default=1, ge=1)
+    """Times each item is judged (k); pointwise repeats are aggregated by `aggregate`."""
+    aggregate: Literal["min", "mean"] = "min"
+    """How repeated pointwise scores combine: `min` is the deliberative-alignment filter."""
+    hide_reasoning: bool = True
+    """Judge only the final answer, with the chain of thought removed."""
+
+
+class SFTConfig(Section):
+    learning_rate: float = Field(default=2e-5, gt=0)
+    num_train_epochs: float = Field(default=2.0, gt=0)
+    per_device_train_batch_size: int = Field(default=8, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    """Batches whose gradients are summed before each optimiser step."""
+    max_length: int = Field(default=1024, ge=16)
+    """Longest training sequence in tokens; longer examples are truncated."""
+    lora: bool = True
+    """Train a LoRA adapter (True) or all weights (False)."""
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    keep_reasoning: bool = True
+    """Keep the chain of thought in the training target (deliberative alignment) or train on answers only."""
+
+
+class DPOConfig(Section):
+    beta: float = Field(default=0.1, gt=0)
+    """KL strength; SACPO's safety stage uses beta / lambda."""
+    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"])
+    """TRL DPO loss variants (combined when several)."""
+    learning_rate: float = Field(default=5e-7, gt=0)
+    num_train_epochs: float = Field(default=1.0, gt=0)
+    lora: bool = True
+    """Train a LoRA adapter (the adapter-disabled model is then the reference) or all weights."""
+
+
+class RLConfig(Section):
+    algo: Literal["grpo", "rloo", "ppo", "ppo-lagrangian"] = "grpo"
+    """`grpo` / `rloo` (TRL, no value model), `ppo` (with a value model) or `ppo-lagrangian` (Safe RLHF)."""
+    learning_rate: float = Field(default=1e-6, gt=0)
+    num_generations: int = Field(default=8, ge=2)
+    """Completions sampled per prompt (GRPO/RLOO group size)."""
+    kl_coef: float = Field(default=0.05, ge=0)
+    """Weight of the KL penalty to the reference model."""
+    lora: bool = True
+    """Train a LoRA adapter or all weights."""
+
+
+class MergeConfig(Section):
+    method: Literal["linear", "task_arithmetic", "ties", "dare_ties", "slerp"] = "linear"
+    """mergekit merge method."""
+    models: list[str] = Field(default_factory=list)
+    """Models to merge (folders, adapters or Hub ids)."""
+    weights: list[float] = Field(default_factory=list)
+    """One weight per model (linear: normalised mixing weights)."""
+
+
+class EvalConfig(Section):
+    benchmarks: list[str] = Field(default_factory=lambda: ["demo"])
+    """Benchmark names from `eval/` or data files."""
+    models: list[str] = Field(default_factory=list)
+    """Models to compare; the recipe's `model` is the base they are compared with."""
+    pairwise_repeats: int = Field(default=3, ge=1)
+    """Times each answer pair is judged in each order (SACPO: 3)."""
+    bootstrap_samples: int = Field(default=1000, ge=100)
+    """Resamples for the 95% confidence intervals."""
+
+
+class Recipe(Section):
+    name: str = "default"
+    """A name for the run; it appears in reports."""
+    output_dir: Path = Path("runs/default")
+    """Where every stage writes its outputs (one subfolder per stage)."""
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    spec: str = "default"
+    """The policy spec: `default` (built in) or a path to a spec YAML file."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_word(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fully resolved recipe (overrides applied); it holds no secrets by construction."""
+        return write_yaml(path, self.model_dump(mode="json"))
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` assignment to nested dicts, reading the value as YAML 1.2."""
+    key, sep, raw = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise DeliberateError(f"--set '{assignment}': expected section.field=value")
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise DeliberateError(f"--set '{assignment}': '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = parse_yaml(raw, f"--set {key}") if raw.strip() else ""
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Load and validate a recipe (the defaults when `path` is None), then apply `--set` overrides."""
+    data: Any = load_yaml_file(path) if path else {}
+    if data is None:
+        data = {}
+    source = str(path) if path else "defaults"
+    if not isinstance(data, dict):
+        raise DeliberateError(f"{source}: a recipe is a mapping of sections (model, data, ...), got {type(data).__name__}")
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    if overrides:
+        source += " with --set " + ", ".join(a.partition("=")[0] for a in overrides)
+    return validate(Recipe, data, source)
