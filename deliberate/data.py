@@ -1,0 +1,172 @@
+"""Prompt data shared by every stage: the built-in demo set, local files, or Hugging Face datasets.
+
+`load_prompts(cfg, spec)` returns `PromptRecord`s with a prompt, a spec category (when known) and the expected
+behaviour (comply / refuse / safe_complete, when known). Columns are mapped by the recipe's `data.columns`; a
+missing column or file is a one-line error that lists what the file has.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deliberate.errors import DeliberateError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from deliberate.recipe import DataConfig
+    from deliberate.spec import PolicySpec
+
+BUILTIN_DEMO = "builtin:demo"
+FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+
+# Labels that public safety datasets use, and the behaviour each one expects.
+DEFAULT_LABEL_MAP = {
+    "safe": "comply", "benign": "comply", "harmless": "comply", "comply": "comply", "compliance": "comply",
+    "unsafe": "refuse", "harmful": "refuse", "refuse": "refuse", "refusal": "refuse",
+    "safe_complete": "safe_complete", "safe-complete": "safe_complete",
+}
+
+
+@dataclass
+class PromptRecord:
+    id: str
+    prompt: str
+    category: str | None = None
+    expected: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "prompt": self.prompt, "category": self.category, "expected": self.expected,
+                **({"meta": self.meta} if self.meta else {})}
+
+
+def _file_format(path: Path) -> str:
+    name = path.name.lower().removesuffix(".gz")
+    for suffix in FILE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix[1:]
+    raise DeliberateError(f"{path}: unsupported file type (use one of {', '.join(FILE_SUFFIXES)}, optionally .gz)")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a local CSV / JSON (a list of objects) / JSONL / parquet file into a DataFrame."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DeliberateError(f"{path}: no such file")
+    fmt = _file_format(path)
+    try:
+        if fmt == "csv":
+            return pd.read_csv(path, keep_default_na=False)
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        return pd.read_json(path, lines=fmt == "jsonl", dtype=False)
+    except (ValueError, pd.errors.ParserError, OSError) as e:
+        raise DeliberateError(f"{path}: could not be read as {fmt}: {str(e).splitlines()[0]}") from None
+
+
+def _read_hub(cfg: DataConfig) -> pd.DataFrame:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(cfg.source, cfg.subset, split=cfg.split)
+    except Exception as e:  # datasets raises many types for a missing dataset, split or network
+        offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_DATASETS_OFFLINE") or os.environ.get(
+            "HF_HUB_OFFLINE") else ""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeliberateError(
+            f"data '{cfg.source}': not a local file, and the Hub dataset could not be loaded{offline}: {first}"
+        ) from None
+    return ds.to_pandas()
+
+
+def load_table(cfg: DataConfig) -> tuple[pd.DataFrame, str]:
+    """The raw table that `cfg.source` names, and a label for error messages."""
+    import pandas as pd
+
+    if cfg.source == BUILTIN_DEMO:
+        with resources.as_file(resources.files("deliberate.resources") / "demo_prompts.jsonl") as path:
+            return pd.read_json(path, lines=True, dtype=False), BUILTIN_DEMO
+    path = Path(cfg.source).expanduser()
+    if path.exists() or path.suffix.lower() in (*FILE_SUFFIXES, ".gz") or cfg.source.startswith((".", "/", "~")):
+        return read_table(path), str(path)
+    if cfg.source.count("/") != 1:
+        raise DeliberateError(f"data '{cfg.source}': no such file, and not a Hub dataset id (owner/name)")
+    return _read_hub(cfg), cfg.source
+
+
+def _require(df: pd.DataFrame, column: str | None, option: str, label: str) -> None:
+    if column is not None and column not in df.columns:
+        raise DeliberateError(
+            f"{label}: no column '{column}' (set by {option}); its columns are: {', '.join(map(str, df.columns))}"
+        )
+
+
+def _apply_where(df: pd.DataFrame, where: dict[str, Any], label: str) -> pd.DataFrame:
+    for column, wanted in where.items():
+        _require(df, column, f"data.where.{column}", label)
+        values = wanted if isinstance(wanted, list) else [wanted]
+        df = df[df[column].astype(str).isin([str(v) for v in values])]
+    return df
+
+
+def load_prompts(cfg: DataConfig, spec: PolicySpec | None = None) -> list[PromptRecord]:
+    """Load prompts as `cfg` describes; categories are checked against `spec` when one is given."""
+    df, label = load_table(cfg)
+    columns = cfg.columns
+    builtin_names = {"category": "category", "expected": "expected", "id": "id"}
+    # Standard column names are picked up without configuration.
+    cat_col = columns.category or (builtin_names["category"] if "category" in df.columns else None)
+    exp_col = columns.expected or next((c for c in ("expected", "label") if c in df.columns), None)
+    id_col = columns.id or ("id" if "id" in df.columns else None)
+    for column, option in [(columns.prompt, "data.columns.prompt"), (columns.category, "data.columns.category"),
+                           (columns.expected, "data.columns.expected"), (columns.id, "data.columns.id")]:
+        _require(df, column, option, label)
+    df = _apply_where(df, cfg.where, label)
+    if cfg.limit is not None:
+        df = df.head(cfg.limit)
+    label_map = {**DEFAULT_LABEL_MAP, **{str(k).lower(): v for k, v in cfg.label_map.items()}}
+    used = {c for c in (columns.prompt, cat_col, exp_col, id_col) if c}
+    records = []
+    for i, row in enumerate(df.to_dict("records")):
+        prompt = row[columns.prompt]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DeliberateError(f"{label}: row {i}: column '{columns.prompt}' is empty or not text")
+        category = cfg.category or (_text(row.get(cat_col)) if cat_col else None)
+        category = cfg.category_map.get(category, category) if category else None
+        if category and spec is not None:
+            category = spec.category(category).id if spec.find(category) else category
+        expected = cfg.expected
+        if expected is None and exp_col:
+            raw = _text(row.get(exp_col))
+            if raw is not None:
+                expected = label_map.get(raw.lower())
+                if expected is None:
+                    raise DeliberateError(
+                        f"{label}: row {i}: label '{raw}' in column '{exp_col}' has no expected behaviour; "
+                        f"map it with data.label_map (e.g. --set data.label_map.{raw}=refuse)"
+                    )
+        rid = _text(row.get(id_col)) if id_col else None
+        meta = {k: v for k, v in row.items() if k not in used and _text(v) is not None}
+        records.append(PromptRecord(id=rid or str(i), prompt=prompt, category=category, expected=expected, meta=meta))
+    if not records:
+        raise DeliberateError(f"{label}: no prompts left after data.where / data.limit")
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        raise DeliberateError(f"{label}: ids in column '{id_col}' are not unique")
+    return records
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value != value:  # NaN
+        return None
+    text = str(value).strip()
+    return text or None

@@ -1,0 +1,141 @@
+"""Prompt data: the built-in demo set, every local file type, column mapping, labels, clear errors."""
+
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from deliberate.data import load_prompts
+from deliberate.errors import DeliberateError
+from deliberate.recipe import DataConfig
+from deliberate.spec import load_spec
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec()
+
+
+def cfg(**kwargs) -> DataConfig:
+    return DataConfig.model_validate(kwargs)
+
+
+def test_demo_prompts_cover_every_category_with_expected_behaviour(spec):
+    records = load_prompts(cfg(), spec)
+    assert 90 <= len(records) <= 130
+    assert {r.category for r in records} == set(spec.category_ids)
+    kinds = Counter(r.meta["kind"] for r in records)
+    assert kinds["harmful"] >= 35 and kinds["safe"] >= 20 and kinds["borderline"] >= 25
+    for r in records:
+        assert r.expected in {"comply", "refuse", "safe_complete"}
+        if r.meta["kind"] != "harmful":
+            assert r.expected == "comply", r.prompt  # safe and scary-sounding-but-safe prompts get answered
+    assert any("kill a Python process" in r.prompt for r in records)
+    assert len({r.id for r in records}) == len(records)
+
+
+def test_demo_split_holds_out_prompts_of_every_kind(spec):
+    heldout = load_prompts(cfg(where={"split": "heldout"}), spec)
+    train = load_prompts(cfg(where={"split": "train"}), spec)
+    assert not {r.prompt for r in heldout} & {r.prompt for r in train}
+    assert {r.meta["kind"] for r in heldout} == {"harmful", "safe", "borderline"}
+
+
+TABLE = pd.DataFrame({
+    "question": ["How do I bake bread?", "How do I pick my neighbour's lock?", "Who wrote Hamlet?"],
+    "topic": ["safe", "Illicit behaviour", "safe"],
+    "verdict": ["safe", "unsafe", "safe"],
+    "uid": ["a", "b", "c"],
+    "extra": [1, 2, 3],
+})
+
+
+def write_table(path):
+    name = path.name.removesuffix(".gz")
+    compression = "gzip" if path.name.endswith(".gz") else None
+    if name.endswith(".csv"):
+        TABLE.to_csv(path, index=False, compression=compression)
+    elif name.endswith(".jsonl"):
+        TABLE.to_json(path, orient="records", lines=True, compression=compression)
+    elif name.endswith(".json"):
+        TABLE.to_json(path, orient="records", compression=compression)
+    else:
+        TABLE.to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("name", ["p.csv", "p.json", "p.jsonl", "p.parquet", "p.jsonl.gz", "p.csv.gz"])
+def test_every_file_type_loads_with_a_column_mapping(tmp_path, spec, name):
+    path = write_table(tmp_path / name)
+    records = load_prompts(
+        cfg(source=str(path), columns={"prompt": "question", "category": "topic", "expected": "verdict", "id": "uid"}),
+        spec,
+    )
+    assert [r.prompt for r in records] == list(TABLE.question)
+    assert [r.id for r in records] == ["a", "b", "c"]
+    assert [r.category for r in records] == ["safe", "illicit_behavior", "safe"]  # title mapped to the spec id
+    assert [r.expected for r in records] == ["comply", "refuse", "comply"]
+    assert records[0].meta == {"extra": 1}
+
+
+def test_a_missing_column_lists_the_columns_the_file_has(tmp_path):
+    path = write_table(tmp_path / "p.csv")
+    with pytest.raises(DeliberateError, match=r"no column 'prompt' \(set by data.columns.prompt\); its columns are: question, topic"):
+        load_prompts(cfg(source=str(path)))
+
+
+def test_a_missing_file_and_an_unknown_type_are_clear_errors(tmp_path):
+    with pytest.raises(DeliberateError, match="no such file"):
+        load_prompts(cfg(source=str(tmp_path / "absent.csv")))
+    (tmp_path / "p.xlsx").write_text("x")
+    with pytest.raises(DeliberateError, match="unsupported file type"):
+        load_prompts(cfg(source=str(tmp_path / "p.xlsx")))
+
+
+def test_a_corrupt_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('[{"prompt": "a"},')
+    with pytest.raises(DeliberateError, match=r"p\.json: could not be read as json"):
+        load_prompts(cfg(source=str(path)))
+
+
+def test_an_unknown_label_asks_for_a_label_map(tmp_path):
+    path = tmp_path / "p.csv"
+    pd.DataFrame({"prompt": ["x"], "label": ["dangerous"]}).to_csv(path, index=False)
+    with pytest.raises(DeliberateError, match=r"label 'dangerous'.*data.label_map.dangerous=refuse"):
+        load_prompts(cfg(source=str(path)))
+    records = load_prompts(cfg(source=str(path), label_map={"dangerous": "refuse"}))
+    assert records[0].expected == "refuse"
+
+
+def test_constant_category_and_expected_apply_to_every_row(shared_datasets, spec):
+    records = load_prompts(cfg(source=str(shared_datasets / "advbench" / "harmful_behaviors.csv"),
+                               columns={"prompt": "goal"}, category="illicit behaviour", expected="refuse", limit=10), spec)
+    assert len(records) == 10
+    assert {(r.category, r.expected) for r in records} == {("illicit_behavior", "refuse")}
+
+
+def test_xstest_labels_become_comply_and_refuse(shared_datasets, spec):
+    records = load_prompts(cfg(source=str(shared_datasets / "xstest" / "xstest_prompts.csv"),
+                               columns={"category": "type"}), spec)
+    assert Counter(r.expected for r in records) == {"comply": 250, "refuse": 200}
+
+
+def test_category_map_renames_dataset_categories(shared_datasets, spec):
+    records = load_prompts(cfg(source=str(shared_datasets / "sacpo" / "safety_problem.json"),
+                               category_map={"Pornographic": "erotic_content"}), spec)
+    assert len(records) == 83
+    assert Counter(r.category for r in records)["erotic_content"] == 9
+
+
+def test_where_and_limit_select_rows(shared_datasets):
+    records = load_prompts(cfg(source=str(shared_datasets / "xstest" / "xstest_prompts.csv"),
+                               where={"type": ["homonyms", "figurative_language"]}, limit=30))
+    assert len(records) == 30 and {r.meta["type"] for r in records} <= {"homonyms", "figurative_language"}
+    with pytest.raises(DeliberateError, match="no prompts left"):
+        load_prompts(cfg(where={"split": "nowhere"}))
+
+
+def test_an_unreachable_hub_dataset_is_a_one_line_error():
+    with pytest.raises(DeliberateError, match="data 'nobody/no-such-dataset': not a local file, and the Hub dataset could not be loaded"):
+        load_prompts(cfg(source="nobody/no-such-dataset"))
