@@ -1,0 +1,284 @@
+"""The `deliberate` command line: a thin layer over the package.
+
+Every verb takes `--recipe R.yaml` and any number of `--set section.field=value` overrides; typed flags such as
+`--model` are shorthands for the most common overrides. User errors print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from deliberate import __version__
+from deliberate.errors import EXIT_USAGE, DeliberateError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _App(typer.Typer):
+    """Typer app that turns a DeliberateError into one line on stderr and exit code 2."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except DeliberateError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(EXIT_USAGE)
+
+
+app = _App(
+    name="deliberate",
+    help=(
+        "Align language models to a written safety policy and compare alignment methods.\n\n"
+        "Stages: sft (deliberative spec-reasoning SFT), rl (judge-scored online RL), dpo (offline preference "
+        "optimisation: DPO/KTO, SACPO, MODPO), merge (mergekit, P-SACPO), eval (safety benchmarks, win rates, "
+        "reports). Every verb reads a recipe (--recipe R.yaml) and takes --set section.field=value overrides.\n\n"
+        "Example: deliberate answer --recipe recipes/demo.yaml --set generation.max_new_tokens=64"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold secrets; never print them
+    add_completion=False,
+    rich_markup_mode="markdown",
+)
+spec_app = typer.Typer(help="Show, validate and render policy specs.", no_args_is_help=True)
+model_app = typer.Typer(help="Prepare and inspect models.", no_args_is_help=True)
+recipe_app = typer.Typer(help="Inspect recipes.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+app.add_typer(model_app, name="model")
+app.add_typer(recipe_app, name="recipe")
+
+RecipeOpt = Annotated[
+    Path | None, typer.Option("--recipe", "-r", help="Recipe YAML file; the built-in defaults when omitted.")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a recipe field: section.field=value (repeatable).", metavar="KEY=VALUE"),
+]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", "-m", help="Shorthand for --set model.name=...: Hub id, folder or smollm2.")
+]
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Shorthand for --set output_dir=...")]
+
+
+def _recipe(recipe: Path | None, sets: list[str] | None, model: str | None = None, output: Path | None = None):
+    from deliberate.recipe import load_recipe
+
+    overrides = list(sets or [])
+    if model:
+        overrides.append(f"model.name={model}")
+    if output:
+        overrides.append(f"output_dir={output}")
+    return load_recipe(recipe, overrides)
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(f"deliberate {__version__}")
+        raise typer.Exit()
+
+
+# --- stages whose issues have not landed yet -----------------------------------------------------------------
+
+def _not_built(stage: str) -> None:
+    raise DeliberateError(f"the '{stage}' stage is not built yet in deliberate {__version__}")
+
+
+@app.command()
+def sft(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
+    """Deliberative SFT: fine-tune on judge-filtered (prompt, reasoning, answer) data with the spec stripped.
+
+    Input: a recipe (model, spec, data, judge, sft section). Output: <output_dir>/sft/ (adapter or model).
+    Example: deliberate sft --recipe recipes/demo.yaml
+    """
+    _recipe(recipe, set_)
+    _not_built("sft")
+
+
+@app.command()
+def rl(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
+    """Online RL with a judge reward: GRPO, RLOO, PPO, PPO-Lagrangian (Safe RLHF).
+
+    Input: a recipe (model, spec, data, judge, rl section). Output: <output_dir>/rl/.
+    Example: deliberate rl --recipe recipes/demo.yaml --set rl.algo=grpo
+    """
+    _recipe(recipe, set_)
+    _not_built("rl")
+
+
+@app.command()
+def dpo(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
+    """Offline preference optimisation: DPO/KTO, stepwise SACPO, MODPO.
+
+    Input: a recipe (model, data with preference pairs, dpo section). Output: <output_dir>/dpo/.
+    Example: deliberate dpo --recipe recipes/sacpo.yaml --set dpo.beta=0.05
+    """
+    _recipe(recipe, set_)
+    _not_built("dpo")
+
+
+@app.command()
+def merge(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
+    """Merge models with mergekit (linear, task_arithmetic, ties, dare_ties, slerp; P-SACPO sweeps).
+
+    Input: a recipe (merge section: models and weights). Output: <output_dir>/merge/.
+    Example: deliberate merge --recipe recipes/p-sacpo.yaml
+    """
+    _recipe(recipe, set_)
+    _not_built("merge")
+
+
+@app.command("eval")
+def eval_(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
+    """Evaluate models on safety benchmarks and pairwise win rates; write a comparison report.
+
+    Input: a recipe (model, eval section: benchmarks, models). Output: <output_dir>/eval/ (table, CSV, JSON, PNG).
+    Example: deliberate eval --recipe recipes/demo.yaml
+    """
+    _recipe(recipe, set_)
+    _not_built("eval")
+
+
+# --- working verbs ---------------------------------------------------------------------------------------------
+
+def _shorten(text: str, width: int = 70) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@app.command()
+def answer(
+    recipe: RecipeOpt = None,
+    set_: SetOpt = None,
+    model: ModelOpt = None,
+    output: OutputOpt = None,
+    examples: Annotated[int, typer.Option(help="Example answers to print per group.")] = 1,
+) -> None:
+    """Answer the recipe's prompts with a model (no spec in the prompt) and summarise the answers.
+
+    Input: a recipe's model, data and generation sections. Output: <output_dir>/answers/answers.jsonl (one
+    row per prompt with the answer, its token count and why it stopped) and summary.json. Resumable: rerunning
+    generates only what is missing.
+    Example: deliberate answer --model smollm2 --set data.where.split=heldout --set generation.max_new_tokens=64
+    """
+    from deliberate.answers import answer_prompts
+
+    r = _recipe(recipe, set_, model, output)
+    run = answer_prompts(r)
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for row in run.rows:
+        key = (row.get("meta") or {}).get("kind") or row.get("expected") or "all"
+        groups[key].append(row)
+    table = Table(title=f"{r.model.name}: {len(run.rows)} answers ({run.generated} generated now)")
+    for col in ("group", "prompts", "mean tokens", "cut at max", "example"):
+        table.add_column(col, overflow="fold")
+    for key, rows in sorted(groups.items()):
+        cut = sum(row["finish_reason"] == "length" for row in rows)
+        shown = "\n".join(f"Q: {_shorten(x['prompt'], 50)}\nA: {_shorten(x['answer'])}" for x in rows[:examples])
+        table.add_row(key, str(len(rows)), f"{mean(x['num_tokens'] for x in rows):.0f}", f"{cut}", shown)
+    console.print(table)
+    if run.generated:
+        console.print(
+            f"{run.stats.new_tokens} new tokens in {run.stats.seconds:.1f}s "
+            f"({run.stats.tokens_per_second:.0f} tokens/s); answers in {run.path}"
+        )
+    else:
+        console.print(f"every answer was already in {run.path}; nothing generated")
+
+
+@app.command()
+def data(
+    recipe: RecipeOpt = None,
+    set_: SetOpt = None,
+    rows: Annotated[int, typer.Option(help="Rows to print.")] = 5,
+) -> None:
+    """Load the recipe's prompt data and show how its columns were read (counts and first rows).
+
+    Example: deliberate data --set data.source=prompts.csv --set data.columns.prompt=question
+    """
+    from collections import Counter
+
+    from deliberate.data import load_prompts
+    from deliberate.spec import load_spec
+
+    r = _recipe(recipe, set_)
+    spec = load_spec(r.spec)
+    records = load_prompts(r.data, spec)
+    counts = Counter((rec.category or "-", rec.expected or "-") for rec in records)
+    table = Table(title=f"{r.data.source}: {len(records)} prompts")
+    for col in ("category", "in spec", "expected", "prompts"):
+        table.add_column(col)
+    for (cat, exp), n in sorted(counts.items()):
+        table.add_row(cat, "yes" if spec.find(cat) else "no", exp, str(n))
+    console.print(table)
+    for rec in records[:rows]:
+        console.print(f"[dim]{rec.id}[/] [{rec.category or '-'} / {rec.expected or '-'}] {_shorten(rec.prompt, 100)}")
+
+
+@spec_app.command("show")
+def spec_show(
+    spec: Annotated[str, typer.Argument(help="'default' or a spec YAML file.")] = "default",
+) -> None:
+    """Print the whole spec: overview, styles and every category's policy."""
+    from deliberate.spec import load_spec
+
+    console.print(load_spec(spec).render_full(), markup=False, highlight=False)
+
+
+@spec_app.command("validate")
+def spec_validate(spec: Annotated[str, typer.Argument(help="A spec YAML file.")] = "default") -> None:
+    """Check a spec file; prints a summary, or one error line and exit 2."""
+    from deliberate.spec import load_spec
+
+    s = load_spec(spec)
+    console.print(f"ok: spec '{s.name}' version {s.version}: {len(s.categories)} categories "
+                  f"({', '.join(s.category_ids)}), styles: {', '.join(s.styles)}")
+
+
+@spec_app.command("render")
+def spec_render(
+    spec: Annotated[str, typer.Argument(help="'default' or a spec YAML file.")] = "default",
+    category: Annotated[str, typer.Option("--category", "-c", help="Category id, title or alias.")] = "safe",
+) -> None:
+    """Print spec_for(category): what the model sees in its system prompt for a request of that category.
+
+    Example: deliberate spec render --category "illicit behaviour"
+    """
+    from deliberate.spec import load_spec
+
+    console.print(load_spec(spec).spec_for(category), markup=False, highlight=False)
+
+
+@model_app.command("prepare")
+def model_prepare(model: Annotated[str, typer.Argument(help="Hub id, folder, adapter folder or smollm2.")] = "smollm2") -> None:
+    """Resolve a model (converting the embedded SmolLM2 once) and print where it is and its size."""
+    from deliberate.models import load_model
+    from deliberate.recipe import ModelConfig
+
+    loaded = load_model(ModelConfig(name=model))
+    n = sum(p.numel() for p in loaded.model.parameters())
+    console.print(f"{model}: {loaded.path} ({n / 1e6:.1f}M parameters, {loaded.model.dtype}, {loaded.device})"
+                  + (f" on base {loaded.base_path}" if loaded.base_path else ""))
+
+
+@recipe_app.command("show")
+def recipe_show(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
+    """Print the fully resolved recipe (defaults filled in, overrides applied) as YAML."""
+    import yaml
+
+    r = _recipe(recipe, set_)
+    console.print(yaml.safe_dump(r.model_dump(mode="json"), sort_keys=False), markup=False, highlight=False)
+
+
+if __name__ == "__main__":
+    app()

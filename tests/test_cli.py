@@ -1,0 +1,82 @@
+"""The command line: the five verbs, one-line errors with exit code 2, and the working verbs end to end."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "deliberate", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_help_lists_the_five_stage_verbs():
+    out = run("--help")
+    assert out.returncode == 0
+    for verb in ("sft", "rl", "dpo", "merge", "eval"):
+        assert f" {verb} " in out.stdout
+
+
+@pytest.mark.parametrize("verb", ["sft", "rl", "dpo", "merge", "eval"])
+def test_each_stage_verb_has_help_with_an_example(verb):
+    out = run(verb, "--help")
+    assert out.returncode == 0 and "Example" in out.stdout and "--recipe" in out.stdout
+
+
+def test_a_bad_recipe_prints_one_line_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sft:\n  learning_rate: fast\n")
+    out = run("sft", "--recipe", str(bad))
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "bad.yaml" in lines[0] and "sft.learning_rate" in lines[0]
+
+
+def test_malformed_yaml_and_unknown_model_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {name: [\n")
+    for args in (["answer", "--recipe", str(bad)], ["answer", "--model", str(tmp_path / "nope")]):
+        out = run(*args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr and out.stderr.count("error:") == 1
+
+
+def test_a_stage_not_built_yet_says_so_and_exits_2():
+    out = run("merge")
+    assert out.returncode == 2 and "not built yet" in out.stderr
+
+
+def test_spec_render_prints_the_category_policy():
+    out = run("spec", "render", "--category", "self-harm")
+    assert out.returncode == 0
+    assert "Policy for this request's category: self_harm" in out.stdout
+    assert "Policy for this request's category: violence" not in out.stdout
+
+
+def test_spec_validate_accepts_the_default_and_rejects_a_broken_spec(tmp_path):
+    assert run("spec", "validate").returncode == 0
+    broken = tmp_path / "s.yaml"
+    broken.write_text("name: x\n")
+    out = run("spec", "validate", str(broken))
+    assert out.returncode == 2 and "overview" in out.stderr
+
+
+def test_answer_writes_answers_and_prints_a_table(tiny_model_dir, tmp_path):
+    out = run("answer", "--model", str(tiny_model_dir), "--output", str(tmp_path), "--set", "data.limit=6",
+              "--set", "generation.max_new_tokens=3")
+    assert out.returncode == 0, out.stderr
+    assert "6 answers (6 generated now)" in out.stdout
+    assert (tmp_path / "answers" / "answers.jsonl").is_file()
+
+
+def test_data_shows_how_columns_were_read(shared_datasets):
+    out = run("data", "--set", f"data.source={shared_datasets / 'xstest' / 'xstest_prompts.csv'}",
+              "--set", "data.columns.category=type")
+    assert out.returncode == 0
+    assert "450 prompts" in out.stdout and "homonyms" in out.stdout
+
+
+def test_recipe_show_prints_the_resolved_recipe():
+    out = run("recipe", "show", "--set", "sft.learning_rate=1e-4")
+    assert out.returncode == 0 and "learning_rate: 0.0001" in out.stdout
