@@ -86,6 +86,23 @@ def _main(
     if version:
         console.print(f"deliberate {__version__}")
         raise typer.Exit()
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars say what is happening; the libraries' per-file bars and notices are noise."""
+    import logging
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # transformers is a dependency; this only guards a broken install
+        pass
 
 
 # --- stages whose issues have not landed yet -----------------------------------------------------------------
