@@ -119,6 +119,21 @@ class JudgeConfig(Section):
     """How repeated pointwise scores combine: `min` is the deliberative-alignment filter."""
     hide_reasoning: bool = True
     """Judge only the final answer, with the chain of thought removed."""
+    temperature: float = Field(default=0.0, ge=0)
+    """Sampling temperature of a generative judge."""
+    max_tokens: int = Field(default=512, ge=16)
+    """Longest judge output (a generative judge's JSON verdict and rationale)."""
+    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+    """How the openai backend asks for JSON: a strict JSON schema, JSON mode, or the prompt alone (for servers
+    that support neither). The output is parsed strictly in every case."""
+    backoff_base: float = Field(default=1.0, gt=0)
+    """Seconds of the first retry's backoff; it doubles per retry (with full jitter), up to `backoff_max`."""
+    backoff_max: float = Field(default=60.0, gt=0)
+    """Longest backoff between retries, in seconds (a longer Retry-After is still honoured)."""
+    cache: str | None = None
+    """Judgment cache (SQLite file); `~/.cache/deliberate/judge_cache.sqlite` when unset, `none` to disable."""
+    higher_is_better: bool = True
+    """For a classifier judge: True for a reward model, False for a cost model."""
 
 
 class SFTConfig(Section):

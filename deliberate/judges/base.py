@@ -1,0 +1,294 @@
+"""One judge interface for every stage: pointwise scores and pairwise preferences over any backend.
+
+`Judge.score(items)` gives each (prompt, response, category) a score from 0 to 10 for policy adherence, a
+verdict (comply / refuse / safe_complete / unsafe) and a rationale; `spec_for(category)` goes into the judge's
+prompt. Each item is judged `repeats` times and the scores aggregate by min (the deliberative-alignment filter)
+or mean. `Judge.compare(items, criterion)` asks which of two responses is better, in both orders, `repeats`
+times each, ties allowed (SACPO's protocol).
+
+A failed judgment (network, a refusal to judge, an unparseable output) is a failure: an item with any failed
+repeat has no score, a failed comparison counts neither as a win nor as a tie, and callers see the counts.
+Successful judgments are cached on disk, keyed by everything that determines them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+from deliberate.judges.cache import JudgeCache, cache_key
+from deliberate.judges.prompts import PROMPT_VERSION
+from deliberate.progress import progress_bar
+from deliberate.reasoning import split_reasoning
+from deliberate.spec import PolicySpec
+
+T = TypeVar("T")
+
+
+@dataclass
+class JudgeFailure:
+    error: str
+
+
+@dataclass
+class PointwiseItem:
+    prompt: str
+    response: str
+    category: str | None = None
+    expected: str | None = None  # comply / refuse / safe_complete, when the data says
+
+
+@dataclass
+class PairwiseItem:
+    prompt: str
+    first: str
+    second: str
+    category: str | None = None
+    expected: str | None = None
+
+
+@dataclass
+class PointwiseRequest:
+    prompt: str
+    response: str  # what the judge sees (the final answer only, when reasoning is hidden)
+    category: str | None
+    expected: str | None
+    spec_text: str | None
+    repeat: int
+
+
+@dataclass
+class PairwiseRequest:
+    prompt: str
+    first: str  # shown as response A
+    second: str  # shown as response B
+    criterion: str
+    category: str | None
+    expected: str | None
+    spec_text: str | None
+    repeat: int
+
+
+@dataclass
+class PointwiseResult:
+    score: float | None  # aggregated; None when any repeat failed
+    verdict: str | None  # the verdict of the repeat that gave the aggregated score
+    rationale: str | None
+    scores: list[float] = field(default_factory=list)
+    failures: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.score is not None
+
+
+@dataclass
+class PairwiseResult:
+    wins: int = 0  # judgments preferring `first`
+    losses: int = 0  # judgments preferring `second`
+    ties: int = 0
+    failures: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def comparisons(self) -> int:
+        return self.wins + self.losses + self.ties
+
+    @property
+    def win_rate(self) -> float | None:
+        """(wins + ties / 2) / comparisons, over successful judgments only."""
+        return (self.wins + 0.5 * self.ties) / self.comparisons if self.comparisons else None
+
+
+def win_rate(results: Sequence[PairwiseResult]) -> float | None:
+    total = PairwiseResult(wins=sum(r.wins for r in results), losses=sum(r.losses for r in results),
+                           ties=sum(r.ties for r in results))
+    return total.win_rate
+
+
+@dataclass
+class Usage:
+    requests: int = 0  # judgments asked of the backend (cache misses)
+    failures: int = 0
+    retries: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cache_hits: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: round(v, 2) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+    def line(self) -> str:
+        return (f"judge: {self.requests} requests, {self.cache_hits} cached, {self.failures} failed, "
+                f"{self.retries} retries, {self.tokens_in} tokens in / {self.tokens_out} out, {self.seconds:.1f}s")
+
+
+Tick = Callable[[int], None]
+
+
+class Backend:
+    """How judgments are made. Subclasses implement `pointwise` and `pairwise` for a batch of requests."""
+
+    kind: str = "backend"
+    cacheable: bool = True
+
+    def __init__(self, usage: Usage):
+        self.usage = usage
+
+    def identity(self) -> dict[str, Any]:
+        """Everything about the backend that changes its judgments (part of the cache key)."""
+        return {"backend": self.kind}
+
+    async def pointwise(self, requests: list[PointwiseRequest], tick: Tick) -> list[dict[str, Any] | JudgeFailure]:
+        raise NotImplementedError
+
+    async def pairwise(self, requests: list[PairwiseRequest], tick: Tick) -> list[dict[str, Any] | JudgeFailure]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from synchronous code, also when an event loop is already running (notebooks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class Judge:
+    def __init__(self, backend: Backend, spec: PolicySpec | None, *, repeats: int = 1, aggregate: str = "min",
+                 hide_reasoning: bool = True, cache: JudgeCache | None = None, show_progress: bool = True):
+        self.backend, self.spec = backend, spec
+        self.repeats, self.aggregate, self.hide_reasoning = repeats, aggregate, hide_reasoning
+        self.cache = cache if backend.cacheable else None
+        self.usage = backend.usage
+        self.show_progress = show_progress
+
+    def _spec_text(self, category: str | None) -> str | None:
+        if self.spec is None:
+            return None
+        if category and self.spec.find(category):
+            return self.spec.spec_for(category)
+        return self.spec.render_full()  # unknown category: the judge gets the whole policy
+
+    def _visible(self, response: str) -> str:
+        return split_reasoning(response).answer if self.hide_reasoning else response
+
+    async def _run(self, kind: str, requests: list, call) -> list[dict[str, Any] | JudgeFailure]:
+        """Serve what the cache has, ask the backend for the rest, cache the successes."""
+        import time
+
+        start = time.perf_counter()
+        keys = [cache_key({**self.backend.identity(), "prompt_version": PROMPT_VERSION, "kind": kind, **asdict(r)})
+                for r in requests]
+        results: list[dict[str, Any] | JudgeFailure | None] = [None] * len(requests)
+        todo = []
+        for i, key in enumerate(keys):
+            hit = self.cache.get(key) if self.cache is not None else None
+            if hit is not None:
+                results[i] = hit
+                self.usage.cache_hits += 1
+            else:
+                todo.append(i)
+        if todo:
+            with progress_bar(f"judging ({self.backend.kind})", total=len(todo), enabled=self.show_progress) as bar:
+                fresh = await call([requests[i] for i in todo], lambda n=1: bar.advance(n))
+            self.usage.requests += len(todo)
+            for i, value in zip(todo, fresh, strict=True):
+                results[i] = value
+                if isinstance(value, JudgeFailure):
+                    self.usage.failures += 1
+                elif self.cache is not None:
+                    self.cache.put(keys[i], value)
+            if self.cache is not None:
+                self.cache.flush()
+        self.usage.seconds += time.perf_counter() - start
+        return results  # type: ignore[return-value]
+
+    async def ascore(self, items: Sequence[PointwiseItem], repeats: int | None = None) -> list[PointwiseResult]:
+        k = repeats or self.repeats
+        requests = [
+            PointwiseRequest(prompt=it.prompt, response=self._visible(it.response), category=it.category,
+                             expected=it.expected, spec_text=self._spec_text(it.category), repeat=r)
+            for it in items for r in range(k)
+        ]
+        raw = await self._run("pointwise", requests, self.backend.pointwise)
+        results = []
+        for n in range(len(items)):
+            outs = raw[n * k : (n + 1) * k]
+            ok = [o for o in outs if not isinstance(o, JudgeFailure)]
+            errors = [o.error for o in outs if isinstance(o, JudgeFailure)]
+            result = PointwiseResult(score=None, verdict=None, rationale=None, scores=[o["score"] for o in ok],
+                                     failures=len(errors), errors=errors)
+            if ok and not errors:
+                chosen = min(ok, key=lambda o: o["score"])
+                result.score = chosen["score"] if self.aggregate == "min" else sum(result.scores) / len(ok)
+                result.verdict, result.rationale = chosen.get("verdict"), chosen.get("rationale")
+            results.append(result)
+        return results
+
+    async def acompare(self, items: Sequence[PairwiseItem], criterion: str = "harmlessness",
+                       repeats: int | None = None) -> list[PairwiseResult]:
+        k = repeats or self.repeats
+        requests = []
+        for it in items:
+            first, second = self._visible(it.first), self._visible(it.second)
+            for r in range(k):
+                for a, b in ((first, second), (second, first)):  # both orders, against position bias
+                    requests.append(PairwiseRequest(prompt=it.prompt, first=a, second=b, criterion=criterion,
+                                                    category=it.category, expected=it.expected,
+                                                    spec_text=self._spec_text(it.category) if criterion == "policy" else None,
+                                                    repeat=r))
+        raw = await self._run("pairwise", requests, self.backend.pairwise)
+        results = []
+        per_item = 2 * k
+        for n in range(len(items)):
+            result = PairwiseResult()
+            for j, out in enumerate(raw[n * per_item : (n + 1) * per_item]):
+                if isinstance(out, JudgeFailure):
+                    result.failures += 1
+                    result.errors.append(out.error)
+                    continue
+                swapped = j % 2 == 1
+                preferred = out["preferred"]
+                if preferred == "tie":
+                    result.ties += 1
+                elif (preferred == "A") != swapped:
+                    result.wins += 1
+                else:
+                    result.losses += 1
+            results.append(result)
+        return results
+
+    def score(self, items: Sequence[PointwiseItem], repeats: int | None = None) -> list[PointwiseResult]:
+        return run_sync(self.ascore(items, repeats))
+
+    def compare(self, items: Sequence[PairwiseItem], criterion: str = "harmlessness",
+                repeats: int | None = None) -> list[PairwiseResult]:
+        return run_sync(self.acompare(items, criterion, repeats))
+
+    def close(self) -> None:
+        self.backend.close()
+        if self.cache is not None:
+            self.cache.close()

@@ -1,0 +1,79 @@
+"""The `classifier` judge: a local sequence-classification model (a reward or cost model) giving a scalar.
+
+The (prompt, response) pair is rendered with the classifier's chat template when it has one. Pointwise, the
+score is the model's scalar output (the first logit); pairwise, the better response has the higher score, or
+the lower one for a cost model (`judge.higher_is_better: false`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from deliberate.errors import DeliberateError
+from deliberate.judges.base import Backend, JudgeFailure, PairwiseRequest, PointwiseRequest, Tick, Usage
+
+if TYPE_CHECKING:
+    from deliberate.recipe import JudgeConfig
+
+
+class ClassifierBackend(Backend):
+    kind = "classifier"
+
+    def __init__(self, usage: Usage, cfg: JudgeConfig):
+        super().__init__(usage)
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from deliberate.models import pick_device, resolve_model_path
+
+        if not cfg.model:
+            raise DeliberateError("judge.model: the classifier backend needs a reward or cost model")
+        self.cfg = cfg
+        self.path = resolve_model_path(cfg.model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.model = AutoModelForSequenceClassification.from_pretrained(self.path).to(pick_device("auto")).eval()
+        except (OSError, ValueError) as e:
+            raise DeliberateError(f"judge.model '{cfg.model}': could not be loaded as a classifier: {str(e).splitlines()[0]}") from None
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": self.kind, "model": self.path}
+
+    def _text(self, prompt: str, response: str) -> str:
+        conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(conversation, tokenize=False)
+        return f"User: {prompt}\nAssistant: {response}"
+
+    def scores(self, pairs: list[tuple[str, str]], tick: Tick) -> list[float]:
+        import torch
+
+        out: list[float] = []
+        size = self.cfg.max_concurrency
+        for start in range(0, len(pairs), size):
+            texts = [self._text(p, r) for p, r in pairs[start : start + size]]
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                                 add_special_tokens=False).to(self.model.device)
+            with torch.inference_mode():
+                logits = self.model(**enc).logits
+            out.extend(logits[:, 0].float().tolist())
+            tick(len(texts))
+        return out
+
+    async def pointwise(self, requests: list[PointwiseRequest], tick: Tick) -> list[dict[str, Any] | JudgeFailure]:
+        values = await asyncio.to_thread(self.scores, [(r.prompt, r.response) for r in requests], tick)
+        return [{"verdict": None, "score": v, "rationale": None} for v in values]
+
+    async def pairwise(self, requests: list[PairwiseRequest], tick: Tick) -> list[dict[str, Any] | JudgeFailure]:
+        pairs = [(r.prompt, text) for r in requests for text in (r.first, r.second)]
+        values = await asyncio.to_thread(self.scores, pairs, lambda n: None)
+        tick(len(requests))
+        sign = 1 if self.cfg.higher_is_better else -1
+        out: list[dict[str, Any] | JudgeFailure] = []
+        for i in range(len(requests)):
+            a, b = sign * values[2 * i], sign * values[2 * i + 1]
+            out.append({"preferred": "tie" if a == b else ("A" if a > b else "B"), "rationale": None})
+        return out

@@ -1,0 +1,34 @@
+"""The reasoning format: `<think>...</think>` followed by the final answer.
+
+`split_reasoning(text)` separates the chain of thought from the answer. Judges that must not see the reasoning
+(the RL setting of deliberative alignment) get only the answer; a completion that opens a reasoning block and
+never closes it has no answer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+OPEN, CLOSE = "<think>", "</think>"
+_BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Split:
+    reasoning: str | None  # None when the text has no reasoning block
+    answer: str
+    well_formed: bool  # False for an unclosed or stray tag
+
+
+def split_reasoning(text: str) -> Split:
+    """Reasoning blocks and the answer after the last one; text without tags is all answer."""
+    if OPEN not in text and CLOSE not in text:
+        return Split(None, text.strip(), True)
+    last_close = text.rfind(CLOSE)
+    if last_close == -1 or text.rfind(OPEN) > last_close:  # reasoning that never ends
+        return Split(text.split(OPEN, 1)[-1].strip(), "", False)
+    reasoning = "\n".join(m.strip() for m in _BLOCK.findall(text[: last_close + len(CLOSE)]))
+    answer = text[last_close + len(CLOSE):].strip()
+    before = text[: text.find(OPEN)].strip() if OPEN in text else ""
+    return Split(reasoning or None, answer, bool(answer) and not before and OPEN in text)
