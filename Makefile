@@ -26,12 +26,15 @@ demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate model prepare smollm2
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate spec render --category "illicit behaviour"
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate answer --recipe recipes/demo.yaml --output $(RUNS)/demo
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate judge $(RUNS)/demo/answers/answers.jsonl --recipe recipes/demo.yaml --output $(RUNS)/demo
 
 lint: install
 	$(BIN)/ruff check deliberate tests benchmarks
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/generation_throughput.py
+	$(BIN)/python benchmarks/refusal_detector.py
+	$(BIN)/python benchmarks/judge_throughput.py
 
 clean:
 	rm -rf $(VENV) $(RUNS) .pytest_cache .ruff_cache

@@ -214,6 +214,54 @@ def answer(
 
 
 @app.command()
+def judge(
+    responses: Annotated[Path, typer.Argument(help="JSONL/CSV/JSON/parquet with prompt and response (or answer) columns.")],
+    against: Annotated[Path | None, typer.Option(help="A second answers file: judge pairwise, first vs this.")] = None,
+    criterion: Annotated[str, typer.Option(help="Pairwise criterion: helpfulness, harmlessness or policy.")] = "harmlessness",
+    response_column: Annotated[str | None, typer.Option(help="Column holding the response.")] = None,
+    recipe: RecipeOpt = None,
+    set_: SetOpt = None,
+    output: OutputOpt = None,
+) -> None:
+    """Judge a file of responses with the recipe's judge (pointwise), or two files against each other (pairwise).
+
+    Output: <output_dir>/judge/judgments.jsonl or pairwise.jsonl, summary.json and judge_usage.json. Judgments
+    are cached, so a rerun makes no new calls.
+
+    Example: deliberate judge runs/demo/answers/answers.jsonl --set judge.backend=openai --set judge.model=gpt-4o
+    """
+    from deliberate.judges import make_judge
+    from deliberate.judges.files import compare_files, judge_file
+    from deliberate.judges.prompts import CRITERIA
+    from deliberate.spec import load_spec
+
+    if criterion not in CRITERIA:
+        raise DeliberateError(f"--criterion '{criterion}': expected one of {', '.join(CRITERIA)}")
+    r = _recipe(recipe, set_, None, output)
+    j = make_judge(r.judge, load_spec(r.spec))
+    out_dir = Path(r.output_dir) / "judge"
+    try:
+        if against is None:
+            summary = judge_file(j, responses, out_dir, response_column)
+            table = Table(title=f"{responses}: judged by {r.judge.backend}")
+            for col in ("items", "judged", "failed", "mean score", "verdicts"):
+                table.add_column(col)
+            table.add_row(str(summary["items"]), str(summary["judged"]), str(summary["failed"]),
+                          str(summary["mean_score"]), ", ".join(f"{k} {v}" for k, v in summary["verdicts"].items()))
+        else:
+            summary = compare_files(j, responses, against, out_dir, criterion, response_column)
+            table = Table(title=f"{responses} vs {against} on {criterion}")
+            for col in ("pairs", "wins", "losses", "ties", "failed", "win rate"):
+                table.add_column(col)
+            table.add_row(*(str(summary[k]) for k in ("items", "wins", "losses", "ties", "failures", "win_rate")))
+    finally:
+        j.close()
+    console.print(table)
+    console.print(j.usage.line())
+    console.print(f"outputs in {out_dir}")
+
+
+@app.command()
 def data(
     recipe: RecipeOpt = None,
     set_: SetOpt = None,

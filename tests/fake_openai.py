@@ -59,6 +59,7 @@ class FakeOpenAI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out at once, no 40 ms delayed-ACK stall
 
             def log_message(self, *args):
                 pass
@@ -109,3 +110,18 @@ class FakeOpenAI:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _serve_fixed(latency: float, content: str) -> None:
+    """Run a server in this process until stdin closes (benchmarks start it as a separate process)."""
+    import sys
+
+    with FakeOpenAI(lambda request, n: Reply(content, delay=latency)) as server:
+        print(server.base_url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    import sys
+
+    _serve_fixed(float(sys.argv[1]), sys.argv[2])

@@ -80,3 +80,31 @@ def test_data_shows_how_columns_were_read(shared_datasets):
 def test_recipe_show_prints_the_resolved_recipe():
     out = run("recipe", "show", "--set", "sft.learning_rate=1e-4")
     assert out.returncode == 0 and "learning_rate: 0.0001" in out.stdout
+
+
+def test_judge_cli_scores_a_file_and_never_writes_the_api_key(tmp_path):
+    import json
+    import os
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from fake_openai import FakeOpenAI
+
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"id": str(i), "prompt": f"q{i}", "answer": a, "category": "safe"}) + "\n"
+                               for i, a in enumerate(["Sure, here it is.", "I'm sorry, I can't."])))
+    secret = "sk-test-5ecret-never-written"
+    cache = tmp_path / "cache.sqlite"
+    with FakeOpenAI() as server:
+        out = subprocess.run(
+            [sys.executable, "-m", "deliberate", "judge", str(answers), "--output", str(tmp_path / "run"),
+             "--set", "judge.backend=openai", "--set", "judge.model=judge-test", "--set", f"judge.base_url={server.base_url}",
+             "--set", "judge.api_key_env=DELIBERATE_TEST_KEY", "--set", f"judge.cache={cache}"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "DELIBERATE_TEST_KEY": secret})
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "run" / "judge" / "summary.json").read_text())
+    assert (summary["judged"], summary["failed"], summary["verdicts"]) == (2, 0, {"comply": 1, "refuse": 1})
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert cache in written
+    for path in written:
+        assert secret.encode() not in path.read_bytes(), path
+    assert secret not in out.stdout + out.stderr
