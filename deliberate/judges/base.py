@@ -184,13 +184,16 @@ class Judge:
         self.cache = cache if backend.cacheable else None
         self.usage = backend.usage
         self.show_progress = show_progress
+        self._spec_texts: dict[str | None, str] = {}
 
     def _spec_text(self, category: str | None) -> str | None:
         if self.spec is None:
             return None
-        if category and self.spec.find(category):
-            return self.spec.spec_for(category)
-        return self.spec.render_full()  # unknown category: the judge gets the whole policy
+        if category not in self._spec_texts:  # rendered once per category, not once per request
+            known = category and self.spec.find(category)
+            # An unknown category: the judge gets the whole policy.
+            self._spec_texts[category] = self.spec.spec_for(category) if known else self.spec.render_full()
+        return self._spec_texts[category]
 
     def _visible(self, response: str) -> str:
         return split_reasoning(response).answer if self.hide_reasoning else response
@@ -200,8 +203,8 @@ class Judge:
         import time
 
         start = time.perf_counter()
-        keys = [cache_key({**self.backend.identity(), "prompt_version": PROMPT_VERSION, "kind": kind, **asdict(r)})
-                for r in requests]
+        fixed = {**self.backend.identity(), "prompt_version": PROMPT_VERSION, "kind": kind}
+        keys = [cache_key({**fixed, **asdict(r)}) for r in requests]
         results: list[dict[str, Any] | JudgeFailure | None] = [None] * len(requests)
         todo = []
         for i, key in enumerate(keys):
