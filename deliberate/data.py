@@ -120,9 +120,8 @@ def load_prompts(cfg: DataConfig, spec: PolicySpec | None = None) -> list[Prompt
     """Load prompts as `cfg` describes; categories are checked against `spec` when one is given."""
     df, label = load_table(cfg)
     columns = cfg.columns
-    builtin_names = {"category": "category", "expected": "expected", "id": "id"}
     # Standard column names are picked up without configuration.
-    cat_col = columns.category or (builtin_names["category"] if "category" in df.columns else None)
+    cat_col = columns.category or ("category" if "category" in df.columns else None)
     exp_col = columns.expected or next((c for c in ("expected", "label") if c in df.columns), None)
     id_col = columns.id or ("id" if "id" in df.columns else None)
     for column, option in [(columns.prompt, "data.columns.prompt"), (columns.category, "data.columns.category"),
