@@ -4,6 +4,11 @@
 template, sorts prompts by length so batches waste little padding, pads on the left, stops each sequence at
 the end-of-sequence token, and returns only the new tokens, in the caller's order. A conversation whose last
 message is from the assistant is continued (a pre-filled answer, e.g. an opening reasoning tag).
+
+Prompts that share a long beginning (the policy spec in a system prompt, k samples of one prompt) share its
+key/value cache: the common prefix of a batch is run through the model once, not once per row, and each row's
+own part follows it after padding in the middle (masked, with positions counted past the padding). With a
+1,000-token spec this cuts the prompt work by about the batch size, which is most of the cost on a CPU.
 """
 
 from __future__ import annotations
@@ -85,7 +90,8 @@ def generate(
     texts = [render_prompt(tokenizer, c) for c in conversations]
     # Special tokens are already in the rendered template; adding a BOS again would change the prompt.
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
+    # Conversations with the same system prompt sit together (so batches share a prefix), longest first.
+    order = sorted(range(len(encoded)), key=lambda i: (_system_text(conversations[i]), -len(encoded[i])))
     eos = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     sampling = settings.temperature > 0
@@ -107,19 +113,13 @@ def generate(
     with progress_bar(description, total=len(texts), unit="tok", enabled=show_progress) as bar:
         for b in range(0, len(order), settings.batch_size):
             batch = order[b : b + settings.batch_size]
-            width = max(len(encoded[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):  # left padding: every prompt ends where generation starts
-                ids = encoded[i]
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                attention[row, width - len(ids) :] = 1
+            input_ids, attention, prefix_cache = _batch_inputs(model, [encoded[i] for i in batch], pad_id, device)
+            width = input_ids.shape[1]
             if sampling:
                 torch.manual_seed(generator_seed + b)
             with torch.inference_mode():
-                out = model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention.to(device), **gen_kwargs
-                )
+                out = model.generate(input_ids=input_ids, attention_mask=attention, past_key_values=prefix_cache,
+                                     **gen_kwargs)
             new = out[:, width:].tolist()
             batch_tokens = 0
             for row, i in enumerate(batch):
@@ -140,3 +140,57 @@ def generate(
     stats.seconds += time.perf_counter() - start
     model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+MIN_SHARED_PREFIX = 64  # tokens; below this, sharing saves less than it costs
+
+
+def _system_text(conversation: Conversation | str) -> str:
+    if isinstance(conversation, str) or not conversation or conversation[0]["role"] != "system":
+        return ""
+    return conversation[0]["content"]
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own to feed the model."""
+    first = rows[0]
+    n = min(len(r) for r in rows) - 1
+    for row in rows[1:]:
+        k = 0
+        while k < n and row[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+def _batch_inputs(model, rows: list[list[int]], pad_id: int, device):
+    """input_ids and attention mask for one batch, and the key/value cache of its shared prefix (or None).
+
+    Without a shared prefix, rows are left-padded. With one, each row is [prefix][padding][own tokens]: the
+    prefix is computed once and its cache repeated for every row, padding is masked, and position ids (which
+    generate derives from the mask) continue from the prefix as if the padding were not there.
+    """
+    import torch
+
+    shared = shared_prefix_length(rows) if len(rows) > 1 else 0
+    shared = shared if shared >= MIN_SHARED_PREFIX else 0
+    tails = [r[shared:] for r in rows]
+    width = max(len(t) for t in tails)
+    input_ids = torch.full((len(rows), shared + width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), shared + width), dtype=torch.long)
+    if shared:
+        input_ids[:, :shared] = torch.tensor(rows[0][:shared])
+        attention[:, :shared] = 1
+    for i, tail in enumerate(tails):  # left padding (after the prefix): every prompt ends where generation starts
+        input_ids[i, shared + width - len(tail):] = torch.tensor(tail)
+        attention[i, shared + width - len(tail):] = 1
+    input_ids, attention = input_ids.to(device), attention.to(device)
+    if not shared:
+        return input_ids, attention, None
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(input_ids=input_ids[:1, :shared], past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(len(rows))
+    return input_ids, attention, cache

@@ -136,6 +136,57 @@ class JudgeConfig(Section):
     """For a classifier judge: True for a reward model, False for a cost model."""
 
 
+class GenerateConfig(Section):
+    backend: Literal["hf", "vllm", "openai"] = "hf"
+    """`hf` (batched transformers generation), `vllm` (needs the `vllm` extra and a GPU) or `openai` (a
+    stronger teacher behind any OpenAI-compatible API)."""
+    teacher: str | None = None
+    """The model that writes the reasoning and answers: a model as in `model.name` for `hf`/`vllm`, an API model
+    name for `openai`. The recipe's `model` when unset (the model teaches itself, as in the paper)."""
+    samples: int = Field(default=4, ge=1)
+    """Completions sampled per prompt (k)."""
+    samples_by_expected: dict[Expected, int] = Field(default_factory=dict)
+    """Per expected behaviour, a different k, e.g. `{comply: 2}` for fewer samples of safe prompts."""
+    temperature: float = Field(default=0.7, ge=0.0)
+    """Sampling temperature; the k samples need some diversity (0 would make them identical)."""
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    max_new_tokens: int = Field(default=256, ge=1)
+    """Most tokens per completion, reasoning and answer together; a completion cut off before its answer is
+    malformed and dropped by the filter."""
+    batch_size: int = Field(default=16, ge=1)
+    """Completions generated together (`hf`)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Teacher weights dtype for generation; bfloat16 is about 2.6x faster than float32 on a recent CPU."""
+    instructions: str | None = None
+    """What the system prompt asks after the spec: a file path or the text itself. The built-in instructions
+    (reason in <think>...</think>, name the category, quote the rule, choose the style, then answer; with worked
+    examples) when unset."""
+    prefill: str = "<think>\n"
+    """Text the assistant turn starts with (the opening reasoning tag), continued by the teacher; empty for none."""
+    base_url: str | None = None
+    """Endpoint of the `openai` teacher; the OpenAI API when unset."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the `openai` teacher's API key."""
+    max_concurrency: int = Field(default=16, ge=1)
+    """Requests in flight at once (`openai`)."""
+    timeout: float = Field(default=120.0, gt=0)
+    """Seconds per request (`openai`)."""
+    max_retries: int = Field(default=6, ge=0)
+    """Retries of a failed request (`openai`)."""
+
+
+class FilterConfig(Section):
+    threshold: float = Field(default=7.0, ge=0, le=10)
+    """Keep a completion when its minimum judge score over `judge.repeats` judgments is at least this (0-10)."""
+    judge_sees_reasoning: bool = True
+    """Show the judge the reasoning as well as the answer (the paper's SFT filter); False judges answers only."""
+    keep_per_prompt: int = Field(default=1, ge=0)
+    """Keep at most this many passing completions per prompt (the best-scored first); 0 keeps all."""
+    require_citation: bool = False
+    """Also drop completions whose reasoning does not cite the prompt's category."""
+
+
 class SFTConfig(Section):
     learning_rate: float = Field(default=2e-5, gt=0)
     num_train_epochs: float = Field(default=2.0, gt=0)
@@ -151,6 +202,16 @@ class SFTConfig(Section):
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
     keep_reasoning: bool = True
     """Keep the chain of thought in the training target (deliberative alignment) or train on answers only."""
+    lora_target_modules: list[str] | str = "all-linear"
+    """Modules that get LoRA weights: `all-linear` or a list of module names."""
+    save_merged: bool = False
+    """With LoRA, also save the adapter merged into the base weights (`sft/merged`)."""
+    save_steps: int = Field(default=50, ge=1)
+    """Optimizer steps between checkpoints (`sft --resume` continues from the last one)."""
+    logging_steps: int = Field(default=5, ge=1)
+    """Optimizer steps between loss reports."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps; -1 runs `num_train_epochs`."""
 
 
 class DPOConfig(Section):
@@ -208,6 +269,8 @@ class Recipe(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     rl: RLConfig = Field(default_factory=RLConfig)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
+from deliberate.chat_api import Failure
 from deliberate.judges.cache import JudgeCache, cache_key
 from deliberate.judges.prompts import PROMPT_VERSION
 from deliberate.progress import progress_bar
@@ -28,9 +29,7 @@ from deliberate.spec import PolicySpec
 T = TypeVar("T")
 
 
-@dataclass
-class JudgeFailure:
-    error: str
+JudgeFailure = Failure  # a judgment that failed (network, refusal to judge, unparseable output)
 
 
 @dataclass

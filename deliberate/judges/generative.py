@@ -7,12 +7,9 @@ chat prompts becomes a batch of texts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import random
-import time
 from typing import TYPE_CHECKING, Any
 
+from deliberate.chat_api import ChatAPI, Messages
 from deliberate.errors import DeliberateError
 from deliberate.judges.base import Backend, JudgeFailure, PairwiseRequest, PointwiseRequest, Tick, Usage
 from deliberate.judges.prompts import (
@@ -28,8 +25,6 @@ from deliberate.judges.prompts import (
 if TYPE_CHECKING:
     from deliberate.recipe import JudgeConfig
 
-Messages = list[dict[str, str]]
-_CONNECTIONS_PER_CLIENT = 8
 
 
 class GenerativeBackend(Backend):
@@ -87,55 +82,18 @@ class GenerativeBackend(Backend):
         return await self._judge(batch, PAIRWISE_SCHEMA, parse_pairwise, tick)
 
 
-def _retry_after(headers: Any) -> float | None:
-    """Seconds the server asked us to wait (Retry-After or retry-after-ms), if it said."""
-    if headers is None:
-        return None
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-
-
 class OpenAIBackend(GenerativeBackend):
-    """Any OpenAI-compatible chat endpoint, through the official async client.
-
-    At most `max_concurrency` requests are in flight. 429, 5xx, timeouts and connection errors are retried up
-    to `max_retries` times with exponential backoff and full jitter, waiting at least what Retry-After asks.
-    Other errors (400, 401, 404, ...) fail at once. The API key is read from the environment variable that the
-    recipe names, and is never stored or logged.
-    """
+    """Any OpenAI-compatible chat endpoint, through the official client (`deliberate.chat_api`): bounded
+    concurrency, retries with backoff honouring Retry-After, the key read from the environment only."""
 
     kind = "openai"
 
     def __init__(self, usage: Usage, cfg: JudgeConfig):
         super().__init__(usage)
-        import openai
-
-        if not cfg.model:
-            raise DeliberateError("judge.model: the openai backend needs a model name (e.g. gpt-4o)")
-        key = os.environ.get(cfg.api_key_env)
-        if not key:
-            if cfg.base_url is None:
-                raise DeliberateError(f"judge: the environment variable {cfg.api_key_env} (judge.api_key_env) is not set")
-            key = "none"  # local servers (vLLM, ...) usually need no key
         self.cfg = cfg
-        self._key = key  # kept in memory only
-        self._openai = openai
-        self._ssl = None
+        self.api = ChatAPI(model=cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
+                           max_retries=cfg.max_retries, max_concurrency=cfg.max_concurrency, counters=usage,
+                           backoff_base=cfg.backoff_base, backoff_max=cfg.backoff_max, role="judge")
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.kind, "model": self.cfg.model, "base_url": self.cfg.base_url,
@@ -149,66 +107,11 @@ class OpenAIBackend(GenerativeBackend):
             return {"type": "json_object"}
         return None
 
-    async def _one(self, slots: asyncio.Queue, messages: Messages, schema: dict[str, Any]) -> str | JudgeFailure:
-        openai = self._openai
-        kwargs: dict[str, Any] = {"model": self.cfg.model, "messages": messages, "temperature": self.cfg.temperature,
-                                  "max_tokens": self.cfg.max_tokens}
-        if (fmt := self._response_format(schema)) is not None:
-            kwargs["response_format"] = fmt
-        for attempt in range(self.cfg.max_retries + 1):
-            wait: float | None = None
-            client = await slots.get()  # a free slot: at most max_concurrency requests in flight
-            try:
-                try:
-                    # The documented raw `post` skips the SDK's per-field TypedDict transform and pydantic response
-                    # models (a third of the client's CPU per request); errors, auth and timeouts work as in `create`.
-                    data = await client.post("/chat/completions", body=kwargs, cast_to=object)
-                except (openai.RateLimitError, openai.InternalServerError) as e:
-                    error, wait = f"HTTP {e.status_code}", _retry_after(e.response.headers)
-                except openai.APIStatusError as e:
-                    if e.status_code < 500 and e.status_code not in (408, 409, 429):
-                        return JudgeFailure(f"HTTP {e.status_code}: {_brief(e)}")
-                    error, wait = f"HTTP {e.status_code}", _retry_after(e.response.headers)
-                except openai.APITimeoutError:
-                    error = "timeout"
-                except openai.APIConnectionError as e:
-                    error = f"connection error: {_brief(e)}"
-                else:
-                    return self._read(data)
-            finally:
-                slots.put_nowait(client)
-            if attempt == self.cfg.max_retries:
-                return JudgeFailure(f"{error} after {attempt + 1} attempts")
-            self.usage.retries += 1
-            backoff = random.uniform(0, min(self.cfg.backoff_max, self.cfg.backoff_base * 2**attempt))
-            await asyncio.sleep(max(backoff, wait or 0.0))  # waiting holds no slot
-        raise AssertionError("unreachable")
-
     async def complete(self, batch: list[Messages], schema: dict[str, Any], tick: Tick) -> list[str | JudgeFailure]:
-        # Several clients, each with a small connection pool: httpcore scans its whole pool on every request and
-        # response, so one pool of 64 connections costs more CPU than the requests themselves. Each client
-        # belongs to the event loop of this batch, so clients live per batch.
-        n_clients = -(-self.cfg.max_concurrency // _CONNECTIONS_PER_CLIENT)
-        async with contextlib.AsyncExitStack() as stack:
-            clients = [await stack.enter_async_context(self._openai.AsyncOpenAI(
-                api_key=self._key, base_url=self.cfg.base_url, timeout=self.cfg.timeout, max_retries=0,
-                http_client=self._openai.DefaultAsyncHttpxClient(verify=self._ssl_context())))
-                for _ in range(n_clients)]
-            slots: asyncio.Queue = asyncio.Queue()
-            for i in range(self.cfg.max_concurrency):
-                slots.put_nowait(clients[i % n_clients])
-
-            async def run(messages: Messages) -> str | JudgeFailure:
-                result = await self._one(slots, messages, schema)
-                tick(1)
-                return result
-
-            return list(await asyncio.gather(*(run(m) for m in batch)))
-
-
-def _brief(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
+        params: dict[str, Any] = {"temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
+        if (fmt := self._response_format(schema)) is not None:
+            params["response_format"] = fmt
+        return await self.api.complete(batch, params, tick)
 
 
 class HFBackend(GenerativeBackend):
