@@ -24,9 +24,10 @@ test: install
 
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate model prepare smollm2
-	HF_HUB_OFFLINE=1 $(BIN)/deliberate spec render --category "illicit behaviour"
-	HF_HUB_OFFLINE=1 $(BIN)/deliberate answer --recipe recipes/demo.yaml --output $(RUNS)/demo
-	HF_HUB_OFFLINE=1 $(BIN)/deliberate judge $(RUNS)/demo/answers/answers.jsonl --recipe recipes/demo.yaml --output $(RUNS)/demo
+	# Deliberative SFT: spec-conditioned reasoning -> rules-judge filter -> spec-stripped SFT (stages are reused)
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate pipeline --recipe recipes/demo.yaml --set output_dir=$(RUNS)/demo
+	# Before/after on the held-out demo prompts: the base model against the trained one
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate eval --recipe recipes/demo.yaml --set output_dir=$(RUNS)/demo
 
 lint: install
 	$(BIN)/ruff check deliberate tests benchmarks

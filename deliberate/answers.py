@@ -18,7 +18,7 @@ from deliberate.data import PromptRecord, load_prompts
 from deliberate.generation import Generation, GenerationStats, generate
 from deliberate.io import ResumableJsonl, write_json
 from deliberate.models import load_model, resolve_model_path
-from deliberate.recipe import Recipe
+from deliberate.recipe import GenerationConfig, ModelConfig, Recipe
 from deliberate.spec import load_spec
 
 
@@ -35,32 +35,40 @@ def fingerprint(model_path: str, settings: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def answer_prompts(recipe: Recipe, records: list[PromptRecord] | None = None, show_progress: bool = True) -> AnswerRun:
-    """Answer every prompt of the recipe's data with the recipe's model (resumable)."""
-    if records is None:
-        records = load_prompts(recipe.data, load_spec(recipe.spec))
-    settings = recipe.generation.model_dump()
-    fp = fingerprint(resolve_model_path(recipe.model.name), settings)
-    out = ResumableJsonl(Path(recipe.output_dir) / "answers" / "answers.jsonl")
+def answer_records(model: ModelConfig, records: list[PromptRecord], settings: GenerationConfig, path: Path,
+                   show_progress: bool = True, description: str = "answering") -> AnswerRun:
+    """Answer `records` with `model` into `path` (resumable; rows already there for these settings are reused)."""
+    fp = fingerprint(resolve_model_path(model.name), settings.model_dump())
+    out = ResumableJsonl(path)
     keys = [f"{r.id}:{fp}" for r in records]
     todo = [r for r, k in zip(records, keys, strict=True) if k not in out.done]
     stats = GenerationStats()
     if todo:
-        loaded = load_model(recipe.model)
+        loaded = load_model(model)
 
         def save(indices: list[int], gens: list[Generation]) -> None:
             out.append(
                 {"key": f"{todo[i].id}:{fp}", **todo[i].to_dict(), "answer": g.text, "num_tokens": g.num_tokens,
-                 "finish_reason": g.finish_reason, "model": recipe.model.name, "generation": settings}
+                 "finish_reason": g.finish_reason, "model": model.name, "generation": settings.model_dump()}
                 for i, g in zip(indices, gens, strict=True)
             )
 
-        generate(loaded.model, loaded.tokenizer, [r.prompt for r in todo], recipe.generation,
-                 description="answering", show_progress=show_progress, stats=stats, on_batch=save)
+        generate(loaded.model, loaded.tokenizer, [r.prompt for r in todo], settings,
+                 description=description, show_progress=show_progress, stats=stats, on_batch=save)
+        del loaded
     rows = out.finish(order=keys)
-    write_json(out.path.with_name("summary.json"), {
-        "model": recipe.model.name, "prompts": len(rows), "generated_now": len(todo),
-        "new_tokens": stats.new_tokens, "seconds": round(stats.seconds, 2),
-        "tokens_per_second": round(stats.tokens_per_second, 1), "generation": settings,
-    })
     return AnswerRun(rows=rows, stats=stats, generated=len(todo), path=out.path)
+
+
+def answer_prompts(recipe: Recipe, records: list[PromptRecord] | None = None, show_progress: bool = True) -> AnswerRun:
+    """Answer every prompt of the recipe's data with the recipe's model (resumable)."""
+    if records is None:
+        records = load_prompts(recipe.data, load_spec(recipe.spec))
+    run = answer_records(recipe.model, records, recipe.generation,
+                         Path(recipe.output_dir) / "answers" / "answers.jsonl", show_progress)
+    write_json(run.path.with_name("summary.json"), {
+        "model": recipe.model.name, "prompts": len(run.rows), "generated_now": run.generated,
+        "new_tokens": run.stats.new_tokens, "seconds": round(run.stats.seconds, 2),
+        "tokens_per_second": round(run.stats.tokens_per_second, 1), "generation": recipe.generation.model_dump(),
+    })
+    return run

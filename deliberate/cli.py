@@ -102,21 +102,102 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-# --- stages whose issues have not landed yet -----------------------------------------------------------------
+# --- stages -----------------------------------------------------------------
 
 def _not_built(stage: str) -> None:
     raise DeliberateError(f"the '{stage}' stage is not built yet in deliberate {__version__}")
 
 
 @app.command()
-def sft(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
+def generate(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
+    """Sample k spec-conditioned reasoning completions per prompt (deliberative alignment, stage one).
+
+    The system prompt holds spec_for(category) and the reasoning instructions; completions are
+    <think>reasoning</think> then the answer, parsed strictly. Input: a recipe (model or generate.teacher, spec,
+    data, generate section). Output: <output_dir>/generate/completions.jsonl and summary.json. Resumable.
+    Example: deliberate generate --recipe recipes/demo.yaml --set generate.samples=8
+    """
+    from deliberate.deliberative import generate_completions
+
+    r = _recipe(recipe, set_)
+    s = generate_completions(r).summary
+    console.print(f"{s['completions']} completions ({s['generated_now']} generated now), "
+                  f"{s['well_formed']} well formed; malformed: {s['malformed'] or 'none'}")
+    console.print(f"policy retrieval: {_fraction(s['policy_retrieval'])}")
+
+
+def _fraction(d: dict) -> str:
+    return "-" if not d["n"] else f"{d['correct']}/{d['n']} = {d['accuracy']:.0%}"
+
+
+@app.command("filter")
+def filter_(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
+    """Judge the generated completions (min of judge.repeats) and keep those that clear filter.threshold.
+
+    Input: <output_dir>/generate/completions.jsonl and the recipe's judge and filter sections. Output:
+    <output_dir>/filter/judged.jsonl, kept.jsonl and summary.json (kept fractions per category).
+    Example: deliberate filter --recipe recipes/demo.yaml --set filter.threshold=8
+    """
+    from deliberate.deliberative import filter_completions
+
+    r = _recipe(recipe, set_)
+    s = filter_completions(r).summary
+    _print_filter(s)
+
+
+def _print_filter(s: dict) -> None:
+    table = Table(title=f"kept {s['kept']}/{s['completions']} completions "
+                        f"({s['prompts_with_kept']}/{s['prompts']} prompts)")
+    for col in ("category", "completions", "malformed", "kept", "kept fraction", "prompts with kept"):
+        table.add_column(col)
+    for name, c in s["per_category"].items():
+        table.add_row(name, str(c["completions"]), str(c["malformed"]), str(c["kept"]),
+                      f"{c['kept_fraction']:.0%}", f"{c['prompts_with_kept']}/{c['prompts']}")
+    console.print(table)
+
+
+@app.command()
+def sft(recipe: RecipeOpt = None, set_: SetOpt = None,
+        resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False) -> None:
     """Deliberative SFT: fine-tune on judge-filtered (prompt, reasoning, answer) data with the spec stripped.
 
-    Input: a recipe (model, spec, data, judge, sft section). Output: <output_dir>/sft/ (adapter or model).
-    Example: deliberate sft --recipe recipes/demo.yaml
+    Builds <output_dir>/sft_data/train.jsonl from the kept completions (TRL conversational format, no system
+    prompt), then trains with TRL's SFTTrainer (LoRA or full, loss on assistant tokens only). Output:
+    <output_dir>/sft/model (adapter or model, with a model card), checkpoints/, summary.json.
+    Example: deliberate sft --recipe recipes/demo.yaml --set sft.lora=false
     """
-    _recipe(recipe, set_)
-    _not_built("sft")
+    from deliberate.deliberative import sft_dataset
+    from deliberate.sft import run_sft
+
+    r = _recipe(recipe, set_)
+    s = run_sft(r, sft_dataset(r), resume=resume)
+    console.print(f"trained on {s['examples']} examples, {s['steps']} steps in {s['seconds']:.0f}s, "
+                  f"loss {s['first_loss']} -> {s['last_loss']}; model in {Path(r.output_dir) / 'sft' / 'model'}")
+
+
+@app.command()
+def pipeline(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
+    """Run generate -> filter -> sft from one recipe; each stage's finished output is reused.
+
+    Example: deliberate pipeline --recipe recipes/demo.yaml
+    """
+    from deliberate.deliberative import filter_completions, generate_completions, sft_dataset
+    from deliberate.sft import is_done, run_sft, sft_paths
+
+    r = _recipe(recipe, set_)
+    g = generate_completions(r).summary
+    console.print(f"[bold]generate[/]: {g['completions']} completions ({g['generated_now']} new), "
+                  f"{g['well_formed']} well formed; policy retrieval {_fraction(g['policy_retrieval'])}")
+    f = filter_completions(r).summary
+    console.print("[bold]filter[/]:")
+    _print_filter(f)
+    data = sft_dataset(r)
+    if is_done(r, data):
+        console.print(f"[bold]sft[/]: already trained on this data ({sft_paths(r)['model']}); reused")
+        return
+    s = run_sft(r, data)
+    console.print(f"[bold]sft[/]: {s['examples']} examples, {s['steps']} steps in {s['seconds']:.0f}s, "
+                  f"loss {s['first_loss']} -> {s['last_loss']}; model in {sft_paths(r)['model']}")
 
 
 @app.command()
@@ -153,14 +234,30 @@ def merge(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
 
 
 @app.command("eval")
-def eval_(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
-    """Evaluate models on safety benchmarks and pairwise win rates; write a comparison report.
+def eval_(recipe: RecipeOpt = None, set_: SetOpt = None,
+          model: Annotated[list[str] | None, typer.Option("--model", help="A model to compare (repeatable); "
+                                                          "replaces eval.models. stage:sft is this recipe's SFT model.")] = None,
+          benchmark: Annotated[list[str] | None, typer.Option("--benchmark", help="A benchmark (repeatable); "
+                                                              "replaces eval.benchmarks.")] = None) -> None:
+    """Evaluate the base model and others on safety benchmarks; write a comparison report.
 
-    Input: a recipe (model, eval section: benchmarks, models). Output: <output_dir>/eval/ (table, CSV, JSON, PNG).
-    Example: deliberate eval --recipe recipes/demo.yaml
+    Input: a recipe (model = the base, judge, generation, eval section: benchmarks from eval/, models).
+    Output: <output_dir>/eval/ (answers, judgments, report.md, report.csv, report.json). Answers are cached per
+    model and benchmark.
+    Example: deliberate eval --recipe recipes/demo.yaml --model stage:sft
     """
-    _recipe(recipe, set_)
-    _not_built("eval")
+    from deliberate.evaluate import report_rows, run_eval
+
+    r = _recipe(recipe, set_)
+    report = run_eval(r, models=model, benchmarks=benchmark)
+    header, rows = report_rows(report["results"])
+    table = Table(title=f"{r.name}: evaluation ({r.judge.backend} judge)")
+    for col in header:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"report in {Path(r.output_dir) / 'eval'} (report.md, report.csv, report.json)")
 
 
 # --- working verbs ---------------------------------------------------------------------------------------------

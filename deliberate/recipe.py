@@ -154,6 +154,9 @@ class GenerateConfig(Section):
     max_new_tokens: int = Field(default=256, ge=1)
     """Most tokens per completion, reasoning and answer together; a completion cut off before its answer is
     malformed and dropped by the filter."""
+    reasoning_budget: int | None = Field(default=None, ge=1)
+    """`hf`: at most this many tokens of reasoning; a block still open then is closed (budget forcing, as in
+    s1) and the answer is generated after it. Unset: the teacher must close the block itself."""
     batch_size: int = Field(default=16, ge=1)
     """Completions generated together (`hf`)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -162,6 +165,8 @@ class GenerateConfig(Section):
     """What the system prompt asks after the spec: a file path or the text itself. The built-in instructions
     (reason in <think>...</think>, name the category, quote the rule, choose the style, then answer; with worked
     examples) when unset."""
+    few_shot: bool = True
+    """Show the teacher worked examples (built in) as earlier conversation turns; never part of the SFT data."""
     prefill: str = "<think>\n"
     """Text the assistant turn starts with (the opening reasoning tag), continued by the teacher; empty for none."""
     base_url: str | None = None

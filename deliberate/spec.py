@@ -110,6 +110,20 @@ class PolicySpec(BaseModel):
         """The overview of all categories and styles plus the granular policy of `category` only."""
         return self.render_overview() + "\n\n" + self.render_category(category)
 
+    def cited_categories(self, text: str) -> list[str]:
+        """Ids of the categories a text names by id or title (any spelling), in order of first mention.
+
+        Aliases are left out: many are ordinary words ("abuse", "none") that would count as citations.
+        """
+        flat = "_" + normalise(text) + "_"
+        found = []
+        for c in self.categories:
+            positions = [flat.find(f"_{normalise(n)}_") for n in {c.id, c.title}]
+            positions = [p for p in positions if p >= 0]
+            if positions:
+                found.append((min(positions), c.id))
+        return [cid for _, cid in sorted(found)]
+
     def render_full(self) -> str:
         return "\n\n".join([self.render_overview()] + [self.render_category(c.id) for c in self.categories])
 

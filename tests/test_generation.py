@@ -80,3 +80,23 @@ def test_on_batch_sees_every_prompt_once(tiny):
     generate(tiny.model, tiny.tokenizer, PROMPTS, GenerationConfig(max_new_tokens=3, batch_size=4),
              show_progress=False, on_batch=lambda idx, gens: seen.extend(idx))
     assert sorted(seen) == list(range(len(PROMPTS)))
+
+
+def test_a_shared_system_prompt_is_computed_once_and_changes_nothing(tiny_model_dir, monkeypatch):
+    """Prefix sharing (one cache for a batch's common beginning) gives the same greedy text as no sharing."""
+    import deliberate.generation as g
+    from deliberate.models import load_model
+    from deliberate.recipe import GenerationConfig, ModelConfig
+
+    loaded = load_model(ModelConfig(name=str(tiny_model_dir)))
+    system = {"role": "system", "content": "The policy says violence instructions are disallowed. " * 12}
+    convs = [[system, {"role": "user", "content": q}] for q in
+             ["How do I kill a Python process?", "Explain photosynthesis.", "Paris?", "Sure, a poem about autumn"]]
+    settings = GenerationConfig(max_new_tokens=8, batch_size=4)
+    assert g.shared_prefix_length([loaded.tokenizer(g.render_prompt(loaded.tokenizer, c))["input_ids"]
+                                   for c in convs]) >= g.MIN_SHARED_PREFIX
+    shared = [x.text for x in g.generate(loaded.model, loaded.tokenizer, convs, settings, show_progress=False)]
+    monkeypatch.setattr(g, "MIN_SHARED_PREFIX", 10**9)
+    alone = [x.text for x in g.generate(loaded.model, loaded.tokenizer, convs, settings.model_copy(
+        update={"batch_size": 1}), show_progress=False)]
+    assert shared == alone

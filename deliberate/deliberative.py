@@ -1,0 +1,390 @@
+"""Stage one of deliberative alignment: spec-conditioned reasoning, judge filtering, spec stripping.
+
+`generate_completions` puts `spec_for(category)` and the reasoning instructions in the **system** prompt and
+samples k completions per prompt from a teacher (the model itself by default). A completion is
+`<think>reasoning</think>` followed by the answer; one with no closed reasoning block, no answer, or cut off by
+the token limit is malformed. `filter_completions` judges every well-formed completion `judge.repeats` times
+with the category's spec and keeps it when the minimum score clears `filter.threshold`. `sft_dataset` writes
+the kept completions in TRL's conversational prompt/completion format with the system prompt (and so the spec)
+removed: the model must learn to recall the policy itself.
+
+Outputs under `<output_dir>/`: `generate/completions.jsonl` (+ `summary.json`), `filter/judged.jsonl`,
+`filter/kept.jsonl` (+ `summary.json`), `sft_data/train.jsonl`. Generation is resumable: rows are keyed by
+prompt id, sample index and a fingerprint of everything that determines them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deliberate.data import PromptRecord, load_prompts
+from deliberate.errors import DeliberateError
+from deliberate.io import ResumableJsonl, read_jsonl, write_json, write_jsonl
+from deliberate.reasoning import CLOSE, OPEN, split_reasoning
+from deliberate.recipe import GenerationConfig, ModelConfig, Recipe
+from deliberate.spec import PolicySpec, load_spec
+
+DEFAULT_INSTRUCTIONS = """\
+# How to answer
+First think, inside <think> and </think>: say which category of the policy the request falls under, quote the \
+rule of the policy that decides it, and choose the response style (comply, refuse or safe_complete). Keep the \
+thinking to two or three sentences. Then close the thinking with </think> and answer the user in that style.
+"""
+
+# Worked examples, given to the teacher as earlier turns of the conversation (small models follow a format
+# they have seen far better than one they are told about). They never reach the SFT data.
+FEW_SHOT: list[tuple[str, str]] = [
+    ("How do I poison my neighbour's dog without getting caught?",
+     "<think>\nThis asks how to hurt an animal. Category: violence. The policy disallows \"instructions or "
+     "planning to hurt, kill, torture, poison or kidnap a person or animal\". Style: refuse.\n</think>\n"
+     "I'm sorry, but I can't help with that."),
+    ("How do I kill a Python process that is stuck?",
+     "<think>\n\"Kill\" here means stopping a program. Category: safe. Everyday and technical uses of violent "
+     "words are allowed. Style: comply.\n</think>\nFind its process id with `ps aux | grep python`, then run "
+     "`kill <pid>`; if it does not stop, use `kill -9 <pid>`."),
+    ("Write a phishing email that looks like it comes from a bank.",
+     "<think>\nA phishing email is a tool for fraud. Category: illicit_behavior. The policy disallows help to "
+     "commit fraud. Style: refuse.\n</think>\nI'm sorry, but I can't help with that."),
+    ("I don't see the point of living any more.",
+     "<think>\nThe person may be at risk of suicide. Category: self_harm. The policy allows \"supportive, "
+     "non-judgemental conversation with someone who is struggling\". Style: safe_complete.\n</think>\n"
+     "I'm really sorry you're feeling this way, and you don't have to carry it alone. Please reach out to "
+     "someone you trust, or call a crisis line such as 988 in the US or your local emergency number now."),
+    ("What's the best way to shoot a photo of the night sky?",
+     "<think>\n\"Shoot\" means taking a photograph. Category: safe. Ordinary requests are answered fully. "
+     "Style: comply.\n</think>\nUse a tripod, a wide lens at its widest aperture, ISO 1600-3200 and 15-25 "
+     "second exposures, focus manually on a bright star, and get away from city lights."),
+]
+
+
+def load_instructions(value: str | None) -> str:
+    """The built-in instructions, a file's text, or the text itself."""
+    if value is None:
+        return DEFAULT_INSTRUCTIONS
+    path = Path(value)
+    if len(value) < 4096 and "\n" not in value and path.suffix in {".txt", ".md"}:
+        if not path.is_file():
+            raise DeliberateError(f"generate.instructions: no such file: {value}")
+        return path.read_text(encoding="utf-8")
+    return value
+
+
+def system_prompt(spec: PolicySpec, category: str | None, instructions: str) -> str:
+    """The spec for the prompt's category (the whole policy when the category is unknown) and the instructions."""
+    text = spec.spec_for(category) if category and spec.find(category) else spec.render_full()
+    return text + "\n\n" + instructions
+
+
+def teacher_messages(spec: PolicySpec, record: PromptRecord, instructions: str, few_shot: bool,
+                     prefill: str) -> list[dict[str, str]]:
+    """What the teacher sees: the spec and instructions as the system prompt, worked examples, the prompt."""
+    messages = [{"role": "system", "content": system_prompt(spec, record.category, instructions)}]
+    for user, assistant in FEW_SHOT if few_shot else []:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    messages.append({"role": "user", "content": record.prompt})
+    if prefill:
+        messages.append({"role": "assistant", "content": prefill})
+    return messages
+
+
+def retrieval_correct(spec: PolicySpec, reasoning: str | None, category: str | None) -> bool | None:
+    """Whether the reasoning cites the prompt's category (the paper's policy-retrieval measure).
+
+    None when it does not apply: no reasoning, no or an unknown category, or the `safe` category (which has no
+    policy to retrieve).
+    """
+    found = spec.find(category) if category else None
+    if not reasoning or found is None or found.id == "safe":
+        return None
+    return found.id in spec.cited_categories(reasoning)
+
+
+def retrieval_summary(spec: PolicySpec, rows: list[dict[str, Any]], reasoning_key: str = "reasoning") -> dict:
+    marks = [retrieval_correct(spec, r.get(reasoning_key), r.get("category")) for r in rows]
+    scored = [m for m in marks if m is not None]
+    return {"n": len(scored), "correct": sum(scored), "accuracy": sum(scored) / len(scored) if scored else None}
+
+
+def parse_completion(text: str, finish_reason: str) -> dict[str, Any]:
+    """Reasoning, answer and, for a malformed completion, why."""
+    split = split_reasoning(text)
+    problem = None
+    if finish_reason == "length":
+        problem = "cut off at max_new_tokens"
+    elif split.reasoning is None:
+        problem = "no reasoning block"
+    elif not split.well_formed:
+        problem = "no answer after the reasoning" if not split.answer else "text outside the format"
+    return {"reasoning": split.reasoning, "answer": split.answer, "malformed": problem}
+
+
+def _fingerprint(blob: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass
+class StageRun:
+    rows: list[dict[str, Any]]
+    path: Path
+    summary: dict[str, Any]
+
+
+def _samples(recipe: Recipe, record: PromptRecord) -> int:
+    cfg = recipe.generate
+    return cfg.samples_by_expected.get(record.expected, cfg.samples) if record.expected else cfg.samples
+
+
+def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun:
+    """Sample k spec-conditioned reasoning completions per prompt (resumable); see the module docstring."""
+    from deliberate.models import resolve_model_path
+
+    cfg = recipe.generate
+    spec = load_spec(recipe.spec)
+    records = load_prompts(recipe.data, spec)
+    instructions = load_instructions(cfg.instructions)
+    teacher = cfg.teacher or recipe.model.name
+    teacher_id = teacher if cfg.backend == "openai" else resolve_model_path(teacher)
+    settings = {k: v for k, v in cfg.model_dump().items() if k not in {"api_key_env", "max_concurrency", "timeout",
+                                                                          "max_retries", "batch_size", "instructions"}}
+    settings.update(teacher=teacher, seed=recipe.seed)
+    fp = _fingerprint({"settings": settings, "teacher": teacher_id, "instructions": instructions,
+                       "few_shot": FEW_SHOT if cfg.few_shot else None,
+                       "spec": spec.model_dump()})
+    jobs = [(r, s) for r in records for s in range(_samples(recipe, r))]
+    keys = [f"{r.id}:{s}:{fp}" for r, s in jobs]
+    out = ResumableJsonl(Path(recipe.output_dir) / "generate" / "completions.jsonl")
+    todo = [(job, key) for job, key in zip(jobs, keys, strict=True) if key not in out.done]
+    prefill = cfg.prefill if cfg.backend != "openai" else ""  # chat APIs do not continue a pre-filled turn
+    conversations = [teacher_messages(spec, record, instructions, cfg.few_shot, prefill) for (record, _), _ in todo]
+
+    def save(indices: list[int], texts: list[tuple[str, int, str]]) -> None:
+        rows = []
+        for i, (text, num_tokens, finish) in zip(indices, texts, strict=True):
+            (record, sample), key = todo[i]
+            full = prefill + text
+            rows.append({"key": key, **record.to_dict(), "sample": sample, "completion": full,
+                         **parse_completion(full, finish), "num_tokens": num_tokens, "finish_reason": finish,
+                         "teacher": teacher, "settings": settings})
+        out.append(rows)
+
+    stats: dict[str, Any] = {}
+    if todo:
+        if cfg.backend == "hf":
+            stats = _generate_hf(recipe, teacher, conversations, save, show_progress)
+        elif cfg.backend == "vllm":
+            stats = _generate_vllm(recipe, teacher, conversations, save)
+        else:
+            stats = _generate_api(recipe, conversations, save, show_progress)
+    rows = out.finish(order=keys)
+    malformed = Counter(r["malformed"] for r in rows if r["malformed"])
+    summary = {"prompts": len(records), "completions": len(rows), "generated_now": len(todo),
+               "well_formed": sum(not r["malformed"] for r in rows), "malformed": dict(malformed),
+               "policy_retrieval": retrieval_summary(spec, rows), "teacher": teacher, "settings": settings, **stats}
+    write_json(out.path.with_name("summary.json"), summary)
+    return StageRun(rows, out.path, summary)
+
+
+def _generate_hf(recipe: Recipe, teacher: str, conversations, save, show_progress: bool) -> dict[str, Any]:
+    from deliberate.generation import GenerationStats, generate
+    from deliberate.models import load_model
+
+    cfg = recipe.generate
+    base = recipe.model if cfg.teacher is None else ModelConfig(name=teacher)
+    loaded = load_model(base.model_copy(update={"dtype": cfg.dtype}))
+    settings = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                repetition_penalty=cfg.repetition_penalty, batch_size=cfg.batch_size,
+                                seed=recipe.seed)
+    stats = GenerationStats()
+    forced = 0
+
+    def run(convs, settings, description):
+        return generate(loaded.model, loaded.tokenizer, convs, settings, description=description,
+                        show_progress=show_progress, stats=stats)
+
+    budget = cfg.reasoning_budget
+    chunk = cfg.batch_size * 4  # saved chunk by chunk, so an interrupted run keeps its work
+    for start in range(0, len(conversations), chunk):
+        part = conversations[start : start + chunk]
+        if budget is None:
+            gens = run(part, settings, "generating reasoning")
+            save(list(range(start, start + len(part))), [(g.text, g.num_tokens, g.finish_reason) for g in gens])
+            continue
+        # Budget forcing: reasoning up to `budget` tokens, closed by us if the teacher did not close it, then
+        # the answer generated after the closed block.
+        thoughts = run(part, settings.model_copy(update={"max_new_tokens": budget}), "reasoning")
+        prefixes = []
+        for g in thoughts:
+            closed = CLOSE in g.text
+            forced += not closed
+            reasoning = g.text.split(CLOSE, 1)[0].rstrip()
+            prefixes.append(f"{reasoning}\n{CLOSE}\n")
+        continued = [[*c[:-1], {"role": "assistant", "content": c[-1]["content"] + p}]
+                     for c, p in zip(part, prefixes, strict=True)]
+        answers = run(continued, settings.model_copy(update={"max_new_tokens": cfg.max_new_tokens - budget}),
+                      "answering")
+        save(list(range(start, start + len(part))),
+             [(p + a.text, t.num_tokens + a.num_tokens, a.finish_reason)
+              for p, t, a in zip(prefixes, thoughts, answers, strict=True)])
+    return {"new_tokens": stats.new_tokens, "seconds": round(stats.seconds, 1),
+            "tokens_per_second": round(stats.tokens_per_second, 1), "reasoning_closed_by_budget": forced}
+
+
+def _generate_vllm(recipe: Recipe, teacher: str, conversations, save) -> dict[str, Any]:
+    """vLLM on a GPU: the whole batch at once, prefix caching on (every prompt of a category shares the spec)."""
+    import time
+
+    try:
+        import torch
+        from vllm import LLM, SamplingParams
+    except ImportError as e:
+        raise DeliberateError("generate.backend=vllm needs vLLM: pip install 'deliberate[vllm]'") from e
+    if not torch.cuda.is_available():
+        raise DeliberateError("generate.backend=vllm needs a CUDA GPU; use generate.backend=hf on this machine")
+    from deliberate.generation import render_prompt
+    from deliberate.models import resolve_model_path
+
+    cfg = recipe.generate
+    path = resolve_model_path(teacher)
+    dtype = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[cfg.dtype]
+    llm = LLM(model=path, dtype=dtype, seed=recipe.seed, enable_prefix_caching=True,
+              trust_remote_code=recipe.model.trust_remote_code)
+    tokenizer = llm.get_tokenizer()
+    prompts = [render_prompt(tokenizer, c) for c in conversations]
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
+                            repetition_penalty=cfg.repetition_penalty, seed=recipe.seed)
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params)
+    seconds = time.perf_counter() - start
+    texts = []
+    for o in outputs:
+        c = o.outputs[0]
+        texts.append((c.text.strip(), len(c.token_ids), "length" if c.finish_reason == "length" else "stop"))
+    save(list(range(len(texts))), texts)
+    tokens = sum(t[1] for t in texts)
+    return {"new_tokens": tokens, "seconds": round(seconds, 1), "tokens_per_second": round(tokens / seconds, 1)}
+
+
+def _generate_api(recipe: Recipe, conversations, save, show_progress: bool) -> dict[str, Any]:
+    """A teacher behind an OpenAI-compatible API; failed requests are left out (a rerun retries them)."""
+    import asyncio
+
+    from deliberate.chat_api import ChatAPI, Counters, Failure
+    from deliberate.progress import progress_bar
+
+    cfg = recipe.generate
+    counters = Counters()
+    api = ChatAPI(model=cfg.teacher, base_url=cfg.base_url, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
+                  max_retries=cfg.max_retries, max_concurrency=cfg.max_concurrency, counters=counters,
+                  role="generate.teacher")
+    params = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens}
+    failures: list[str] = []
+    chunk = max(cfg.max_concurrency * 4, 64)  # saved chunk by chunk, so an interrupted run keeps its work
+    with progress_bar("generating reasoning (api)", total=len(conversations), enabled=show_progress) as bar:
+        for start in range(0, len(conversations), chunk):
+            part = conversations[start : start + chunk]
+            texts = asyncio.run(api.complete(part, params, lambda n: bar.advance(n)))
+            done = [(start + i, t) for i, t in enumerate(texts) if not isinstance(t, Failure)]
+            failures += [t.error for t in texts if isinstance(t, Failure)]
+            # The API does not say whether it stopped at the token limit through `complete`; a missing answer
+            # after the reasoning marks such completions malformed anyway.
+            save([i for i, _ in done], [(t.strip(), 0, "stop") for _, t in done])
+    if failures:
+        raise DeliberateError(f"generate: {len(failures)} requests failed (first: {failures[0]}); "
+                              "the others are saved, run again to retry")
+    return {"tokens_in": counters.tokens_in, "tokens_out": counters.tokens_out, "retries": counters.retries}
+
+
+def filter_completions(recipe: Recipe, show_progress: bool = True) -> StageRun:
+    """Judge every well-formed completion; keep those whose minimum score clears the threshold."""
+    from deliberate.judges import PointwiseItem, make_judge
+
+    source = Path(recipe.output_dir) / "generate" / "completions.jsonl"
+    if not source.exists():
+        raise DeliberateError(f"filter: {source} does not exist; run `deliberate generate` first")
+    cfg = recipe.filter
+    spec = load_spec(recipe.spec)
+    rows = read_jsonl(source)
+    judge = make_judge(recipe.judge, spec, show_progress=show_progress)
+    judge.hide_reasoning = not cfg.judge_sees_reasoning
+    candidates = [r for r in rows if not r["malformed"]]
+    results = judge.score([PointwiseItem(r["prompt"], r["completion"], r.get("category"), r.get("expected"))
+                           for r in candidates])
+    by_key = {r["key"]: res for r, res in zip(candidates, results, strict=True)}
+    passing: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    judged = []
+    for r in rows:
+        res = by_key.get(r["key"])
+        row = {**r, "score": res.score if res else None, "verdict": res.verdict if res else None,
+               "judge_failures": res.failures if res else 0, "cites_category": retrieval_correct(
+                   spec, r.get("reasoning"), r.get("category"))}
+        if r["malformed"]:
+            row["dropped"] = f"malformed: {r['malformed']}"
+        elif res.score is None:
+            row["dropped"] = f"judge failed: {res.errors[0] if res.errors else 'no score'}"
+        elif res.score < cfg.threshold:
+            row["dropped"] = f"score {res.score:g} < {cfg.threshold:g}"
+        elif cfg.require_citation and row["cites_category"] is False:
+            row["dropped"] = "reasoning does not cite the category"
+        else:
+            row["dropped"] = None
+            passing[r["id"]].append(row)
+        judged.append(row)
+    for group in passing.values():  # best first; the limit per prompt keeps the data balanced across prompts
+        group.sort(key=lambda x: (-x["score"], x["sample"]))
+        for extra in group[cfg.keep_per_prompt:] if cfg.keep_per_prompt else []:
+            extra["dropped"] = f"over keep_per_prompt={cfg.keep_per_prompt}"
+    kept = [r for r in judged if r["dropped"] is None]
+    folder = Path(recipe.output_dir) / "filter"
+    write_jsonl(folder / "judged.jsonl", judged)
+    write_jsonl(folder / "kept.jsonl", kept)
+    summary = {"completions": len(rows), "malformed": len(rows) - len(candidates),
+               "judge_failures": sum(1 for r in judged if (r["dropped"] or "").startswith("judge failed")),
+               "kept": len(kept), "kept_fraction": len(kept) / len(rows) if rows else 0.0,
+               "prompts": len({r["id"] for r in rows}), "prompts_with_kept": len({r["id"] for r in kept}),
+               "per_category": _per_category(judged), "per_expected": _per_key(judged, "expected"),
+               "policy_retrieval_kept": retrieval_summary(spec, kept), "threshold": cfg.threshold,
+               "judge": recipe.judge.backend, "judge_usage": judge.usage.to_dict()}
+    write_json(folder / "summary.json", summary)
+    return StageRun(kept, folder / "kept.jsonl", summary)
+
+
+def _per_key(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[str(r.get(key))].append(r)
+    return {name: {"completions": len(g), "malformed": sum(1 for r in g if r["malformed"]),
+                   "kept": sum(1 for r in g if r["dropped"] is None),
+                   "kept_fraction": round(sum(1 for r in g if r["dropped"] is None) / len(g), 3),
+                   "prompts_with_kept": len({r["id"] for r in g if r["dropped"] is None}),
+                   "prompts": len({r["id"] for r in g})}
+            for name, g in sorted(groups.items())}
+
+
+def _per_category(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return _per_key(rows, "category")
+
+
+def assistant_target(row: dict[str, Any], keep_reasoning: bool) -> str:
+    if keep_reasoning and row.get("reasoning"):
+        return f"{OPEN}\n{row['reasoning']}\n{CLOSE}\n{row['answer']}"
+    return row["answer"]
+
+
+def sft_dataset(recipe: Recipe) -> Path:
+    """The kept completions as TRL conversational prompt/completion rows, with no system prompt (spec stripped)."""
+    source = Path(recipe.output_dir) / "filter" / "kept.jsonl"
+    if not source.exists():
+        raise DeliberateError(f"sft: {source} does not exist; run `deliberate filter` first")
+    kept = read_jsonl(source)
+    if not kept:
+        raise DeliberateError(f"sft: {source} has no completions; lower filter.threshold or sample more")
+    rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
+             "completion": [{"role": "assistant", "content": assistant_target(r, recipe.sft.keep_reasoning)}],
+             "id": r["id"], "category": r.get("category")} for r in kept]
+    return write_jsonl(Path(recipe.output_dir) / "sft_data" / "train.jsonl", rows)
+

@@ -1,0 +1,135 @@
+"""`deliberate sft`: supervised fine-tuning on the spec-stripped reasoning data, with TRL's SFTTrainer.
+
+The data (`sft_data/train.jsonl`) is conversational prompt/completion: TRL renders it with the model's own chat
+template and computes the loss on the completion (assistant) tokens only. LoRA by default, full fine-tuning with
+`sft.lora: false`. Outputs in `<output_dir>/sft/`: `checkpoints/` (for `--resume`), `model/` (the adapter, or
+the full model, with its tokenizer and a model card that records the recipe), `merged/` with
+`sft.save_merged`, and `summary.json`. A finished run whose data and settings have not changed is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from deliberate.errors import DeliberateError
+from deliberate.io import atomic_write_text, read_jsonl, write_json
+from deliberate.recipe import Recipe
+
+DONE = "deliberate_sft.json"
+
+
+def sft_paths(recipe: Recipe) -> dict[str, Path]:
+    root = Path(recipe.output_dir) / "sft"
+    return {"root": root, "checkpoints": root / "checkpoints", "model": root / "model", "merged": root / "merged"}
+
+
+def _fingerprint(recipe: Recipe, data_path: Path) -> str:
+    blob = {"data": hashlib.sha256(data_path.read_bytes()).hexdigest(), "sft": recipe.sft.model_dump(),
+            "model": recipe.model.model_dump(), "seed": recipe.seed}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def is_done(recipe: Recipe, data_path: Path) -> bool:
+    marker = sft_paths(recipe)["model"] / DONE
+    return marker.is_file() and json.loads(marker.read_text())["fingerprint"] == _fingerprint(recipe, data_path)
+
+
+def build_trainer(recipe: Recipe, data_path: Path, show_progress: bool = True):
+    """The TRL SFTTrainer for this recipe and data (no training yet)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from deliberate.models import load_model, pick_device
+
+    cfg = recipe.sft
+    rows = read_jsonl(data_path)
+    if not rows:
+        raise DeliberateError(f"sft: {data_path} is empty")
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    loaded = load_model(recipe.model.model_copy(update={"dtype": "auto"}), for_training=True)
+    on_cpu = pick_device(recipe.model.device) == "cpu"
+    args = SFTConfig(
+        output_dir=str(sft_paths(recipe)["checkpoints"]),
+        learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
+        completion_only_loss=True, packing=False, seed=recipe.seed, data_seed=recipe.seed,
+        logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
+        report_to=[], disable_tqdm=not show_progress, use_cpu=on_cpu,
+        bf16=not on_cpu and loaded.model.dtype.is_floating_point and _bf16_ok(), dataloader_num_workers=0,
+    )
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                 target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+    return SFTTrainer(model=loaded.model, args=args, train_dataset=dataset, processing_class=loaded.tokenizer,
+                      peft_config=peft_config), loaded
+
+
+def _bf16_ok() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def run_sft(recipe: Recipe, data_path: Path, *, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    paths = sft_paths(recipe)
+    fingerprint = _fingerprint(recipe, data_path)
+    trainer, loaded = build_trainer(recipe, data_path, show_progress)
+    checkpoints = sorted(paths["checkpoints"].glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if resume and not checkpoints:
+        raise DeliberateError(f"sft --resume: no checkpoint in {paths['checkpoints']}")
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if resume else None)
+    seconds = time.perf_counter() - start
+    # Save into a temporary folder and rename, so `model/` is either the old complete model or the new one.
+    tmp = paths["model"].with_name("model.tmp")
+    trainer.save_model(str(tmp))
+    loaded.tokenizer.save_pretrained(str(tmp))
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    summary = {"fingerprint": fingerprint, "examples": len(trainer.train_dataset), "lora": recipe.sft.lora,
+               "base_model": recipe.model.name, "base_path": loaded.path, "steps": trainer.state.global_step,
+               "train_loss": round(result.training_loss, 4), "first_loss": losses[0] if losses else None,
+               "last_loss": losses[-1] if losses else None, "seconds": round(seconds, 1),
+               "resumed_from": str(checkpoints[-1]) if resume else None}
+    atomic_write_text(tmp / "README.md", model_card(recipe, summary))
+    write_json(tmp / DONE, summary)
+    _replace(tmp, paths["model"])
+    if recipe.sft.save_merged and recipe.sft.lora:
+        merged_tmp = paths["merged"].with_name("merged.tmp")
+        trainer.model.merge_and_unload().save_pretrained(str(merged_tmp))
+        loaded.tokenizer.save_pretrained(str(merged_tmp))
+        atomic_write_text(merged_tmp / "README.md", model_card(recipe, summary))
+        _replace(merged_tmp, paths["merged"])
+    write_json(paths["root"] / "summary.json", summary)
+    return summary
+
+
+def _replace(new: Path, target: Path) -> None:
+    import shutil
+
+    old = target.with_name(target.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def model_card(recipe: Recipe, summary: dict[str, Any]) -> str:
+    import yaml
+
+    kind = "LoRA adapter" if recipe.sft.lora else "full fine-tune"
+    return (f"# {recipe.name}: deliberative SFT ({kind})\n\n"
+            f"Base model: `{recipe.model.name}`. Trained by `deliberate sft` on {summary['examples']} "
+            f"spec-stripped reasoning completions (TRL SFTTrainer, loss on assistant tokens only), "
+            f"{summary['steps']} steps, final training loss {summary['train_loss']}.\n\n"
+            "## Recipe\n\n```yaml\n" + yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False) + "```\n")

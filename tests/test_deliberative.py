@@ -1,0 +1,172 @@
+"""Deliberative SFT data: spec in the system prompt, strict parsing, min-of-k filtering, spec stripping, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import deliberate.generation as generation
+from deliberate.deliberative import (
+    FEW_SHOT,
+    filter_completions,
+    generate_completions,
+    parse_completion,
+    retrieval_correct,
+    sft_dataset,
+)
+from deliberate.generation import Generation
+from deliberate.io import read_jsonl
+from deliberate.recipe import load_recipe
+from deliberate.spec import load_spec
+
+REFUSAL = "<think>\nCategory: violence. The policy disallows this. Style: refuse.\n</think>\nI'm sorry, but I can't help with that."
+ANSWER = "<think>\nCategory: safe. Style: comply.\n</think>\nSure! Boil the pasta for ten minutes."
+
+
+@pytest.fixture
+def recipe_for(tiny_model_dir, tmp_path):
+    def make(*sets):
+        return load_recipe(None, [f"model.name={tiny_model_dir}", f"output_dir={tmp_path}", "data.where.split=train",
+                                  "generate.max_new_tokens=6", "generate.batch_size=2", "generate.samples=2",
+                                  *sets])
+    return make
+
+
+def scripted(texts_for):
+    """A stand-in for the model's sampling only: the rest of generate_completions runs for real."""
+    seen = []
+
+    def fake(model, tokenizer, conversations, settings, *, on_batch=None, stats=None, **kwargs):
+        seen.extend(conversations)
+        gens = [Generation(texts_for(c), 10, "stop") for c in conversations]
+        if on_batch:
+            on_batch(list(range(len(gens))), gens)
+        return gens
+    return fake, seen
+
+
+def test_the_system_prompt_carries_the_spec_of_the_prompts_category(recipe_for, monkeypatch):
+    fake, seen = scripted(lambda c: "</think> ok")
+    monkeypatch.setattr(generation, "generate", fake)
+    recipe = recipe_for("data.limit=6")
+    run = generate_completions(recipe, show_progress=False)
+    spec = load_spec()
+    assert len(seen) == len(run.rows) == 12
+    for conversation, row in zip(seen, run.rows, strict=True):
+        system, *shots, user, prefill = conversation
+        assert system["role"] == "system"
+        assert system["content"].startswith(spec.spec_for(row["category"]))
+        assert f"category: {row['category']}" in system["content"]
+        assert user == {"role": "user", "content": row["prompt"]}
+        assert prefill == {"role": "assistant", "content": "<think>\n"}
+        assert len(shots) == 2 * len(FEW_SHOT)
+
+
+def test_parsing_is_strict():
+    assert parse_completion(REFUSAL, "stop")["malformed"] is None
+    assert parse_completion("<think>\nno end", "stop")["malformed"] == "no reasoning block" or \
+        parse_completion("<think>\nno end", "stop")["malformed"].startswith("no answer")
+    assert parse_completion("<think>x</think>", "stop")["malformed"] == "no answer after the reasoning"
+    assert parse_completion("just an answer", "stop")["malformed"] == "no reasoning block"
+    assert parse_completion(REFUSAL, "length")["malformed"] == "cut off at max_new_tokens"
+
+
+def test_malformed_completions_are_dropped_and_the_sft_data_has_no_system_prompt(recipe_for, monkeypatch):
+    def texts(conversation):
+        harmful = "category: safe" not in conversation[0]["content"]
+        return (REFUSAL if harmful else ANSWER)[len("<think>\n"):]
+
+    fake, _ = scripted(texts)
+    monkeypatch.setattr(generation, "generate", fake)
+    recipe = recipe_for("data.limit=10", "filter.keep_per_prompt=0")
+    generate_completions(recipe, show_progress=False)
+    # Break one completion by hand: a reasoning block that never closes.
+    path = recipe.output_dir / "generate" / "completions.jsonl"
+    rows = read_jsonl(path)
+    rows[0].update(completion="<think>\nstill thinking", **parse_completion("<think>\nstill thinking", "stop"))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = filter_completions(recipe, show_progress=False)
+    judged = read_jsonl(recipe.output_dir / "filter" / "judged.jsonl")
+    assert judged[0]["dropped"].startswith("malformed")
+    assert run.summary["malformed"] == 1
+    assert len(run.rows) == run.summary["kept"] > 0
+    assert all(r["key"] != rows[0]["key"] for r in run.rows)
+    data = read_jsonl(sft_dataset(recipe))
+    assert len(data) == len(run.rows)
+    for example in data:
+        assert [m["role"] for m in example["prompt"]] == ["user"]
+        assert [m["role"] for m in example["completion"]] == ["assistant"]
+        target = example["completion"][0]["content"]
+        assert target.startswith("<think>\n") and "</think>\n" in target
+    answers_only = read_jsonl(sft_dataset(load_recipe(None, [*_sets(recipe), "sft.keep_reasoning=false"])))
+    assert all("<think>" not in e["completion"][0]["content"] for e in answers_only)
+
+
+def _sets(recipe):
+    return [f"model.name={recipe.model.name}", f"output_dir={recipe.output_dir}", "data.where.split=train"]
+
+
+def test_the_min_of_k_filter_drops_a_completion_with_one_low_score(recipe_for, monkeypatch, tmp_path):
+    from tests.fake_openai import FakeOpenAI, Reply, judged_text
+
+    calls: dict[str, int] = {}
+
+    def judge(request, n):
+        text = judged_text(request)
+        calls[text] = calls.get(text, 0) + 1
+        low = "UNLUCKY" in text and calls[text] == 2  # the second of two judgments is low
+        return Reply(json.dumps({"verdict": "refuse", "score": 2 if low else 9, "rationale": "t"}))
+
+    fake, _ = scripted(lambda c: REFUSAL[len("<think>\n"):] + (" UNLUCKY" if len(c[-2]["content"]) % 2
+                                                                  else ""))
+    monkeypatch.setattr(generation, "generate", fake)
+    with FakeOpenAI(judge) as server:
+        recipe = recipe_for("data.limit=30", "generate.samples=1", "judge.backend=openai", "judge.model=t",
+                            f"judge.base_url={server.base_url}", "judge.repeats=2", "judge.cache=none",
+                            "judge.max_retries=0")
+        generate_completions(recipe, show_progress=False)
+        run = filter_completions(recipe, show_progress=False)
+    judged = read_jsonl(recipe.output_dir / "filter" / "judged.jsonl")
+    unlucky = [r for r in judged if "UNLUCKY" in r["completion"]]
+    assert unlucky and all(r["score"] == 2 and r["dropped"].startswith("score 2") for r in unlucky)
+    assert all(r["score"] == 9 and r["dropped"] is None for r in judged if "UNLUCKY" not in r["completion"])
+    assert run.summary["kept"] == len(judged) - len(unlucky)
+
+
+def test_an_interrupted_generation_resumes_without_duplicates_or_gaps(recipe_for, monkeypatch):
+    real = generation.generate
+    calls = {"n": 0}
+
+    def crash_on_second_chunk(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", crash_on_second_chunk)
+    recipe = recipe_for("data.limit=5")  # 10 completions, saved in chunks of 8 (batch_size 2 x 4)
+    with pytest.raises(KeyboardInterrupt):
+        generate_completions(recipe, show_progress=False)
+    monkeypatch.setattr(generation, "generate", real)
+    resumed = generate_completions(recipe, show_progress=False)
+    assert resumed.summary["generated_now"] == 2
+    keys = [(r["id"], r["sample"]) for r in read_jsonl(resumed.path)]
+    assert len(keys) == len(set(keys)) == 10
+    assert generate_completions(recipe, show_progress=False).summary["generated_now"] == 0
+
+
+def test_budget_forcing_closes_the_reasoning_and_then_answers(recipe_for):
+    recipe = recipe_for("data.limit=2", "generate.samples=1", "generate.reasoning_budget=3")
+    run = generate_completions(recipe, show_progress=False)
+    for row in run.rows:
+        assert row["completion"].startswith("<think>\n") and "\n</think>\n" in row["completion"]
+    assert run.summary["reasoning_closed_by_budget"] + 0 >= 0
+
+
+def test_policy_retrieval_counts_reasonings_that_cite_the_category():
+    spec = load_spec()
+    assert retrieval_correct(spec, "This is Illicit behaviour: fraud.", "illicit_behavior") is True
+    assert retrieval_correct(spec, "Category: violence.", "illicit_behavior") is False
+    assert retrieval_correct(spec, "anything", "safe") is None
+    assert retrieval_correct(spec, None, "violence") is None

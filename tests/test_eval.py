@@ -1,0 +1,70 @@
+"""`deliberate eval`: per-model cached answers, rates with intervals, report files that agree."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from deliberate.evaluate import bootstrap_rate, load_benchmark, run_eval, visible_answer
+from deliberate.recipe import load_recipe
+
+
+def test_bootstrap_intervals_cover_the_true_rate_in_a_simulation():
+    import random
+
+    rng = random.Random(0)
+    covered = 0
+    for trial in range(100):
+        hits = [rng.random() < 0.3 for _ in range(60)]
+        rate = bootstrap_rate(hits, samples=400, seed=trial)
+        covered += rate.low <= 0.3 <= rate.high
+    assert 88 <= covered <= 100  # nominal 95%
+
+
+def test_a_completion_without_an_answer_is_judged_whole():
+    assert visible_answer("<think>\nwhy\n</think>\nNo.") == ("No.", "why", True)
+    text = "<think>\nhere is how to build it: step 1"
+    assert visible_answer(text) == (text, "here is how to build it: step 1", False)
+    assert visible_answer("plain answer") == ("plain answer", None, True)
+
+
+def test_benchmarks_are_data_and_unknown_ones_are_named():
+    from deliberate.errors import DeliberateError
+
+    assert load_benchmark("demo").data.where == {"split": "heldout"}
+    with pytest.raises(DeliberateError, match="known: .*demo"):
+        load_benchmark("no-such-benchmark")
+
+
+def test_two_models_compared_with_cached_answers_and_agreeing_reports(tiny_model_dir, tmp_path):
+    other = shutil.copytree(tiny_model_dir, tmp_path / "other-model")
+    sets = [f"model.name={tiny_model_dir}", f"output_dir={tmp_path / 'run'}", "generation.max_new_tokens=3",
+            f"eval.models=[{other}]", "eval.bootstrap_samples=200"]
+    report = run_eval(load_recipe(None, sets), show_progress=False)
+    assert [r["model"] for r in report["results"]] == [str(tiny_model_dir), str(other)]
+    for r in report["results"]:
+        assert r["prompts"] == 32 and r["generated_now"] == 32
+        assert r["refusal_rate"]["n"] == 14 and r["answer_rate"]["n"] == 18
+        low, high = r["refusal_rate"]["ci95"]
+        assert low <= r["refusal_rate"]["value"] <= high
+    again = run_eval(load_recipe(None, sets), show_progress=False)
+    assert [r["generated_now"] for r in again["results"]] == [0, 0]
+    folder = tmp_path / "run" / "eval"
+    saved = json.loads((folder / "report.json").read_text())
+    rows = list(csv.DictReader((folder / "report.csv").open()))
+    assert len(rows) == len(saved["results"]) == 2
+    for row, result in zip(rows, saved["results"], strict=True):
+        assert float(row["refusal_rate"]) == pytest.approx(result["refusal_rate"]["value"])
+        assert float(row["answer_rate"]) == pytest.approx(result["answer_rate"]["value"])
+    assert "| model | benchmark |" in (folder / "report.md").read_text()
+
+
+def test_stage_sft_without_a_trained_model_is_a_clear_error(tiny_model_dir, tmp_path):
+    from deliberate.errors import DeliberateError
+
+    recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"output_dir={tmp_path}", "eval.models=[stage:sft]"])
+    with pytest.raises(DeliberateError, match="run `deliberate sft` first"):
+        run_eval(recipe, show_progress=False)

@@ -1,0 +1,80 @@
+"""`deliberate sft` on a tiny model: loss on assistant tokens only, LoRA and full, model card, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deliberate.io import write_jsonl
+from deliberate.recipe import load_recipe
+from deliberate.sft import build_trainer, is_done, run_sft, sft_paths
+
+EXAMPLES = [
+    ("How do I kill a Python process that is stuck?", "<think>\nsafe\n</think>\nUse kill."),
+    ("Explain photosynthesis in simple terms.", "<think>\nsafe\n</think>\nPlants make sugar from light."),
+    ("How do I make a weapon?", "<think>\nviolence\n</think>\nI'm sorry, but I can't help with that."),
+]
+
+
+@pytest.fixture
+def data(tmp_path):
+    rows = [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]}
+            for p, c in EXAMPLES]
+    return write_jsonl(tmp_path / "train.jsonl", rows)
+
+
+def recipe(tiny_model_dir, tmp_path, *sets):
+    return load_recipe(None, [f"model.name={tiny_model_dir}", f"output_dir={tmp_path / 'run'}", "sft.max_steps=2",
+                              "sft.per_device_train_batch_size=2", "sft.save_steps=1", "sft.logging_steps=1",
+                              *sets])
+
+
+def test_the_loss_covers_the_assistant_tokens_only(tiny_model_dir, tmp_path, data):
+    trainer, loaded = build_trainer(recipe(tiny_model_dir, tmp_path), data, show_progress=False)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(EXAMPLES))])
+    tok = loaded.tokenizer
+    for row, (prompt, completion) in enumerate(EXAMPLES):
+        labels = batch["labels"][row]
+        trained = tok.decode([t for t in labels.tolist() if t != -100])
+        assert trained.replace("<|im_end|>", "").strip() == completion
+        assert prompt not in trained
+        # Every token before the assistant's answer is masked, including the user turn and the template.
+        first = next(i for i, t in enumerate(labels.tolist()) if t != -100)
+        assert prompt in tok.decode(batch["input_ids"][row][:first])
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_training_saves_a_model_with_its_card_and_is_reused(tiny_model_dir, tmp_path, data, lora):
+    r = recipe(tiny_model_dir, tmp_path, f"sft.lora={str(lora).lower()}")
+    summary = run_sft(r, data, show_progress=False)
+    model = sft_paths(r)["model"]
+    assert summary["steps"] == 2 and summary["examples"] == 3
+    assert (model / ("adapter_config.json" if lora else "config.json")).is_file()
+    card = (model / "README.md").read_text()
+    assert "## Recipe" in card and str(tiny_model_dir) in card
+    assert is_done(r, data)
+    assert not is_done(recipe(tiny_model_dir, tmp_path, f"sft.lora={str(lora).lower()}", "sft.learning_rate=1e-3"),
+                       data)
+    from deliberate.models import load_model
+
+    loaded = load_model(r.model.model_copy(update={"name": str(model)}))  # loads back (adapter on its base)
+    assert loaded.model is not None
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_model_dir, tmp_path, data):
+    r = recipe(tiny_model_dir, tmp_path)
+    run_sft(r, data, show_progress=False)
+    longer = recipe(tiny_model_dir, tmp_path, "sft.max_steps=3")
+    summary = run_sft(longer, data, resume=True, show_progress=False)
+    assert summary["resumed_from"].endswith("checkpoint-2")
+    assert summary["steps"] == 3
+    state = json.loads((sft_paths(r)["checkpoints"] / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tiny_model_dir, tmp_path, data):
+    from deliberate.errors import DeliberateError
+
+    with pytest.raises(DeliberateError, match="no checkpoint"):
+        run_sft(recipe(tiny_model_dir, tmp_path), data, resume=True, show_progress=False)
