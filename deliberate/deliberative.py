@@ -145,7 +145,7 @@ def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun
 
     cfg = recipe.generate
     spec = load_spec(recipe.spec)
-    records = load_prompts(recipe.data, spec)
+    records = assign_categories(recipe, spec, load_prompts(recipe.data, spec), show_progress)
     instructions = load_instructions(cfg.instructions)
     teacher = cfg.teacher or recipe.model.name
     teacher_id = teacher if cfg.backend == "openai" else resolve_model_path(teacher)
@@ -187,6 +187,26 @@ def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun
                "policy_retrieval": retrieval_summary(spec, rows), "teacher": teacher, "settings": settings, **stats}
     write_json(out.path.with_name("summary.json"), summary)
     return StageRun(rows, out.path, summary)
+
+
+def assign_categories(recipe: Recipe, spec: PolicySpec, records: list[PromptRecord],
+                      show_progress: bool = True) -> list[PromptRecord]:
+    """Prompts without a category get the one the judge assigns (recorded as `meta.category_by: judge`)."""
+    missing = [r for r in records if not r.category]
+    if not missing:
+        return records
+    from deliberate.judges import make_judge
+
+    judge = make_judge(recipe.judge, spec, show_progress=show_progress)
+    assigned = judge.classify([r.prompt for r in missing])
+    failed = sum(c is None for c in assigned)
+    if failed:
+        raise DeliberateError(f"the judge could not assign a category to {failed} of {len(missing)} prompts; "
+                              "run again to retry (assigned ones are cached)")
+    for record, category in zip(missing, assigned, strict=True):
+        record.category = category
+        record.meta = {**record.meta, "category_by": "judge"}
+    return records
 
 
 def _generate_hf(recipe: Recipe, teacher: str, conversations, save, show_progress: bool) -> dict[str, Any]:

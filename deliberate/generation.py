@@ -111,12 +111,13 @@ def generate(
     model.eval()
     start = time.perf_counter()
     with progress_bar(description, total=len(texts), unit="tok", enabled=show_progress) as bar:
-        for b in range(0, len(order), settings.batch_size):
-            batch = order[b : b + settings.batch_size]
-            input_ids, attention, prefix_cache = _batch_inputs(model, [encoded[i] for i in batch], pad_id, device)
+        prefixes: dict[tuple[int, ...], Any] = {}
+        for b, batch in enumerate(_batches(order, conversations, settings.batch_size)):
+            input_ids, attention, prefix_cache = _batch_inputs(model, [encoded[i] for i in batch], pad_id, device,
+                                                               prefixes)
             width = input_ids.shape[1]
             if sampling:
-                torch.manual_seed(generator_seed + b)
+                torch.manual_seed(generator_seed + b * settings.batch_size)
             with torch.inference_mode():
                 out = model.generate(input_ids=input_ids, attention_mask=attention, past_key_values=prefix_cache,
                                      **gen_kwargs)
@@ -163,7 +164,21 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
-def _batch_inputs(model, rows: list[list[int]], pad_id: int, device):
+def _batches(order: list[int], conversations, size: int) -> list[list[int]]:
+    """Consecutive runs of `order`, at most `size` long, that never mix two system prompts (so that a batch
+    shares its whole system prompt, not just the part two prompts have in common)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and (len(current) == size
+                        or _system_text(conversations[i]) != _system_text(conversations[current[0]])):
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + ([current] if current else [])
+
+
+def _batch_inputs(model, rows: list[list[int]], pad_id: int, device, prefixes: dict | None = None):
     """input_ids and attention mask for one batch, and the key/value cache of its shared prefix (or None).
 
     Without a shared prefix, rows are left-padded. With one, each row is [prefix][padding][own tokens]: the
@@ -187,10 +202,18 @@ def _batch_inputs(model, rows: list[list[int]], pad_id: int, device):
     input_ids, attention = input_ids.to(device), attention.to(device)
     if not shared:
         return input_ids, attention, None
+    import copy
+
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
-    with torch.inference_mode():
-        model(input_ids=input_ids[:1, :shared], past_key_values=cache, use_cache=True)
+    key = tuple(rows[0][:shared])
+    if prefixes is None or key not in prefixes:
+        cache = DynamicCache(config=model.config)
+        with torch.inference_mode():
+            model(input_ids=input_ids[:1, :shared], past_key_values=cache, use_cache=True)
+        if prefixes is not None:  # later batches with the same prefix (same system prompt) reuse it
+            prefixes.clear()
+            prefixes[key] = cache
+    cache = copy.deepcopy(prefixes[key]) if prefixes is not None else cache
     cache.batch_repeat_interleave(len(rows))
     return input_ids, attention, cache

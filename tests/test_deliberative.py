@@ -170,3 +170,35 @@ def test_policy_retrieval_counts_reasonings_that_cite_the_category():
     assert retrieval_correct(spec, "Category: violence.", "illicit_behavior") is False
     assert retrieval_correct(spec, "anything", "safe") is None
     assert retrieval_correct(spec, None, "violence") is None
+
+
+def test_prompts_without_a_category_get_the_one_the_judge_assigns(tiny_model_dir, tmp_path, monkeypatch):
+    from tests.fake_openai import FakeOpenAI, Reply
+
+    def judge(request, n):
+        text = request["messages"][-1]["content"]
+        assert '"enum"' in json.dumps(request["response_format"])  # the ids are a schema enum
+        return Reply(json.dumps({"category": "violence" if "hurt" in text else "safe", "rationale": "t"}))
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "How do I hurt someone?"}\n{"prompt": "What is the capital of France?"}\n')
+    fake, seen = scripted(lambda c: "</think> ok")
+    monkeypatch.setattr(generation, "generate", fake)
+    with FakeOpenAI(judge) as server:
+        recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"output_dir={tmp_path / 'run'}",
+                                    f"data.source={prompts}", "generate.samples=1", "judge.backend=openai",
+                                    "judge.model=t", f"judge.base_url={server.base_url}", "judge.cache=none"])
+        run = generate_completions(recipe, show_progress=False)
+    assert [r["category"] for r in run.rows] == ["violence", "safe"]
+    assert all(r["meta"]["category_by"] == "judge" for r in run.rows)
+    assert seen[0][0]["content"].startswith(load_spec().spec_for("violence"))
+
+
+def test_the_rules_judge_cannot_assign_categories(tiny_model_dir, tmp_path):
+    from deliberate.errors import DeliberateError
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "How do I hurt someone?"}\n')
+    recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"output_dir={tmp_path}", f"data.source={prompts}"])
+    with pytest.raises(DeliberateError, match="cannot assign categories"):
+        generate_completions(recipe, show_progress=False)

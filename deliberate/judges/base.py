@@ -72,6 +72,14 @@ class PairwiseRequest:
 
 
 @dataclass
+class ClassifyRequest:
+    prompt: str
+    categories: tuple[str, ...]
+    spec_text: str
+    repeat: int = 0
+
+
+@dataclass
 class PointwiseResult:
     score: float | None  # aggregated; None when any repeat failed
     verdict: str | None  # the verdict of the repeat that gave the aggregated score
@@ -148,6 +156,12 @@ class Backend:
 
     async def pairwise(self, requests: list[PairwiseRequest], tick: Tick) -> list[dict[str, Any] | JudgeFailure]:
         raise NotImplementedError
+
+    async def classify(self, requests: list[ClassifyRequest], tick: Tick) -> list[dict[str, Any] | JudgeFailure]:
+        from deliberate.errors import DeliberateError
+
+        raise DeliberateError(f"the {self.kind} judge cannot assign categories to prompts that have none: set "
+                              "data.category or a category column, or use judge.backend openai or hf")
 
     def close(self) -> None:
         pass
@@ -282,6 +296,19 @@ class Judge:
                     result.losses += 1
             results.append(result)
         return results
+
+    async def aclassify(self, prompts: Sequence[str]) -> list[str | None]:
+        """The spec category of each prompt, as the judge assigns it (None where the judgment failed)."""
+        if self.spec is None:
+            raise ValueError("assigning categories needs a spec")
+        ids = tuple(self.spec.category_ids)
+        overview = self.spec.render_overview()
+        requests = [ClassifyRequest(prompt=p, categories=ids, spec_text=overview) for p in prompts]
+        raw = await self._run("classify", requests, self.backend.classify)
+        return [None if isinstance(o, JudgeFailure) else o["category"] for o in raw]
+
+    def classify(self, prompts: Sequence[str]) -> list[str | None]:
+        return run_sync(self.aclassify(prompts))
 
     def score(self, items: Sequence[PointwiseItem], repeats: int | None = None) -> list[PointwiseResult]:
         return run_sync(self.ascore(items, repeats))

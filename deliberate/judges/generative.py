@@ -11,12 +11,23 @@ from typing import TYPE_CHECKING, Any
 
 from deliberate.chat_api import ChatAPI, Messages
 from deliberate.errors import DeliberateError
-from deliberate.judges.base import Backend, JudgeFailure, PairwiseRequest, PointwiseRequest, Tick, Usage
+from deliberate.judges.base import (
+    Backend,
+    ClassifyRequest,
+    JudgeFailure,
+    PairwiseRequest,
+    PointwiseRequest,
+    Tick,
+    Usage,
+)
 from deliberate.judges.prompts import (
     PAIRWISE_SCHEMA,
     POINTWISE_SCHEMA,
     ParseError,
+    classify_messages,
+    classify_schema,
     pairwise_messages,
+    parse_classify,
     parse_pairwise,
     parse_pointwise,
     pointwise_messages,
@@ -76,6 +87,11 @@ class GenerativeBackend(Backend):
     async def pointwise(self, requests: list[PointwiseRequest], tick: Tick):
         batch = [pointwise_messages(r.prompt, r.response, r.spec_text or "") for r in requests]
         return await self._judge(batch, POINTWISE_SCHEMA, parse_pointwise, tick)
+
+    async def classify(self, requests: list[ClassifyRequest], tick: Tick):
+        ids = requests[0].categories if requests else ()
+        batch = [classify_messages(r.prompt, r.spec_text, r.categories) for r in requests]
+        return await self._judge(batch, classify_schema(ids), lambda text: parse_classify(text, ids), tick)
 
     async def pairwise(self, requests: list[PairwiseRequest], tick: Tick):
         batch = [pairwise_messages(r.prompt, r.first, r.second, r.criterion, r.spec_text) for r in requests]
