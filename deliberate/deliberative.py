@@ -275,8 +275,9 @@ def _generate_vllm(recipe: Recipe, teacher: str, conversations, save) -> dict[st
               trust_remote_code=recipe.model.trust_remote_code)
     tokenizer = llm.get_tokenizer()
     prompts = [render_prompt(tokenizer, c) for c in conversations]
+    # No per-request seed: it would make the k samples of a prompt identical. The engine's seed is set above.
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
-                            repetition_penalty=cfg.repetition_penalty, seed=recipe.seed)
+                            repetition_penalty=cfg.repetition_penalty)
     start = time.perf_counter()
     outputs = llm.generate(prompts, params)
     seconds = time.perf_counter() - start

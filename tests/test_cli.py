@@ -112,3 +112,21 @@ def test_judge_cli_scores_a_file_and_never_writes_the_api_key(tmp_path):
     for path in written:
         assert secret.encode() not in path.read_bytes(), path
     assert secret not in out.stdout + out.stderr
+
+
+def test_filter_before_generate_is_a_one_line_error(tmp_path):
+    out = run("filter", "--set", f"output_dir={tmp_path}")
+    assert out.returncode == 2 and "run `deliberate generate` first" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_pipeline_on_a_tiny_model_runs_its_stages_and_stops_cleanly_when_nothing_passes(tiny_model_dir, tmp_path):
+    # A random tiny model never writes a well-formed completion: generation and filtering run for real, then
+    # the SFT stage refuses to train on nothing, in one line, and the earlier outputs stay.
+    out = run("pipeline", "--set", f"model.name={tiny_model_dir}", "--set", f"output_dir={tmp_path}",
+              "--set", "data.limit=3", "--set", "generate.samples=2", "--set", "generate.max_new_tokens=8")
+    assert out.returncode == 2, out.stderr
+    assert "has no completions" in out.stderr and "Traceback" not in out.stderr
+    assert "generate" in out.stdout and "kept 0/6" in out.stdout
+    assert (tmp_path / "generate" / "completions.jsonl").is_file()
+    assert (tmp_path / "filter" / "judged.jsonl").is_file()
