@@ -30,8 +30,18 @@ class AnswerRun:
     path: Path
 
 
+def model_identity(model_path: str) -> str:
+    """A local folder's path plus the size and mtime of its weights, so a model retrained in the same place
+    does not get the old model's cached answers; a Hub id as is."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return model_path
+    weights = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".gguf"})
+    return model_path + "|" + ",".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in weights)
+
+
 def fingerprint(model_path: str, settings: dict[str, Any]) -> str:
-    blob = json.dumps({"model": model_path, "generation": settings}, sort_keys=True)
+    blob = json.dumps({"model": model_identity(model_path), "generation": settings}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -152,7 +152,9 @@ def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun
     settings = {k: v for k, v in cfg.model_dump().items() if k not in {"api_key_env", "max_concurrency", "timeout",
                                                                           "max_retries", "batch_size", "instructions"}}
     settings.update(teacher=teacher, seed=recipe.seed)
-    fp = _fingerprint({"settings": settings, "teacher": teacher_id, "instructions": instructions,
+    # k is not part of a row's identity: raising `samples` later keeps the samples already drawn.
+    row_settings = {k: v for k, v in settings.items() if k not in {"samples", "samples_by_expected"}}
+    fp = _fingerprint({"settings": row_settings, "teacher": teacher_id, "instructions": instructions,
                        "few_shot": FEW_SHOT if cfg.few_shot else None,
                        "spec": spec.model_dump()})
     jobs = [(r, s) for r in records for s in range(_samples(recipe, r))]
