@@ -369,7 +369,7 @@ def filter_completions(recipe: Recipe, show_progress: bool = True) -> StageRun:
                "judge_failures": sum(1 for r in judged if (r["dropped"] or "").startswith("judge failed")),
                "kept": len(kept), "kept_fraction": len(kept) / len(rows) if rows else 0.0,
                "prompts": len({r["id"] for r in rows}), "prompts_with_kept": len({r["id"] for r in kept}),
-               "per_category": _per_category(judged), "per_expected": _per_key(judged, "expected"),
+               "per_category": _per_key(judged, "category"), "per_expected": _per_key(judged, "expected"),
                "policy_retrieval_kept": retrieval_summary(spec, kept), "threshold": cfg.threshold,
                "judge": recipe.judge.backend, "judge_usage": judge.usage.to_dict()}
     write_json(folder / "summary.json", summary)
@@ -386,10 +386,6 @@ def _per_key(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
                    "prompts_with_kept": len({r["id"] for r in g if r["dropped"] is None}),
                    "prompts": len({r["id"] for r in g})}
             for name, g in sorted(groups.items())}
-
-
-def _per_category(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return _per_key(rows, "category")
 
 
 def assistant_target(row: dict[str, Any], keep_reasoning: bool) -> str:

@@ -65,8 +65,7 @@ def test_the_system_prompt_carries_the_spec_of_the_prompts_category(recipe_for, 
 
 def test_parsing_is_strict():
     assert parse_completion(REFUSAL, "stop")["malformed"] is None
-    assert parse_completion("<think>\nno end", "stop")["malformed"] == "no reasoning block" or \
-        parse_completion("<think>\nno end", "stop")["malformed"].startswith("no answer")
+    assert parse_completion("<think>\nno end", "stop")["malformed"] == "no answer after the reasoning"
     assert parse_completion("<think>x</think>", "stop")["malformed"] == "no answer after the reasoning"
     assert parse_completion("just an answer", "stop")["malformed"] == "no reasoning block"
     assert parse_completion(REFUSAL, "length")["malformed"] == "cut off at max_new_tokens"
@@ -161,7 +160,8 @@ def test_budget_forcing_closes_the_reasoning_and_then_answers(recipe_for):
     run = generate_completions(recipe, show_progress=False)
     for row in run.rows:
         assert row["completion"].startswith("<think>\n") and "\n</think>\n" in row["completion"]
-    assert run.summary["reasoning_closed_by_budget"] + 0 >= 0
+        assert row["num_tokens"] <= 6 and row["reasoning"] is not None
+    assert 0 <= run.summary["reasoning_closed_by_budget"] <= len(run.rows) == 2
 
 
 def test_policy_retrieval_counts_reasonings_that_cite_the_category():
