@@ -60,7 +60,7 @@ def build_trainer(recipe: Recipe, data_path: Path, show_progress: bool = True):
         completion_only_loss=True, packing=False, seed=recipe.seed, data_seed=recipe.seed,
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
         report_to=[], disable_tqdm=not show_progress, use_cpu=on_cpu,
-        bf16=not on_cpu and loaded.model.dtype.is_floating_point and _bf16_ok(), dataloader_num_workers=0,
+        bf16=not on_cpu and _bf16_ok(), dataloader_num_workers=0,
     )
     peft_config = None
     if cfg.lora:

@@ -37,37 +37,7 @@ if TYPE_CHECKING:
     from deliberate.recipe import JudgeConfig
 
 
-
 class GenerativeBackend(Backend):
-    def _ssl_context(self):
-        """One TLS context for all clients (building one reads the CA bundle: 25 ms each)."""
-        if self._ssl is None:
-            import httpx2  # the openai client's HTTP library
-
-            self._ssl = httpx2.create_ssl_context()
-        return self._ssl
-
-    def _read(self, data: Any) -> str | JudgeFailure:
-        """The assistant text of a chat completion body, counting its tokens."""
-        if not isinstance(data, dict):
-            return JudgeFailure("the server returned a body that is not a chat completion")
-        usage = data.get("usage")
-        if isinstance(usage, dict):
-            self.usage.tokens_in += int(usage.get("prompt_tokens") or 0)
-            self.usage.tokens_out += int(usage.get("completion_tokens") or 0)
-        choices = data.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            return JudgeFailure("the server returned no choices")
-        message = choices[0].get("message")
-        if not isinstance(message, dict):
-            return JudgeFailure("the server returned a choice with no message")
-        if message.get("refusal"):
-            return JudgeFailure(f"the judge refused: {str(message['refusal'])[:100]}")
-        content = message.get("content")
-        if not isinstance(content, str) or not content:
-            return JudgeFailure("the judge returned an empty message")
-        return content
-
     async def complete(self, batch: list[Messages], schema: dict[str, Any], tick: Tick) -> list[str | JudgeFailure]:
         raise NotImplementedError
 
