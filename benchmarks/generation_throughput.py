@@ -7,8 +7,9 @@ Greedy decoding, so both runs produce the same answers and the same number of to
 that batching (with length-sorted, left-padded batches) gives. Prompts are the built-in demo prompts.
 
 With `--spec` the prompts are what `deliberate generate` sends a teacher (spec_for(category) and the reasoning
-instructions in the system prompt, worked examples, the opening reasoning tag), and a third run measures the
-batched backend with its shared-prefix cache turned off.
+instructions in the system prompt, worked examples, the opening reasoning tag), and two more runs measure the
+batched backend with the shared prefix's cache repeated per row instead of read once (`prefix_attention.py`),
+and with no prefix sharing at all.
 """
 
 from __future__ import annotations
@@ -57,9 +58,12 @@ def main() -> None:
     default_min_prefix = generation.MIN_SHARED_PREFIX
     modes = [("batched", args.batch_size), ("one_at_a_time", 1)]
     if args.spec:
-        modes.insert(1, ("batched_no_prefix_cache", args.batch_size))
+        modes[1:1] = [("batched_repeated_prefix", args.batch_size), ("batched_no_prefix_cache", args.batch_size)]
+    shared_attention = generation.supports_shared_prefix
     for name, batch_size in modes:
         generation.MIN_SHARED_PREFIX = 10**9 if name == "batched_no_prefix_cache" else default_min_prefix
+        generation.supports_shared_prefix = (lambda model: False) if name == "batched_repeated_prefix" \
+            else shared_attention
         stats = GenerationStats()
         t = time.perf_counter()
         outputs[name] = generate(loaded.model, loaded.tokenizer, prompts,
@@ -75,10 +79,10 @@ def main() -> None:
         **results, "speedup": round(results["batched"]["tokens_per_s"] / results["one_at_a_time"]["tokens_per_s"], 2),
         "identical_answers": f"{same}/{len(prompts)}",
     }
-    print(f"{'mode':<15}{'batch':>6}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}")
+    print(f"{'mode':<25}{'batch':>6}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}")
     for name, _ in modes:
         r = results[name]
-        print(f"{name:<15}{r['batch_size']:>6}{r['new_tokens']:>8}{r['seconds']:>9}{r['tokens_per_s']:>10}")
+        print(f"{name:<25}{r['batch_size']:>6}{r['new_tokens']:>8}{r['seconds']:>9}{r['tokens_per_s']:>10}")
     print(f"speed-up {report['speedup']}x; identical greedy answers {report['identical_answers']}")
     print(json.dumps(report))
 

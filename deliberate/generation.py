@@ -8,16 +8,24 @@ message is from the assistant is continued (a pre-filled answer, e.g. an opening
 Prompts that share a long beginning (the policy spec in a system prompt, k samples of one prompt) share its
 key/value cache: the common prefix of a batch is run through the model once, not once per row, and each row's
 own part follows it after padding in the middle (masked, with positions counted past the padding). With a
-1,000-token spec this cuts the prompt work by about the batch size, which is most of the cost on a CPU.
+1,000-token spec this cuts the prompt work by about the batch size, which is most of the cost on a CPU. During
+decoding the prefix's keys and values are kept once, not once per row (`prefix_attention.py`), which makes
+each step several times cheaper at that length.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from deliberate.prefix_attention import (
+    attention_over_shared_prefix,
+    shared_prefix_cache,
+    supports_shared_prefix,
+)
 from deliberate.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -118,7 +126,9 @@ def generate(
             width = input_ids.shape[1]
             if sampling:
                 torch.manual_seed(generator_seed + b * settings.batch_size)
-            with torch.inference_mode():
+            shared = getattr(prefix_cache, "shared_prefix", None) is not None
+            with torch.inference_mode(), (attention_over_shared_prefix(model, prefix_cache) if shared
+                                          else contextlib.nullcontext()):
                 out = model.generate(input_ids=input_ids, attention_mask=attention, past_key_values=prefix_cache,
                                      **gen_kwargs)
             new = out[:, width:].tolist()
@@ -214,6 +224,9 @@ def _batch_inputs(model, rows: list[list[int]], pad_id: int, device, prefixes: d
         if prefixes is not None:  # later batches with the same prefix (same system prompt) reuse it
             prefixes.clear()
             prefixes[key] = cache
-    cache = copy.deepcopy(prefixes[key]) if prefixes is not None else cache
+    cache = prefixes[key] if prefixes is not None else cache
+    if supports_shared_prefix(model):  # the prefix is kept once and read by every row (prefix_attention.py)
+        return input_ids, attention, shared_prefix_cache(model, cache, len(rows))
+    cache = copy.deepcopy(cache)
     cache.batch_repeat_interleave(len(rows))
     return input_ids, attention, cache

@@ -1,5 +1,7 @@
 """Batched generation: same answers as one at a time, only new tokens, stops at end-of-sequence."""
 
+from contextlib import nullcontext
+
 import pytest
 
 from deliberate.generation import generate, render_prompt
@@ -100,3 +102,46 @@ def test_a_shared_system_prompt_is_computed_once_and_changes_nothing(tiny_model_
     alone = [x.text for x in g.generate(loaded.model, loaded.tokenizer, convs, settings.model_copy(
         update={"batch_size": 1}), show_progress=False)]
     assert shared == alone
+
+
+def test_reading_the_shared_prefix_once_equals_repeating_it_per_row(tiny_model_dir, monkeypatch):
+    """The cascade attention over a prefix kept once (prefix_attention.py) gives the same logits, step after step,
+    as the prefix's cache repeated for every row, and leaves the model's attention setting as it was."""
+    import torch
+
+    import deliberate.generation as g
+    import deliberate.prefix_attention as pa
+    from deliberate.models import load_model
+
+    loaded = load_model(ModelConfig(name=str(tiny_model_dir)))
+    model = loaded.model
+    assert pa.supports_shared_prefix(model)
+    before = model.config._attn_implementation
+    prefix = list(range(5, 85))
+    rows = [prefix + [90, 91, 92], prefix + [93], prefix + [94, 95]]
+    calls = []
+    real = pa._attention
+    monkeypatch.setattr(pa, "_attention", lambda *a, **k: calls.append(pa._ACTIVE.get() is not None) or real(*a, **k))
+    monkeypatch.setattr(pa, "_registered", False)
+
+    def logits(share: bool) -> list:
+        monkeypatch.setattr(g, "supports_shared_prefix", lambda m: share)
+        ids, mask, cache = g._batch_inputs(model, rows, 0, model.device, {})
+        assert (getattr(cache, "shared_prefix", None) is not None) == share
+        steps = []
+        with torch.inference_mode(), (pa.attention_over_shared_prefix(model, cache) if share else nullcontext()):
+            out = model(input_ids=ids[:, 80:], attention_mask=mask, past_key_values=cache,
+                        position_ids=(mask.cumsum(-1) - 1)[:, 80:])
+            for _ in range(3):  # a few decoding steps on the greedy token
+                steps.append(out.logits[:, -1].float())
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+                mask = torch.cat([mask, torch.ones_like(nxt)], dim=-1)
+                out = model(input_ids=nxt, attention_mask=mask, past_key_values=cache,
+                            position_ids=mask.sum(-1, keepdim=True) - 1)
+        return steps
+
+    shared, repeated = logits(True), logits(False)
+    assert calls and all(calls)  # the shared path really ran
+    for a, b in zip(shared, repeated, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert model.config._attn_implementation == before
