@@ -212,7 +212,7 @@ def assign_categories(recipe: Recipe, spec: PolicySpec, records: list[PromptReco
 
 
 def _generate_hf(recipe: Recipe, teacher: str, conversations, save, show_progress: bool) -> dict[str, Any]:
-    from deliberate.generation import GenerationStats, generate
+    from deliberate.generation import GenerationStats, generate, system_text
     from deliberate.models import load_model
 
     cfg = recipe.generate
@@ -229,12 +229,16 @@ def _generate_hf(recipe: Recipe, teacher: str, conversations, save, show_progres
                         show_progress=show_progress, stats=stats)
 
     budget = cfg.reasoning_budget
-    chunk = cfg.batch_size * 4  # saved chunk by chunk, so an interrupted run keeps its work
-    for start in range(0, len(conversations), chunk):
-        part = conversations[start : start + chunk]
+    # Saved chunk by chunk, so an interrupted run keeps its work. Chunks follow the system prompt (the category's
+    # spec), so that a chunk's batches are full rows sharing one prefix rather than a few rows of many.
+    order = sorted(range(len(conversations)), key=lambda i: system_text(conversations[i]))
+    chunk = cfg.batch_size * 4
+    for start in range(0, len(order), chunk):
+        indices = order[start : start + chunk]
+        part = [conversations[i] for i in indices]
         if budget is None:
             gens = run(part, settings, "generating reasoning")
-            save(list(range(start, start + len(part))), [(g.text, g.num_tokens, g.finish_reason) for g in gens])
+            save(indices, [(g.text, g.num_tokens, g.finish_reason) for g in gens])
             continue
         # Budget forcing: reasoning up to `budget` tokens, closed by us if the teacher did not close it, then
         # the answer generated after the closed block.
@@ -249,7 +253,7 @@ def _generate_hf(recipe: Recipe, teacher: str, conversations, save, show_progres
                      for c, p in zip(part, prefixes, strict=True)]
         answers = run(continued, settings.model_copy(update={"max_new_tokens": cfg.max_new_tokens - budget}),
                       "answering")
-        save(list(range(start, start + len(part))),
+        save(indices,
              [(p + a.text, t.num_tokens + a.num_tokens, a.finish_reason)
               for p, t, a in zip(prefixes, thoughts, answers, strict=True)])
     return {"new_tokens": stats.new_tokens, "seconds": round(stats.seconds, 1),

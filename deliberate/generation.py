@@ -99,7 +99,7 @@ def generate(
     # Special tokens are already in the rendered template; adding a BOS again would change the prompt.
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     # Conversations with the same system prompt sit together (so batches share a prefix), longest first.
-    order = sorted(range(len(encoded)), key=lambda i: (_system_text(conversations[i]), -len(encoded[i])))
+    order = sorted(range(len(encoded)), key=lambda i: (system_text(conversations[i]), -len(encoded[i])))
     eos = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     sampling = settings.temperature > 0
@@ -156,7 +156,7 @@ def generate(
 MIN_SHARED_PREFIX = 64  # tokens; below this, sharing saves less than it costs
 
 
-def _system_text(conversation: Conversation | str) -> str:
+def system_text(conversation: Conversation | str) -> str:
     if isinstance(conversation, str) or not conversation or conversation[0]["role"] != "system":
         return ""
     return conversation[0]["content"]
@@ -181,7 +181,7 @@ def _batches(order: list[int], conversations, size: int) -> list[list[int]]:
     current: list[int] = []
     for i in order:
         if current and (len(current) == size
-                        or _system_text(conversations[i]) != _system_text(conversations[current[0]])):
+                        or system_text(conversations[i]) != system_text(conversations[current[0]])):
             batches.append(current)
             current = []
         current.append(i)

@@ -191,7 +191,8 @@ def test_prompts_without_a_category_get_the_one_the_judge_assigns(tiny_model_dir
         run = generate_completions(recipe, show_progress=False)
     assert [r["category"] for r in run.rows] == ["violence", "safe"]
     assert all(r["meta"]["category_by"] == "judge" for r in run.rows)
-    assert seen[0][0]["content"].startswith(load_spec().spec_for("violence"))
+    hurt = next(c for c in seen if "hurt" in c[-2]["content"])
+    assert hurt[0]["content"].startswith(load_spec().spec_for("violence"))
 
 
 def test_the_rules_judge_cannot_assign_categories(tiny_model_dir, tmp_path):
