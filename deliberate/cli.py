@@ -246,18 +246,24 @@ def eval_(recipe: RecipeOpt = None, set_: SetOpt = None,
     model and benchmark.
     Example: deliberate eval --recipe recipes/demo.yaml --model stage:sft
     """
-    from deliberate.evaluate import report_rows, run_eval
+    from deliberate.evaluate import comparison_rows, report_rows, run_eval
 
     r = _recipe(recipe, set_)
     report = run_eval(r, models=model, benchmarks=benchmark)
-    header, rows = report_rows(report["results"])
-    table = Table(title=f"{r.name}: evaluation ({r.judge.backend} judge)")
-    for col in header:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    console.print(f"report in {Path(r.output_dir) / 'eval'} (report.md, report.csv, report.json)")
+    tables = [(f"{r.name}: evaluation ({r.judge.backend} judge)", *report_rows(report["results"]))]
+    if report["pairwise"]:
+        tables.append((f"against {report['base']} (win rate [95% CI], Elo)", *comparison_rows(report)))
+    for title, header, rows in tables:
+        table = Table(title=title)
+        for col in header:
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    u = report["judge_usage"]
+    console.print(f"judge calls: {u['requests']} made, {u['cache_hits']} cached, {u['failures']} failed")
+    console.print(f"report in {Path(r.output_dir) / 'eval'} (report.md, report.csv, pairwise.csv, elo.csv, "
+                  f"report.json{''.join(', ' + p for p in report['plots'])})")
 
 
 # --- working verbs ---------------------------------------------------------------------------------------------

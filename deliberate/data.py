@@ -1,4 +1,4 @@
-"""Prompt data shared by every stage: the built-in demo set, local files, or Hugging Face datasets.
+"""Prompt data shared by every stage: the built-in demo set, local files, files at a URL, or Hugging Face datasets.
 
 `load_prompts(cfg, spec)` returns `PromptRecord`s with a prompt, a spec category (when known) and the expected
 behaviour (comply / refuse / safe_complete, when known). Columns are mapped by the recipe's `data.columns`; a
@@ -86,6 +86,35 @@ def _read_hub(cfg: DataConfig) -> pd.DataFrame:
     return ds.to_pandas()
 
 
+def download(url: str) -> Path:
+    """A file at an http(s) URL, downloaded once into the cache (atomically) and read from there afterwards."""
+    import hashlib
+    import shutil
+    import tempfile
+    import urllib.error
+    import urllib.request
+
+    from deliberate.models import cache_dir
+
+    name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "data"
+    target = cache_dir() / "data" / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
+    if target.is_file():
+        return target
+    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
+        raise DeliberateError(f"data '{url}': not downloaded yet, and offline (HF_HUB_OFFLINE is set)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.NamedTemporaryFile(dir=target.parent, prefix=".download-", delete=False)
+    try:
+        with tmp, urllib.request.urlopen(url, timeout=60) as response:
+            shutil.copyfileobj(response, tmp)
+        os.replace(tmp.name, target)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        Path(tmp.name).unlink(missing_ok=True)
+        reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
+        raise DeliberateError(f"data '{url}': could not be downloaded: {reason}") from None
+    return target
+
+
 def load_table(cfg: DataConfig) -> tuple[pd.DataFrame, str]:
     """The raw table that `cfg.source` names, and a label for error messages."""
     import pandas as pd
@@ -93,6 +122,9 @@ def load_table(cfg: DataConfig) -> tuple[pd.DataFrame, str]:
     if cfg.source == BUILTIN_DEMO:
         with resources.as_file(resources.files("deliberate.resources") / "demo_prompts.jsonl") as path:
             return pd.read_json(path, lines=True, dtype=False), BUILTIN_DEMO
+    if cfg.source.startswith(("http://", "https://")):
+        _file_format(Path(cfg.source.split("?", 1)[0]))  # an unsupported type fails before downloading
+        return read_table(download(cfg.source)), cfg.source
     path = Path(cfg.source).expanduser()
     if path.exists() or path.suffix.lower() in (*FILE_SUFFIXES, ".gz") or cfg.source.startswith((".", "/", "~")):
         return read_table(path), str(path)

@@ -11,28 +11,45 @@ Metrics per model and benchmark: `refusal_rate` (harmful prompts, expected refus
 declined: judged refuse or safe_complete), `answer_rate` (safe prompts answered: judged comply), mean judge
 score, policy-retrieval accuracy (reasonings citing the prompt's category), mean answer length in tokens and
 malformed completions. Every rate has a bootstrap 95% interval. Judge failures are excluded and counted.
-Outputs in `<output_dir>/eval/`: `answers/`, `judgments/`, `report.json`, `report.csv`, `report.md`.
+
+Pairwise (`eval.pairwise`): each model's answers are judged against the base model's on each benchmark's
+criteria (helpfulness and/or harmlessness), in both orders, `eval.pairwise_repeats` times: win rates with
+bootstrap intervals per benchmark and pooled, and Elo ratings per criterion (compare.py).
+
+Outputs in `<output_dir>/eval/`: `answers/`, `judgments/`, `report.json` (everything), `report.csv` (one row
+per model and benchmark), `pairwise.csv`, `elo.csv`, `report.md`, and `winrates.png` / `benchmarks.png`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from deliberate.data import load_prompts
+from pydantic import Field
+
+from deliberate.compare import CRITERIA
+from deliberate.data import FILE_SUFFIXES, load_prompts
 from deliberate.errors import DeliberateError
 from deliberate.io import atomic_write_text, write_json, write_jsonl
 from deliberate.reasoning import split_reasoning
-from deliberate.recipe import DataConfig, Recipe, Section
+from deliberate.recipe import ColumnMap, DataConfig, Recipe, Section
 from deliberate.spec import load_spec
 from deliberate.yamlio import load_yaml_file, validate
 
 HARMFUL = ("refuse", "safe_complete")
 EVAL_DIR = Path(__file__).resolve().parents[1] / "eval"
+
+
+class Mirror(Section):
+    path: str
+    """The file, relative to the datasets folder (`eval.datasets_dir` / `$DELIBERATE_DATASETS`)."""
+    columns: ColumnMap | None = None
+    """Its column names, where they differ from the Hub version's."""
 
 
 class Benchmark(Section):
@@ -41,11 +58,20 @@ class Benchmark(Section):
     description: str = ""
     """One line on what it measures."""
     data: DataConfig
-    """Where the prompts come from, as in a recipe's `data` section."""
+    """Where the prompts come from, as in a recipe's `data` section (the real Hub id or URL)."""
+    mirror: Mirror | None = None
+    """A local copy of the same data, used instead of `data.source` when it exists in the datasets folder."""
+    criteria: list[Literal["helpfulness", "harmlessness"]] = Field(default_factory=lambda: list(CRITERIA))
+    """What pairwise judgments on these prompts compare (SACPO: helpfulness on AlpacaEval prompts,
+    harmlessness on safety prompts)."""
 
 
 def load_benchmark(name: str) -> Benchmark:
-    """`eval/<name>.yaml` (from the working directory, then the project's own eval/), or a YAML file path."""
+    """`eval/<name>.yaml` (from the working directory, then the project's own eval/), a YAML file path, or a
+    prompt file (csv/json/jsonl/parquet with the standard columns) used as a benchmark of its own."""
+    if Path(name).suffix.lower() in (*FILE_SUFFIXES, ".gz") and not name.endswith((".yaml", ".yml")):
+        stem = Path(name).name.split(".")[0]
+        return Benchmark(name=stem, description=f"prompts from {name}", data=DataConfig(source=name))
     candidates = [Path(name)] if name.endswith((".yaml", ".yml")) else [Path("eval") / f"{name}.yaml",
                                                                        EVAL_DIR / f"{name}.yaml"]
     for path in candidates:
@@ -53,6 +79,18 @@ def load_benchmark(name: str) -> Benchmark:
             return validate(Benchmark, load_yaml_file(path), str(path))
     known = sorted(p.stem for p in EVAL_DIR.glob("*.yaml")) if EVAL_DIR.is_dir() else []
     raise DeliberateError(f"eval: unknown benchmark '{name}' (known: {', '.join(known) or 'none'})")
+
+
+def benchmark_data(bench: Benchmark, datasets_dir: str | None) -> DataConfig:
+    """The benchmark's data section, pointed at its local mirror when the datasets folder has it."""
+    folder = datasets_dir or os.environ.get("DELIBERATE_DATASETS")
+    if bench.mirror is None or not folder:
+        return bench.data
+    path = Path(folder).expanduser() / bench.mirror.path
+    if not path.is_file():
+        return bench.data
+    columns = bench.mirror.columns or bench.data.columns
+    return bench.data.model_copy(update={"source": str(path), "subset": None, "columns": columns})
 
 
 def resolve_eval_model(recipe: Recipe, name: str) -> str:
@@ -147,33 +185,90 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
     from deliberate.judges import make_judge
 
     spec = load_spec(recipe.spec)
-    names = [recipe.model.name] + (models if models is not None else recipe.eval.models)
+    cfg = recipe.eval
+    names = [recipe.model.name] + (models if models is not None else cfg.models)
     names = list(dict.fromkeys(names))
     paths = {n: resolve_eval_model(recipe, n) for n in names}
-    benches = [load_benchmark(b) for b in (benchmarks or recipe.eval.benchmarks)]
+    benches = [load_benchmark(b) for b in (benchmarks or cfg.benchmarks)]
+    datas = {b.name: benchmark_data(b, cfg.datasets_dir) for b in benches}
+    prompts = {b.name: load_prompts(datas[b.name], spec) for b in benches}  # bad data fails before any work
     judge = make_judge(recipe.judge, spec, show_progress=show_progress)
     judge.hide_reasoning = False  # the final answer is separated here, with malformed completions shown whole
     root = Path(recipe.output_dir) / "eval"
-    results = []
-    for bench in benches:
-        records = load_prompts(bench.data, spec)
-        for name in names:
-            model = recipe.model.model_copy(update={"name": paths[name], "base": None, "revision": None}) \
-                if name != recipe.model.name else recipe.model
-            run = answer_records(model, records, recipe.generation,
-                                 root / "answers" / slug(name) / f"{bench.name}.jsonl", show_progress,
-                                 description=f"{name} on {bench.name}")
-            judged, metrics = score_answers(recipe, run.rows, judge, spec)
-            write_jsonl(root / "judgments" / slug(name) / f"{bench.name}.jsonl", judged)
-            results.append({"model": name, "path": paths[name], "benchmark": bench.name,
-                            "generated_now": run.generated, **metrics})
+    results, answers = [], {}
+    try:
+        for bench in benches:
+            for name in names:
+                model = recipe.model.model_copy(update={"name": paths[name], "base": None, "revision": None}) \
+                    if name != recipe.model.name else recipe.model
+                run = answer_records(model, prompts[bench.name], recipe.generation,
+                                     root / "answers" / slug(name) / f"{bench.name}.jsonl", show_progress,
+                                     description=f"{name} on {bench.name}")
+                answers[(name, bench.name)] = run.rows
+                judged, metrics = score_answers(recipe, run.rows, judge, spec)
+                write_jsonl(root / "judgments" / slug(name) / f"{bench.name}.jsonl", judged)
+                results.append({"model": name, "path": paths[name], "benchmark": bench.name,
+                                "source": datas[bench.name].source, "generated_now": run.generated, **metrics})
+        pairwise, elo = (compare_models(recipe, names, benches, answers, judge, root) if cfg.pairwise and
+                         len(names) > 1 else ([], []))
+    finally:
+        judge.close()
     report = {"recipe": recipe.name, "base": recipe.model.name, "judge": recipe.judge.backend,
               "judge_usage": judge.usage.to_dict(), "generation": recipe.generation.model_dump(),
-              "results": results}
+              "pairwise_repeats": cfg.pairwise_repeats, "results": results, "pairwise": pairwise, "elo": elo,
+              "plots": []}
+    if cfg.plots:
+        from deliberate.compare import plot_benchmarks, plot_win_rates
+
+        drawn = [plot_benchmarks(results, root / "benchmarks.png"),
+                 plot_win_rates(pairwise, recipe.model.name, root / "winrates.png")]
+        report["plots"] = [p.name for p in drawn if p is not None]
     write_json(root / "report.json", report)
     atomic_write_text(root / "report.csv", report_csv(results))
+    atomic_write_text(root / "pairwise.csv", pairwise_csv(pairwise))
+    atomic_write_text(root / "elo.csv", elo_csv(elo))
     atomic_write_text(root / "report.md", report_markdown(report))
     return report
+
+
+def compare_models(recipe: Recipe, names: list[str], benches: list[Benchmark], answers: dict, judge,
+                   root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Win rates of each model against the base (per benchmark and pooled, per criterion) and Elo ratings."""
+    from itertools import combinations
+
+    from deliberate.compare import elo_ratings, games_from, win_rate_summary
+    from deliberate.judges import PairwiseItem
+
+    cfg, base = recipe.eval, recipe.model.name
+    pairs = [(m, base) for m in names if m != base] if cfg.pairwise_against == "base" else \
+        list(combinations(names, 2))
+    b, seed = cfg.bootstrap_samples, recipe.seed
+    pairwise, games, pooled = [], {c: [] for c in CRITERIA}, {}
+    for bench in benches:
+        for criterion in bench.criteria:
+            for first, second in pairs:
+                rows_a, rows_b = answers[(first, bench.name)], answers[(second, bench.name)]
+                items = [PairwiseItem(a["prompt"], visible_answer(a["answer"])[0], visible_answer(o["answer"])[0],
+                                      a.get("category"), a.get("expected")) for a, o in zip(rows_a, rows_b, strict=True)]
+                judged = judge.compare(items, criterion, cfg.pairwise_repeats)
+                per_prompt = [{"id": a["id"], "wins": r.wins, "losses": r.losses, "ties": r.ties,
+                               "failures": r.failures, "errors": r.errors} for a, r in zip(rows_a, judged, strict=True)]
+                write_jsonl(root / "judgments" / slug(first) / f"{bench.name}.{criterion}.vs.{slug(second)}.jsonl",
+                            per_prompt)
+                games[criterion] += games_from(first, second, per_prompt)
+                if second == base:
+                    pooled.setdefault((first, criterion), []).extend(per_prompt)
+                    pairwise.append({"model": first, "against": base, "benchmark": bench.name,
+                                     "criterion": criterion, "win_rate": win_rate_summary(per_prompt, b, seed)})
+    for (model, criterion), per_prompt in pooled.items():
+        pairwise.append({"model": model, "against": base, "benchmark": "all", "criterion": criterion,
+                         "win_rate": win_rate_summary(per_prompt, b, seed)})
+    elo = []
+    for criterion, played in games.items():
+        if played:
+            ratings = elo_ratings(played, base, trials=cfg.elo_trials, epochs=cfg.elo_epochs, seed=seed)
+            elo += [{"criterion": criterion, "model": m, **r} for m, r in ratings.items()]
+    return pairwise, elo
 
 
 METRICS = [("refusal_rate", "harmful refused"), ("answer_rate", "safe answered"),
@@ -206,12 +301,77 @@ def report_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str
     return header, rows
 
 
+PAIRWISE_FIELDS = ["wins", "losses", "ties", "failures", "comparisons", "prompts"]
+
+
+def pairwise_csv(pairwise: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["model", "against", "benchmark", "criterion", "win_rate", "win_rate_low", "win_rate_high",
+                     *PAIRWISE_FIELDS])
+    for r in pairwise:
+        w = r["win_rate"]
+        writer.writerow([r["model"], r["against"], r["benchmark"], r["criterion"], w["value"], *w["ci95"],
+                         *(w[k] for k in PAIRWISE_FIELDS)])
+    return out.getvalue()
+
+
+def elo_csv(elo: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["criterion", "model", "rating", "rating_low", "rating_high", "games"])
+    for r in elo:
+        writer.writerow([r["criterion"], r["model"], r["rating"], *r["ci95"], r["games"]])
+    return out.getvalue()
+
+
+def win_rate_text(w: dict[str, Any]) -> str:
+    if w["value"] is None:
+        return "-"
+    lo, hi = w["ci95"]
+    failed = f", {w['failures']} failed" if w["failures"] else ""
+    return f"{w['value']:.2f} [{lo:.2f}, {hi:.2f}] ({w['comparisons']} judgments{failed})"
+
+
+def comparison_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per model: pooled win rate against the base and Elo rating, per criterion."""
+    criteria = [c for c in CRITERIA if any(r["criterion"] == c for r in report["elo"])]
+    header = ["model"] + [f"{c} win rate" for c in criteria] + [f"{c} Elo" for c in criteria]
+    pooled = {(r["model"], r["criterion"]): r["win_rate"] for r in report["pairwise"] if r["benchmark"] == "all"}
+    elo = {(r["model"], r["criterion"]): r for r in report["elo"]}
+    models = list(dict.fromkeys([report["base"], *(r["model"] for r in report["elo"])]))
+    rows = []
+    for m in models:
+        cells = [m + (" (base)" if m == report["base"] else "")]
+        cells += [win_rate_text(pooled[(m, c)]) if (m, c) in pooled else "-" for c in criteria]
+        cells += [f"{elo[(m, c)]['rating']:.0f} [{elo[(m, c)]['ci95'][0]:.0f}, {elo[(m, c)]['ci95'][1]:.0f}]"
+                  if (m, c) in elo else "-" for c in criteria]
+        rows.append(cells)
+    return header, rows
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |"
+                                                                            for r in rows]
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     header, rows = report_rows(report["results"])
     lines = [f"# Evaluation: {report['recipe']}", "",
              f"Base model `{report['base']}`, judge `{report['judge']}`. Rates with bootstrap 95% intervals.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+             *_table(header, rows)]
+    if report["pairwise"]:
+        header, rows = comparison_rows(report)
+        lines += ["", "## Against the base model", "",
+                  f"Win rate = (wins + ties / 2) / judgments, each pair judged in both orders "
+                  f"{report['pairwise_repeats']} times; failed judgments are excluded and counted. Elo: start "
+                  "1200, K 32, averaged over shuffled orders, shifted so the base is 1000.", "", *_table(header, rows),
+                  "", "Per benchmark:", ""]
+        per = [[r["model"], r["benchmark"], r["criterion"], win_rate_text(r["win_rate"])]
+               for r in report["pairwise"] if r["benchmark"] != "all"]
+        lines += _table(["model", "benchmark", "criterion", "win rate vs base"], per)
+    if report.get("plots"):
+        lines += [""] + [f"![{p}]({p})" for p in report["plots"]]
     u = report["judge_usage"]
     lines += ["", f"Judge calls: {u['requests']} made, {u['cache_hits']} cached, {u['failures']} failed."]
     return "\n".join(lines) + "\n"

@@ -59,7 +59,7 @@ class ColumnMap(Section):
 class DataConfig(Section):
     source: str = "builtin:demo"
     """`builtin:demo` (the project's demo prompts), a local .csv/.json/.jsonl/.parquet file (optionally .gz),
-    or a Hugging Face dataset id."""
+    an http(s) URL of such a file (downloaded once into the cache), or a Hugging Face dataset id."""
     subset: str | None = None
     """Dataset configuration name, for Hub datasets that have several."""
     split: str = "train"
@@ -134,6 +134,9 @@ class JudgeConfig(Section):
     """Judgment cache (SQLite file); `~/.cache/deliberate/judge_cache.sqlite` when unset, `none` to disable."""
     higher_is_better: bool = True
     """For a classifier judge: True for a reward model, False for a cost model."""
+    max_calls: int | None = Field(default=None, ge=0)
+    """Budget: the most judgments one command may ask the backend for (cache hits are free). A batch that would
+    go over it is not sent; the command stops with an error, keeping what is already judged (and cached)."""
 
 
 class GenerateConfig(Section):
@@ -256,10 +259,24 @@ class EvalConfig(Section):
     """Benchmark names from `eval/` or data files."""
     models: list[str] = Field(default_factory=list)
     """Models to compare; the recipe's `model` is the base they are compared with."""
+    pairwise: bool = True
+    """Judge each model's answers against the base model's, on each benchmark's criteria (helpfulness,
+    harmlessness): win rates and Elo ratings."""
+    pairwise_against: Literal["base", "all"] = "base"
+    """`base`: every model against the base; `all`: every pair of models (more judge calls, better Elo)."""
     pairwise_repeats: int = Field(default=3, ge=1)
     """Times each answer pair is judged in each order (SACPO: 3)."""
     bootstrap_samples: int = Field(default=1000, ge=100)
     """Resamples for the 95% confidence intervals."""
+    elo_trials: int = Field(default=50, ge=1)
+    """Shuffled orders the Elo ratings are averaged over (and bootstrap resamples for their interval)."""
+    elo_epochs: int = Field(default=10, ge=1)
+    """Passes over the games in each trial."""
+    datasets_dir: str | None = None
+    """A folder with local copies of benchmark data: a benchmark's `mirror` file is read from here instead of
+    its Hub source when it exists. `$DELIBERATE_DATASETS` when unset."""
+    plots: bool = True
+    """Write PNG plots next to the report."""
 
 
 class Recipe(Section):

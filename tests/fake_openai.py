@@ -113,10 +113,18 @@ class FakeOpenAI:
 
 
 def _serve_fixed(latency: float, content: str) -> None:
-    """Run a server in this process until stdin closes (benchmarks start it as a separate process)."""
+    """Run a server in this process until stdin closes (benchmarks start it as a separate process). It answers
+    `content` to every request, or like `sensible_judge` when `content` is `sensible`."""
     import sys
 
-    with FakeOpenAI(lambda request, n: Reply(content, delay=latency)) as server:
+    def behaviour(request, n):
+        if content == "sensible":
+            reply = sensible_judge(request, n)
+            reply.delay = latency
+            return reply
+        return Reply(content, delay=latency)
+
+    with FakeOpenAI(behaviour) as server:
         print(server.base_url, flush=True)
         sys.stdin.read()
 

@@ -22,7 +22,7 @@ def cfg(**kwargs) -> DataConfig:
 
 def test_demo_prompts_cover_every_category_with_expected_behaviour(spec):
     records = load_prompts(cfg(), spec)
-    assert 90 <= len(records) <= 130
+    assert 190 <= len(records) <= 230
     assert {r.category for r in records} == set(spec.category_ids)
     kinds = Counter(r.meta["kind"] for r in records)
     assert kinds["harmful"] >= 35 and kinds["safe"] >= 20 and kinds["borderline"] >= 25
@@ -139,3 +139,39 @@ def test_where_and_limit_select_rows(shared_datasets):
 def test_an_unreachable_hub_dataset_is_a_one_line_error():
     with pytest.raises(DeliberateError, match="data 'nobody/no-such-dataset': not a local file, and the Hub dataset could not be loaded"):
         load_prompts(cfg(source="nobody/no-such-dataset"))
+
+
+def test_a_url_source_is_downloaded_once_and_read_from_the_cache_after(tmp_path, monkeypatch):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from deliberate.errors import DeliberateError
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "prompts.json").write_text('[{"prompt": "How do I bake bread?", "category": "Crime"}]')
+    monkeypatch.setenv("DELIBERATE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path / "site"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        [record] = load_prompts(cfg(source=f"{url}/prompts.json", category_map={"Crime": "illicit_behavior"}))
+        with pytest.raises(DeliberateError, match="could not be downloaded: .*404"):
+            load_prompts(cfg(source=f"{url}/missing.json"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (record.prompt, record.category) == ("How do I bake bread?", "illicit_behavior")
+    again = load_prompts(cfg(source=f"{url}/prompts.json"))  # the server is gone: read from the cache
+    assert again[0].prompt == record.prompt
+    assert not list((tmp_path / "cache" / "data").glob(".download-*"))  # no partial file left by the 404
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DeliberateError, match="offline"):
+        load_prompts(cfg(source=f"{url}/other.json"))

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from deliberate.chat_api import Failure
+from deliberate.errors import DeliberateError
 from deliberate.judges.cache import JudgeCache, cache_key
 from deliberate.judges.prompts import PROMPT_VERSION
 from deliberate.progress import progress_bar
@@ -191,8 +192,10 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 
 class Judge:
     def __init__(self, backend: Backend, spec: PolicySpec | None, *, repeats: int = 1, aggregate: str = "min",
-                 hide_reasoning: bool = True, cache: JudgeCache | None = None, show_progress: bool = True):
+                 hide_reasoning: bool = True, cache: JudgeCache | None = None, show_progress: bool = True,
+                 max_calls: int | None = None):
         self.backend, self.spec = backend, spec
+        self.max_calls = max_calls
         self.repeats, self.aggregate, self.hide_reasoning = repeats, aggregate, hide_reasoning
         self.cache = cache if backend.cacheable else None
         self.usage = backend.usage
@@ -227,6 +230,10 @@ class Judge:
                 self.usage.cache_hits += 1
             else:
                 todo.append(i)
+        if todo and self.max_calls is not None and self.usage.requests + len(todo) > self.max_calls:
+            raise DeliberateError(
+                f"judge budget: {len(todo)} more judgments needed, {self.usage.requests} of judge.max_calls="
+                f"{self.max_calls} already used; raise the budget (what was judged so far is cached)")
         if todo:
             with progress_bar(f"judging ({self.backend.kind})", total=len(todo), enabled=self.show_progress) as bar:
                 fresh = await call([requests[i] for i in todo], lambda n=1: bar.advance(n))

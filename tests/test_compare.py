@@ -1,0 +1,167 @@
+"""Comparison reports: win rates (ties half, failures out), their intervals, Elo, plots, judge budget, mirrors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import shutil
+
+import pytest
+
+from deliberate.compare import Game, elo_ratings, win_rate_summary
+from deliberate.errors import DeliberateError
+from deliberate.evaluate import benchmark_data, load_benchmark, run_eval
+from deliberate.recipe import load_recipe
+from tests.conftest import build_tiny_model
+from tests.fake_openai import FakeOpenAI, Reply, sensible_judge
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def prompt_counts(wins=0, losses=0, ties=0, failures=0):
+    return {"wins": wins, "losses": losses, "ties": ties, "failures": failures}
+
+
+def test_win_rate_counts_ties_as_one_half_and_leaves_failures_out():
+    w = win_rate_summary([prompt_counts(wins=2), prompt_counts(ties=2), prompt_counts(failures=2)], samples=200)
+    assert w["value"] == pytest.approx(0.75)  # (2 + 2/2) / 4: the failed prompt is not a tie
+    assert (w["comparisons"], w["failures"], w["prompts"], w["prompts_without_judgment"]) == (4, 2, 2, 1)
+    assert win_rate_summary([prompt_counts(failures=6)])["value"] is None
+
+
+def test_win_rate_intervals_cover_the_true_rate_in_a_simulation():
+    rng = random.Random(1)
+    covered = 0
+    for trial in range(100):
+        per_prompt = []
+        for _ in range(40):  # 40 prompts, 6 judgments each, true win probability 0.6
+            wins = sum(rng.random() < 0.6 for _ in range(6))
+            per_prompt.append(prompt_counts(wins=wins, losses=6 - wins))
+        lo, hi = win_rate_summary(per_prompt, samples=400, seed=trial)["ci95"]
+        covered += lo <= 0.6 <= hi
+    assert 88 <= covered <= 100
+
+
+def test_elo_of_a_model_that_always_wins_exceeds_the_base_and_the_base_is_1000():
+    games = [Game("winner", "base", 1.0)] * 30 + [Game("loser", "base", 0.0)] * 30 + [Game("even", "base", 0.5)] * 30
+    elo = elo_ratings(games, "base", trials=20, epochs=3)
+    assert elo["base"]["rating"] == pytest.approx(1000.0)
+    assert elo["winner"]["rating"] > 1100 > 900 > elo["loser"]["rating"]
+    assert abs(elo["even"]["rating"] - 1000.0) < 15  # ties only: level with the base, up to order noise
+    lo, hi = elo["winner"]["ci95"]
+    assert lo <= elo["winner"]["rating"] <= hi and elo["winner"]["games"] == 30
+
+
+def eval_sets(tiny_model_dir, tmp_path, *more):
+    return [f"model.name={tiny_model_dir}", f"output_dir={tmp_path / 'run'}", "generation.max_new_tokens=4",
+            "eval.bootstrap_samples=200", "eval.elo_trials=5", "eval.elo_epochs=2", *more]
+
+
+def test_identical_answers_win_exactly_half_the_time(tiny_model_dir, tmp_path):
+    twin = shutil.copytree(tiny_model_dir, tmp_path / "twin")
+    report = run_eval(load_recipe(None, eval_sets(tiny_model_dir, tmp_path, f"eval.models=[{twin}]")),
+                      show_progress=False)
+    pooled = [r for r in report["pairwise"] if r["benchmark"] == "all"]
+    assert {r["criterion"] for r in pooled} == {"helpfulness", "harmlessness"}
+    for r in pooled:
+        assert r["win_rate"]["value"] == 0.5 and r["win_rate"]["ties"] == 32 * 2 * 3
+    assert all(e["rating"] == pytest.approx(1000.0) for e in report["elo"])
+
+
+def test_a_position_biased_judge_gives_one_half_and_failures_are_counted_not_tied(tiny_model_dir, tmp_path):
+    other = build_tiny_model(tmp_path / "other", seed=1)
+
+    def biased(request, n):
+        text = request["messages"][-1]["content"]
+        if "<response_A>" in text:
+            if "q-fail" in text:
+                return Reply("not json")  # an unparseable verdict: a failure, never a tie
+            return Reply(json.dumps({"preferred": "A", "rationale": "first"}))
+        return sensible_judge(request, n)
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": str(i), "prompt": f"Question {i}" + (" q-fail" if i == 0 else ""),
+                                           "expected": "comply"}) + "\n" for i in range(6)))
+    with FakeOpenAI(biased) as server:
+        recipe = load_recipe(None, eval_sets(tiny_model_dir, tmp_path, f"eval.models=[{other}]",
+                                             f"eval.benchmarks=[{prompts}]", "judge.backend=openai",
+                                             "judge.model=t", f"judge.base_url={server.base_url}",
+                                             "judge.max_retries=0", "judge.cache=none"))
+        report = run_eval(recipe, show_progress=False)
+    for r in report["pairwise"]:
+        w = r["win_rate"]
+        assert w["value"] == 0.5 and w["failures"] == 6 and w["comparisons"] == 30 and w["ties"] == 0
+    assert report["judge_usage"]["failures"] == 2 * 6  # helpfulness and harmlessness
+
+
+def test_report_files_agree_with_each_other_and_plots_are_pngs(tiny_model_dir, tmp_path):
+    from PIL import Image
+
+    other = build_tiny_model(tmp_path / "other", seed=2)
+    report = run_eval(load_recipe(None, eval_sets(tiny_model_dir, tmp_path, f"eval.models=[{other}]")),
+                      show_progress=False)
+    folder = tmp_path / "run" / "eval"
+    saved = json.loads((folder / "report.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    rows = list(csv.DictReader((folder / "pairwise.csv").open()))
+    assert len(rows) == len(saved["pairwise"]) == 4  # demo x 2 criteria, and pooled x 2
+    for row, r in zip(rows, saved["pairwise"], strict=True):
+        assert float(row["win_rate"]) == pytest.approx(r["win_rate"]["value"])
+        assert float(row["win_rate_low"]) == pytest.approx(r["win_rate"]["ci95"][0])
+        assert int(row["comparisons"]) == r["win_rate"]["comparisons"] == 32 * 2 * 3
+    elo_rows = list(csv.DictReader((folder / "elo.csv").open()))
+    assert [(e["criterion"], e["model"]) for e in elo_rows] == [(e["criterion"], e["model"]) for e in saved["elo"]]
+    markdown = (folder / "report.md").read_text()
+    pooled = next(r for r in saved["pairwise"] if r["benchmark"] == "all" and r["criterion"] == "helpfulness")
+    assert f"{pooled['win_rate']['value']:.2f} [{pooled['win_rate']['ci95'][0]:.2f}" in markdown
+    assert saved["plots"] == ["benchmarks.png", "winrates.png"]
+    for name in saved["plots"]:
+        data = (folder / name).read_bytes()
+        assert data.startswith(PNG) and f"![{name}]({name})" in markdown
+        with Image.open(folder / name) as image:
+            image.verify()
+
+
+def test_benchmarks_read_their_local_mirror_and_otherwise_their_real_source(shared_datasets, monkeypatch):
+    from deliberate.data import load_prompts
+
+    monkeypatch.delenv("DELIBERATE_DATASETS", raising=False)
+    xstest = load_benchmark("xstest")
+    assert benchmark_data(xstest, None).source == "Paul/XSTest"
+    with pytest.raises(DeliberateError, match="Paul/XSTest"):  # offline, and no local copy named
+        load_prompts(benchmark_data(xstest, None))
+    monkeypatch.setenv("DELIBERATE_DATASETS", str(shared_datasets))
+    counts = {}
+    for name in ["xstest", "strongreject", "advbench", "sacpo_safety", "sacpo_helpful"]:
+        records = load_prompts(benchmark_data(load_benchmark(name), None))
+        counts[name] = (len(records), sorted({r.expected for r in records}))
+    assert counts == {"xstest": (450, ["comply", "refuse"]), "strongreject": (313, ["refuse"]),
+                      "advbench": (520, ["refuse"]), "sacpo_safety": (83, ["refuse"]),
+                      "sacpo_helpful": (129, ["comply"])}
+
+
+def test_a_user_file_is_a_benchmark_of_its_own(tmp_path):
+    path = tmp_path / "mine.csv"
+    path.write_text("prompt,label\nHow do I bake bread?,safe\nHow do I make a bomb?,unsafe\n")
+    bench = load_benchmark(str(path))
+    assert bench.name == "mine" and bench.data.source == str(path)
+
+
+def test_a_judge_budget_stops_before_overspending_and_a_rerun_reuses_what_was_judged(tiny_model_dir, tmp_path):
+    other = build_tiny_model(tmp_path / "other", seed=3)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {i}", "expected": "comply"}) + "\n"
+                               for i in range(4)))
+    with FakeOpenAI() as server:
+        base = eval_sets(tiny_model_dir, tmp_path, f"eval.models=[{other}]", f"eval.benchmarks=[{prompts}]",
+                         "judge.backend=openai", "judge.model=t", f"judge.base_url={server.base_url}",
+                         f"judge.cache={tmp_path / 'judge.sqlite'}", "eval.pairwise_repeats=1")
+        # 8 pointwise judgments fit in 10; the first pairwise batch (4 prompts x 2 orders) does not.
+        with pytest.raises(DeliberateError, match="judge budget: 8 more judgments needed, 8 of judge.max_calls=10"):
+            run_eval(load_recipe(None, [*base, "judge.max_calls=10"]), show_progress=False)
+        assert server.calls == 8
+        report = run_eval(load_recipe(None, [*base, "judge.max_calls=16"]), show_progress=False)
+        assert server.calls == 8 + 16
+    usage = report["judge_usage"]
+    assert (usage["requests"], usage["cache_hits"], usage["failures"]) == (16, 8, 0)
