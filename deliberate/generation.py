@@ -105,7 +105,7 @@ def generate(
     sampling = settings.temperature > 0
     gen_kwargs: dict[str, Any] = {
         "max_new_tokens": settings.max_new_tokens, "do_sample": sampling, "eos_token_id": eos,
-        "pad_token_id": pad_id, "repetition_penalty": settings.repetition_penalty,
+        "pad_token_id": pad_id,
     }
     if sampling:
         gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None)
@@ -127,6 +127,11 @@ def generate(
             if sampling:
                 torch.manual_seed(generator_seed + b * settings.batch_size)
             shared = getattr(prefix_cache, "shared_prefix", None) is not None
+            if settings.repetition_penalty != 1.0:  # on the answer's own tokens, not the prompt's (see recipe.py)
+                from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+                gen_kwargs["logits_processor"] = LogitsProcessorList(
+                    [RepetitionPenaltyLogitsProcessor(settings.repetition_penalty, prompt_ignore_length=width)])
             with torch.inference_mode(), (attention_over_shared_prefix(model, prefix_cache) if shared
                                           else contextlib.nullcontext()):
                 out = model.generate(input_ids=input_ids, attention_mask=attention, past_key_values=prefix_cache,

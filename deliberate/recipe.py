@@ -91,6 +91,9 @@ class GenerationConfig(Section):
     top_k: int = Field(default=0, ge=0)
     """0 disables top-k filtering."""
     repetition_penalty: float = Field(default=1.0, gt=0.0)
+    """Above 1, makes tokens the answer already produced less likely (against loops). Only the answer's own
+    tokens count, not the prompt's: a prompt that shows refusals (worked examples) does not make refusing
+    unlikely."""
     batch_size: int = Field(default=16, ge=1)
     """Prompts generated together; prompts are sorted by length first so batches waste little padding."""
     seed: int = 0
@@ -154,6 +157,8 @@ class GenerateConfig(Section):
     """Sampling temperature; the k samples need some diversity (0 would make them identical)."""
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0)
+    """As `generation.repetition_penalty` (the completion's own tokens only) for the hf backend; vLLM and most
+    servers also count the prompt's tokens."""
     max_new_tokens: int = Field(default=256, ge=1)
     """Most tokens per completion, reasoning and answer together; a completion cut off before its answer is
     malformed and dropped by the filter."""

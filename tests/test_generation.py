@@ -145,3 +145,31 @@ def test_reading_the_shared_prefix_once_equals_repeating_it_per_row(tiny_model_d
     for a, b in zip(shared, repeated, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     assert model.config._attn_implementation == before
+
+
+def test_repetition_penalty_counts_the_answers_tokens_not_the_prompts(tiny, monkeypatch):
+    """A penalty on the prompt's tokens would make a model unable to say what its prompt shows (a refusal in
+    worked examples); only tokens the answer itself produced are penalised."""
+    import torch
+
+    prompts = [f"`{w}` and `{w}`" for w in ["hello", "cats", "the", "a b", "rain", "x y z"]]  # the tiny model opens with `
+    first = GenerationConfig(max_new_tokens=1, batch_size=6)
+    plain = [g.text for g in generate(tiny.model, tiny.tokenizer, prompts, first, show_progress=False)]
+    ours = [g.text for g in generate(tiny.model, tiny.tokenizer, prompts,
+                                     first.model_copy(update={"repetition_penalty": 50.0}), show_progress=False)]
+    assert ours == plain  # the first new token has no earlier answer tokens to penalise
+    # transformers' own penalty also counts the prompt, and then the first token does change for some prompts
+    changed = 0
+    for prompt in prompts:
+        ids = torch.tensor([tiny.tokenizer(render_prompt(tiny.tokenizer, prompt), add_special_tokens=False)["input_ids"]])
+        outs = [tiny.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1,
+                                    do_sample=False, repetition_penalty=p, pad_token_id=0)[0, -1].item()
+                for p in (1.0, 50.0)]
+        changed += outs[0] != outs[1]
+    assert changed > 0
+    decoded = []
+    real = tiny.tokenizer.decode
+    monkeypatch.setattr(tiny.tokenizer, "decode", lambda ids, **kw: decoded.append(list(ids)) or real(ids, **kw))
+    generate(tiny.model, tiny.tokenizer, prompts, GenerationConfig(max_new_tokens=12, batch_size=6,
+                                                                   repetition_penalty=1e6), show_progress=False)
+    assert decoded and all(len(ids) == len(set(ids)) for ids in decoded)  # no answer token repeats
