@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from deliberate.data import PromptRecord, load_prompts
 from deliberate.generation import Generation, GenerationStats, generate
 from deliberate.io import ResumableJsonl, write_json
-from deliberate.models import load_model, resolve_model_path
+from deliberate.models import LoadedModel, load_model, resolve_model_path
 from deliberate.recipe import GenerationConfig, ModelConfig, Recipe
 from deliberate.spec import load_spec
 
@@ -46,15 +47,19 @@ def fingerprint(model_path: str, settings: dict[str, Any]) -> str:
 
 
 def answer_records(model: ModelConfig, records: list[PromptRecord], settings: GenerationConfig, path: Path,
-                   show_progress: bool = True, description: str = "answering") -> AnswerRun:
-    """Answer `records` with `model` into `path` (resumable; rows already there for these settings are reused)."""
+                   show_progress: bool = True, description: str = "answering",
+                   load: Callable[[], LoadedModel] | None = None) -> AnswerRun:
+    """Answer `records` with `model` into `path` (resumable; rows already there for these settings are reused).
+
+    The model is loaded only when something is left to answer: by `load` when given (a caller answering several
+    benchmarks with one model loads it once), else here for this call alone."""
     fp = fingerprint(resolve_model_path(model.name), settings.model_dump())
     out = ResumableJsonl(path)
     keys = [f"{r.id}:{fp}" for r in records]
     todo = [r for r, k in zip(records, keys, strict=True) if k not in out.done]
     stats = GenerationStats()
     if todo:
-        loaded = load_model(model)
+        loaded = load() if load is not None else load_model(model)
 
         def save(indices: list[int], gens: list[Generation]) -> None:
             out.append(

@@ -151,11 +151,11 @@ def plot_win_rates(pairwise: list[dict[str, Any]], base: str, path: Path) -> Pat
 
 def plot_benchmarks(results: list[dict[str, Any]], path: Path) -> Path | None:
     """Per benchmark, each model's harmful-refused and safe-answered rates with 95% error bars."""
+    if not results:
+        return None
     metrics = [("refusal_rate", "harmful refused"), ("answer_rate", "safe answered")]
     benches = list(dict.fromkeys(r["benchmark"] for r in results))
     models = list(dict.fromkeys(r["model"] for r in results))
-    if not results:
-        return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(max(6.0, 2.2 * len(benches) * len(metrics)), 4),
                              squeeze=False)

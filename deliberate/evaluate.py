@@ -23,6 +23,7 @@ per model and benchmark), `pairwise.csv`, `elo.csv`, `report.md`, and `winrates.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import re
@@ -69,7 +70,7 @@ class Benchmark(Section):
 def load_benchmark(name: str) -> Benchmark:
     """`eval/<name>.yaml` (from the working directory, then the project's own eval/), a YAML file path, or a
     prompt file (csv/json/jsonl/parquet with the standard columns) used as a benchmark of its own."""
-    if Path(name).suffix.lower() in (*FILE_SUFFIXES, ".gz") and not name.endswith((".yaml", ".yml")):
+    if Path(name).suffix.lower() in (*FILE_SUFFIXES, ".gz"):
         stem = Path(name).name.split(".")[0]
         return Benchmark(name=stem, description=f"prompts from {name}", data=DataConfig(source=name))
     candidates = [Path(name)] if name.endswith((".yaml", ".yml")) else [Path("eval") / f"{name}.yaml",
@@ -183,6 +184,7 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
              show_progress: bool = True) -> dict[str, Any]:
     from deliberate.answers import answer_records
     from deliberate.judges import make_judge
+    from deliberate.models import load_model
 
     spec = load_spec(recipe.spec)
     cfg = recipe.eval
@@ -197,18 +199,20 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
     root = Path(recipe.output_dir) / "eval"
     results, answers = [], {}
     try:
-        for bench in benches:
-            for name in names:
-                model = recipe.model.model_copy(update={"name": paths[name], "base": None, "revision": None}) \
-                    if name != recipe.model.name else recipe.model
+        for name in names:
+            model = recipe.model.model_copy(update={"name": paths[name], "base": None, "revision": None}) \
+                if name != recipe.model.name else recipe.model
+            load = functools.cache(lambda model=model: load_model(model))  # once for all benchmarks, if needed
+            for bench in benches:
                 run = answer_records(model, prompts[bench.name], recipe.generation,
                                      root / "answers" / slug(name) / f"{bench.name}.jsonl", show_progress,
-                                     description=f"{name} on {bench.name}")
+                                     description=f"{name} on {bench.name}", load=load)
                 answers[(name, bench.name)] = run.rows
                 judged, metrics = score_answers(recipe, run.rows, judge, spec)
                 write_jsonl(root / "judgments" / slug(name) / f"{bench.name}.jsonl", judged)
                 results.append({"model": name, "path": paths[name], "benchmark": bench.name,
                                 "source": datas[bench.name].source, "generated_now": run.generated, **metrics})
+            load.cache_clear()  # free this model before the next one loads
         pairwise, elo = (compare_models(recipe, names, benches, answers, judge, root) if cfg.pairwise and
                          len(names) > 1 else ([], []))
     finally:

@@ -231,7 +231,7 @@ def _batch_inputs(model, rows: list[list[int]], pad_id: int, device, prefixes: d
             prefixes[key] = cache
     cache = prefixes[key] if prefixes is not None else cache
     if supports_shared_prefix(model):  # the prefix is kept once and read by every row (prefix_attention.py)
-        return input_ids, attention, shared_prefix_cache(model, cache, len(rows))
+        return input_ids, attention, shared_prefix_cache(cache)
     cache = copy.deepcopy(cache)
     cache.batch_repeat_interleave(len(rows))
     return input_ids, attention, cache

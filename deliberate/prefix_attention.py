@@ -10,7 +10,7 @@ Here the prefix's keys and values are kept once, `(kv_heads, prefix, head_dim)`.
 queries against them in one batched matmul, scores the rows' own tokens as usual, and takes one softmax over
 both, so the result is the same attention as with the prefix repeated (up to float summation order).
 
-`shared_prefix_cache(model, prefix_cache, rows)` turns the one-row cache of the prefix into a cache for `rows`
+`shared_prefix_cache(prefix_cache)` turns the one-row cache of the prefix into a cache for any number of
 rows; generation runs inside `attention_over_shared_prefix(model, cache)`, which routes the model's attention
 through `_attention` for that cache and restores the model afterwards. Only models whose layers all use plain
 full attention through transformers' attention interface qualify (`supports_shared_prefix`); others keep the
@@ -92,8 +92,8 @@ def supports_shared_prefix(model) -> bool:
 _SUPPORTED_TYPES = {"llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "granite", "phi3", "smollm3"}
 
 
-def shared_prefix_cache(model, prefix_cache, rows: int):
-    """A cache for `rows` rows that continues after the one-row `prefix_cache` without copying it."""
+def shared_prefix_cache(prefix_cache):
+    """A cache that continues after the one-row `prefix_cache` for any number of rows, without copying it."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 

@@ -68,3 +68,21 @@ def test_stage_sft_without_a_trained_model_is_a_clear_error(tiny_model_dir, tmp_
     recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"output_dir={tmp_path}", "eval.models=[stage:sft]"])
     with pytest.raises(DeliberateError, match="run `deliberate sft` first"):
         run_eval(recipe, show_progress=False)
+
+
+def test_a_model_is_loaded_once_for_all_its_benchmarks_and_not_at_all_when_cached(tiny_model_dir, tmp_path,
+                                                                                   monkeypatch):
+    import deliberate.models as models
+
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text('{"prompt": "Hello?", "expected": "comply"}\n')
+    loads = []
+    real = models.load_model
+    monkeypatch.setattr(models, "load_model", lambda cfg, **kw: loads.append(cfg.name) or real(cfg, **kw))
+    sets = [f"model.name={tiny_model_dir}", f"output_dir={tmp_path / 'run'}", "generation.max_new_tokens=2",
+            f"eval.benchmarks=[demo, {prompts}]", "eval.pairwise=false"]
+    report = run_eval(load_recipe(None, sets), show_progress=False)
+    assert [r["benchmark"] for r in report["results"]] == ["demo", "mine"]
+    assert loads == [str(tiny_model_dir)]
+    run_eval(load_recipe(None, sets), show_progress=False)
+    assert loads == [str(tiny_model_dir)]  # everything cached: no load
