@@ -104,10 +104,6 @@ def _quiet_libraries() -> None:
 
 # --- stages -----------------------------------------------------------------
 
-def _not_built(stage: str) -> None:
-    raise DeliberateError(f"the '{stage}' stage is not built yet in deliberate {__version__}")
-
-
 @app.command()
 def generate(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
     """Sample k spec-conditioned reasoning completions per prompt (deliberative alignment, stage one).
@@ -201,14 +197,42 @@ def pipeline(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
 
 
 @app.command()
-def rl(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
-    """Online RL with a judge reward: GRPO, RLOO, PPO, PPO-Lagrangian (Safe RLHF).
+def rl(recipe: RecipeOpt = None, set_: SetOpt = None,
+       algo: Annotated[str | None, typer.Option(help="Shorthand for --set rl.algo=...: grpo, rloo, ppo or "
+                                                     "ppo-lagrangian.")] = None,
+       resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False) -> None:
+    """Online RL with a judge reward: GRPO, RLOO (TRL), PPO with a value model, PPO-Lagrangian (Safe RLHF).
 
-    Input: a recipe (model, spec, data, judge, rl section). Output: <output_dir>/rl/.
-    Example: deliberate rl --recipe recipes/demo.yaml --set rl.algo=grpo
+    The judge gets spec_for(category), the prompt and the final answer only, never the reasoning.
+    Input: a recipe (rl.start, e.g. stage:sft; prompts; judge; rl settings). Output: <output_dir>/rl/model
+    (full weights), adapter/, log.jsonl and training.png (reward, KL, cost, lambda per step), summary.json,
+    checkpoints/; `stage:rl` names the model in evals. Runs under `accelerate launch` too.
+    Example: deliberate rl --recipe recipes/grpo-demo.yaml --algo ppo
     """
-    _recipe(recipe, set_)
-    _not_built("rl")
+    from deliberate.rl import rl_dir, run_rl
+    from deliberate.training import is_main_process
+
+    r = _recipe(recipe, list(set_ or []) + ([f"rl.algo={algo}"] if algo else []))
+    s = run_rl(r, resume=resume)
+    if not is_main_process():
+        return
+    if s.get("reused"):
+        console.print(f"[bold]rl[/]: already trained with these inputs ({rl_dir(r) / 'model'}); reused")
+        return
+    table = Table(title=f"{r.name}: rl ({s['algo']})")
+    for col in ("steps", "reward (first quarter -> last)", "cost", "lambda", "s/step: gen / judge / opt", "time"):
+        table.add_column(col)
+    cost = f"{s['cost_first_steps']} -> {s['cost_last_steps']} (<= {s['cost_threshold']})" if "cost_threshold" in s \
+        else "-"
+    split = " / ".join(f"{s[k]:.2f}" if s.get(k) is not None else "-"
+                       for k in ("seconds_generation", "seconds_judge", "seconds_optimisation"))
+    table.add_row(str(s["steps"]), f"{s['reward_first_steps']} -> {s['reward_last_steps']}", cost,
+                  f"{s['lambda']:.3f}" if "lambda" in s else "-", split, f"{s['seconds']:.0f}s")
+    console.print(table)
+    failures = s["reward_scorer"]["failures"] + s.get("cost_scorer", {}).get("failures", 0)
+    if failures:
+        console.print(f"[yellow]{failures} completions got no score (failed judgments) and carried no weight[/]")
+    console.print(f"model in {rl_dir(r) / 'model'}; per-step log in {rl_dir(r) / 'log.jsonl'}")
 
 
 @app.command()
@@ -249,7 +273,7 @@ def dpo(recipe: RecipeOpt = None, set_: SetOpt = None,
 
     sets = list(set_ or []) + ([f"dpo.method={method}"] if method else [])
     r = _recipe(recipe, sets)
-    summaries = run_dpo(r, only=stage)
+    summaries = run_dpo(r, only=stage, resume=resume)
     table = Table(title=f"{r.name}: preference optimisation")
     for col in ("model", "method", "start", "beta", "w", "examples", "steps", "loss", "reward acc.", "time"):
         table.add_column(col, overflow="fold")

@@ -178,3 +178,20 @@ def plot_benchmarks(results: list[dict[str, Any]], path: Path) -> Path | None:
     out = _save(fig, path)
     plt.close(fig)
     return out
+
+
+def plot_training(history: list[dict[str, Any]], keys: list[str], path: Path, title: str) -> Path | None:
+    """One panel per metric of a training log (e.g. reward, cost, lambda, KL) against the step."""
+    keys = [k for k in keys if any(k in h for h in history)]
+    if not history or not keys:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        points = [(h["step"], h[key]) for h in history if h.get(key) is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 50 else None)
+        ax.set(xlabel="step", title=key)
+    fig.suptitle(title)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out

@@ -32,10 +32,18 @@ from trl import DPOConfig, DPOTrainer
 
 from deliberate.answers import model_identity
 from deliberate.errors import DeliberateError
-from deliberate.io import atomic_write_text, replace_dir, write_json
 from deliberate.prefs import load_preferences
-from deliberate.recipe import DPOStage, ModelConfig, Recipe
+from deliberate.recipe import DPOStage, Recipe
 from deliberate.stages import DONE, stage_models
+from deliberate.training import (
+    gather_digests,
+    last_checkpoint,
+    load_start,
+    lora_config,
+    main_process_first,
+    save_policy,
+    trainer_args,
+)
 
 
 def dpo_dir(recipe: Recipe) -> Path:
@@ -129,11 +137,9 @@ def train_stage(recipe: Recipe, stage: DPOStage, start: str, beta: float, weight
         rows = _with_margins(recipe, stage, rows, margin_model, margin_ref if margin_model else None)
     trainer, extra = build_trainer(recipe, stage, start_path, rows, beta, weight, folder / "checkpoints",
                                    show_progress)
-    checkpoints = sorted((folder / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    if resume and not checkpoints:
-        raise DeliberateError(f"dpo --resume: no checkpoint in {folder / 'checkpoints'}")
+    checkpoint = last_checkpoint(folder / "checkpoints", resume, "dpo")
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if resume else None)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - t0
     logs = [e for e in trainer.state.log_history if "loss" in e]
     summary = {"fingerprint": fingerprint, "stage": stage.name, "model": label or stage.name,
@@ -144,28 +150,18 @@ def train_stage(recipe: Recipe, stage: DPOStage, start: str, beta: float, weight
                "last_loss": logs[-1]["loss"] if logs else None,
                "reward_accuracy": next((e[k] for e in reversed(logs) for k in ("rewards/accuracies",) if k in e), None),
                "seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(trainer.state.global_step, 1), 3),
-               "resumed_from": str(checkpoints[-1]) if resume else None, **extra}
-    _save(trainer, folder, recipe, stage, summary)
+               "resumed_from": checkpoint, **extra}
+    summary["weights_digest_per_rank"] = gather_digests(trainer.model)  # every rank's weights: equal under DDP
+    with main_process_first() as main:  # under `accelerate launch` one process writes, the others wait
+        if main:
+            _save(trainer, folder, recipe, stage, summary)
     return summary
 
 
 def _save(trainer, folder: Path, recipe: Recipe, stage: DPOStage, summary: dict[str, Any]) -> None:
     """`model/` always holds full weights (LoRA merged), so later stages, merges and evals can load it."""
-    tokenizer = trainer.processing_class
-    tmp = folder / "model.tmp"
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if stage.lora:
-        adapter_tmp = folder / "adapter.tmp"
-        model.save_pretrained(str(adapter_tmp))
-        tokenizer.save_pretrained(str(adapter_tmp))
-        replace_dir(adapter_tmp, folder / "adapter")
-        model = model.merge_and_unload()
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    atomic_write_text(tmp / "README.md", model_card(recipe, stage, summary))
-    write_json(tmp / DONE, summary)
-    replace_dir(tmp, folder / "model")
-    write_json(folder / "summary.json", summary)
+    save_policy(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, folder, lora=stage.lora,
+                card=model_card(recipe, stage, summary), summary=summary, marker=DONE)
 
 
 def model_card(recipe: Recipe, stage: DPOStage, summary: dict[str, Any]) -> str:
@@ -182,54 +178,27 @@ def model_card(recipe: Recipe, stage: DPOStage, summary: dict[str, Any]) -> str:
             + "```\n")
 
 
-def _model_config(recipe: Recipe, path: str) -> ModelConfig:
-    return recipe.model.model_copy(update={"name": path, "base": None, "revision": None, "dtype": "auto"})
-
-
-def _load_start(recipe: Recipe, path: str, trainable: bool):
-    """The start model with full weights: an adapter folder is merged into its base (so it is the reference)."""
-    from deliberate.models import load_model
-
-    loaded = load_model(_model_config(recipe, path), for_training=trainable)
-    if loaded.base_path:
-        loaded.model = loaded.model.merge_and_unload()
-    if not trainable:
-        loaded.model.eval().requires_grad_(False)
-    return loaded
-
-
 def build_trainer(recipe: Recipe, stage: DPOStage, start: str, rows: list[dict[str, Any]], beta: float,
                   weight: float, output_dir: Path, show_progress: bool = True):
     """The TRL trainer for one model of a stage (no training yet), and facts for the summary."""
     from datasets import Dataset
 
-    from deliberate.models import pick_device
-    from deliberate.sft import use_bf16
-
-    loaded = _load_start(recipe, start, trainable=True)
-    on_cpu = pick_device(recipe.model.device) == "cpu"
-    common = dict(
-        output_dir=str(output_dir), learning_rate=stage.learning_rate, num_train_epochs=stage.num_train_epochs,
-        max_steps=stage.max_steps, per_device_train_batch_size=stage.per_device_train_batch_size,
+    loaded = load_start(recipe, start, trainable=True)
+    common = trainer_args(
+        recipe, stage, output_dir, show_progress,
+        learning_rate=stage.learning_rate, num_train_epochs=stage.num_train_epochs, max_steps=stage.max_steps,
+        per_device_train_batch_size=stage.per_device_train_batch_size,
         gradient_accumulation_steps=stage.gradient_accumulation_steps, max_length=stage.max_length,
-        warmup_steps=stage.warmup_ratio, logging_steps=stage.logging_steps, save_strategy="steps",
-        save_steps=stage.save_steps, save_total_limit=2, logging_first_step=True, report_to=[], disable_tqdm=not show_progress,
-        use_cpu=on_cpu, bf16=use_bf16(stage.bf16, on_cpu), seed=recipe.seed, data_seed=recipe.seed,
-        dataloader_num_workers=0, remove_unused_columns=True, gradient_checkpointing=stage.gradient_checkpointing,
-    )
-    peft_config = None
-    if stage.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=stage.lora_r, lora_alpha=stage.lora_alpha, lora_dropout=stage.lora_dropout,
-                                 target_modules=stage.lora_target_modules, task_type="CAUSAL_LM")
+        warmup_steps=stage.warmup_ratio, save_steps=stage.save_steps, logging_first_step=True,
+        remove_unused_columns=True, gradient_checkpointing=stage.gradient_checkpointing)
+    peft_config = lora_config(stage) if stage.lora else None
     # Full fine-tuning: the reference is a frozen copy of the start model, loaded explicitly (TRL would reload
     # it from the config's name, which is the base for a merged adapter). With precomputed reference
     # log-probabilities (always for MODPO) TRL takes them from the model before training instead.
     precompute = stage.precompute_ref_log_probs or stage.method == "modpo"
     ref_model = None
     if not stage.lora and not precompute:
-        ref_model = _load_start(recipe, start, trainable=False).model
+        ref_model = load_start(recipe, start, trainable=False).model
     extra: dict[str, Any] = {}
     if stage.method == "kto":
         from trl import KTOConfig, KTOTrainer
@@ -301,8 +270,8 @@ def _with_margins(recipe: Recipe, stage: DPOStage, rows: list[dict[str, Any]], m
                                   f"the data (it has {', '.join(rows[0])})")
         return [{**r, "margin_chosen": m.scale * float(r[m.chosen_column]),
                  "margin_rejected": m.scale * float(r[m.rejected_column])} for r in rows]
-    scorer = _load_start(recipe, margin_model, trainable=False)
-    reference = _load_start(recipe, margin_ref, trainable=False)
+    scorer = load_start(recipe, margin_model, trainable=False)
+    reference = load_start(recipe, margin_ref, trainable=False)
     texts = [(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows]
     diff = [a - b for a, b in zip(sequence_logps(scorer.model, scorer.tokenizer, texts),
                                   sequence_logps(reference.model, reference.tokenizer, texts), strict=True)]

@@ -201,7 +201,22 @@ class FilterConfig(Section):
     """Also drop completions whose reasoning does not cite the prompt's category."""
 
 
-class SFTConfig(Section):
+class TrainingOptions(Section):
+    """Fields every training verb (sft, dpo, rl) shares."""
+
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    lora_target_modules: list[str] | str = "all-linear"
+    """Modules that get LoRA weights: `all-linear` or a list of module names."""
+    bf16: bool | None = None
+    """bfloat16 mixed precision: unset means on a GPU that supports it; `true` also on a CPU (about 2.5x faster
+    training on a recent x86 CPU with bfloat16 instructions, at bfloat16's precision)."""
+    logging_steps: int = Field(default=5, ge=1)
+    """Optimizer steps between loss reports."""
+
+
+class SFTConfig(TrainingOptions):
     learning_rate: float = Field(default=2e-5, gt=0)
     num_train_epochs: float = Field(default=2.0, gt=0)
     per_device_train_batch_size: int = Field(default=8, ge=1)
@@ -211,22 +226,12 @@ class SFTConfig(Section):
     """Longest training sequence in tokens; longer examples are truncated."""
     lora: bool = True
     """Train a LoRA adapter (True) or all weights (False)."""
-    lora_r: int = Field(default=16, ge=1)
-    lora_alpha: int = Field(default=32, ge=1)
-    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
-    bf16: bool | None = None
-    """bfloat16 mixed precision: unset means on a GPU that supports it; `true` also on a CPU (about 2.5x faster
-    training on a recent x86 CPU with bfloat16 instructions, at bfloat16's precision)."""
     keep_reasoning: bool = True
     """Keep the chain of thought in the training target (deliberative alignment) or train on answers only."""
-    lora_target_modules: list[str] | str = "all-linear"
-    """Modules that get LoRA weights: `all-linear` or a list of module names."""
     save_merged: bool = False
     """With LoRA, also save the adapter merged into the base weights (`sft/merged`)."""
     save_steps: int = Field(default=50, ge=1)
     """Optimizer steps between checkpoints (`sft --resume` continues from the last one)."""
-    logging_steps: int = Field(default=5, ge=1)
-    """Optimizer steps between loss reports."""
     max_steps: int = -1
     """Stop after this many optimizer steps; -1 runs `num_train_epochs`."""
 
@@ -295,7 +300,7 @@ class MarginConfig(Section):
     """Multiplies the margin score (e.g. to turn a 0-10 judge score into a reward's scale)."""
 
 
-class DPOConfig(Section):
+class DPOConfig(TrainingOptions):
     method: Literal["dpo", "kto", "modpo"] = "dpo"
     """`dpo` (TRL DPOTrainer), `kto` (TRL KTOTrainer, on desirable/undesirable labels) or `modpo` (DPO with a
     margin from a frozen scorer, weighted by `weight`)."""
@@ -333,14 +338,6 @@ class DPOConfig(Section):
     lora: bool = True
     """Train a LoRA adapter (the adapter-disabled model is then the reference) or all weights. Either way the
     stage's `model/` folder holds full weights (the adapter merged), so later stages, merges and evals read it."""
-    lora_r: int = Field(default=16, ge=1)
-    lora_alpha: int = Field(default=32, ge=1)
-    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
-    lora_target_modules: list[str] | str = "all-linear"
-    """Modules that get LoRA weights: `all-linear` or a list of module names."""
-    bf16: bool | None = None
-    """bfloat16 mixed precision: unset means on a GPU that supports it; `true` also on a CPU (about 2.5x faster
-    training on a recent x86 CPU with bfloat16 instructions, at bfloat16's precision)."""
     precompute_ref_log_probs: bool = False
     """Compute the reference model's log-probabilities once before training instead of in every step: faster
     for several epochs, and with full fine-tuning no reference copy stays in memory. MODPO always does."""
@@ -348,8 +345,6 @@ class DPOConfig(Section):
     """Recompute activations in the backward pass: less memory (large models on a GPU), slower steps."""
     save_steps: int = Field(default=100, ge=1)
     """Optimizer steps between checkpoints (`dpo --resume` continues from the last one)."""
-    logging_steps: int = Field(default=5, ge=1)
-    """Optimizer steps between loss reports (the first step is always reported)."""
     stages: list[dict[str, Any]] = Field(default_factory=list)
     """Stepwise training (SACPO): a list of stages, each a mapping with a `name` and any field above (fields it
     does not set come from this section). Each stage starts from `start` (by default the previous stage's
@@ -413,19 +408,122 @@ class DPOStage(DPOConfig):
     def _safe_name(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
             raise ValueError("use letters, digits, '.', '_' and '-'")
+        if v in ("sft", "rl"):
+            raise ValueError(f"'{v}' is taken: stage:{v} names the {v} verb's model")
         return v
 
 
-class RLConfig(Section):
+class RLConfig(TrainingOptions):
     algo: Literal["grpo", "rloo", "ppo", "ppo-lagrangian"] = "grpo"
-    """`grpo` / `rloo` (TRL, no value model), `ppo` (with a value model) or `ppo-lagrangian` (Safe RLHF)."""
+    """`grpo` / `rloo` (TRL's trainers, no value model), `ppo` (this toolkit's PPO with a value model) or
+    `ppo-lagrangian` (PPO maximising reward - lambda * cost with a learned multiplier, as Safe RLHF)."""
+    start: str | None = None
+    """The policy's starting model, also the KL reference: `stage:sft`, `stage:<dpo stage>`, `merge:...`, a
+    folder, an adapter folder or a Hub id. The recipe's `model` when unset."""
+    data: DataConfig | None = None
+    """Training prompts (each needs a category or an expected behaviour for the judge); the recipe's `data`
+    when unset."""
+    reward_judge: JudgeConfig | None = None
+    """The reward judge; the recipe's `judge` when unset. It gets spec_for(category), the prompt and the final
+    answer only, never the reasoning. Reward = score / 10; a completion with no final answer gets 0 unjudged; a
+    failed judgment gives no reward (the completion carries no learning signal), never a made-up one."""
+    reward_function: str | None = None
+    """Instead of the judge: a Python function `package.module:name` or `path/to/file.py:name`, called as
+    f(prompts, completions, answers=..., category=..., expected=...) and returning one float (or None for no
+    reward) per completion; it may be `async def`."""
+    format_reward: float = Field(default=0.0, ge=0)
+    """Added to the reward of a completion that reasons in a well-formed `<think>...</think>` block and then
+    answers."""
+    cost_judge: JudgeConfig | None = None
+    """`ppo-lagrangian`: the cost judge (e.g. a harmlessness judge or a classifier cost model); the reward judge
+    when unset."""
+    cost: Literal["unsafe", "score"] = "unsafe"
+    """`ppo-lagrangian`: cost = 1 when the cost judge's verdict is `unsafe`, else 0 (`unsafe`), or 1 - score / 10
+    (`score`)."""
+    cost_function: str | None = None
+    """`ppo-lagrangian`: a Python cost function instead of the cost judge (same form as `reward_function`)."""
+    cost_threshold: float = 0.1
+    """`ppo-lagrangian`: the constraint mean cost <= threshold (Safe RLHF's d)."""
+    lambda_init: float = Field(default=1.0, gt=0)
+    """`ppo-lagrangian`: the multiplier's starting value (it is learned as log lambda, so it stays > 0)."""
+    lambda_lr: float = Field(default=0.1, gt=0)
+    """`ppo-lagrangian`: learning rate of log lambda (SGD on -(mean cost - threshold) * lambda, as Safe RLHF)."""
+    lambda_max: float | None = Field(default=None, gt=0)
+    """`ppo-lagrangian`: an upper bound on lambda."""
+    lambda_update_delay: int = Field(default=0, ge=0)
+    """`ppo-lagrangian`: steps before lambda starts to move (the critic settles first)."""
+    max_steps: int = Field(default=100, ge=1)
+    """RL steps; each samples completions, scores them and makes one optimisation round on them."""
+    prompts_per_step: int = Field(default=8, ge=1)
+    """Prompts per step (over all processes)."""
+    num_generations: int | None = Field(default=None, ge=1)
+    """Completions per prompt: the group size for `grpo` / `rloo` (8 when unset, at least 2), 1 for PPO when
+    unset."""
+    max_new_tokens: int = Field(default=128, ge=1)
+    """Most tokens per completion (reasoning and answer together)."""
+    temperature: float = Field(default=1.0, gt=0)
+    """Sampling temperature of the completions (log-probabilities are taken at the same temperature)."""
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    """Nucleus sampling of the completions."""
     learning_rate: float = Field(default=1e-6, gt=0)
-    num_generations: int = Field(default=8, ge=2)
-    """Completions sampled per prompt (GRPO/RLOO group size)."""
+    """Policy learning rate."""
+    value_learning_rate: float | None = Field(default=None, gt=0)
+    """PPO: the value model's learning rate; 5 x `learning_rate` when unset."""
     kl_coef: float = Field(default=0.05, ge=0)
-    """Weight of the KL penalty to the reference model."""
+    """Weight of the KL penalty to the reference (GRPO/RLOO's beta; PPO's starting coefficient)."""
+    adaptive_kl: bool = False
+    """PPO: adapt the KL coefficient towards `kl_target` (Ziegler et al.'s controller) instead of keeping it."""
+    kl_target: float = Field(default=6.0, gt=0)
+    """PPO with `adaptive_kl`: the per-sequence KL the controller aims at."""
+    kl_horizon: int = Field(default=10000, ge=1)
+    """PPO with `adaptive_kl`: the controller's horizon in samples."""
+    ppo_epochs: int | None = Field(default=None, ge=1)
+    """Optimisation passes over each step's completions: 4 for PPO when unset, 1 for GRPO/RLOO (TRL's
+    `num_iterations`)."""
+    mini_batch_size: int | None = Field(default=None, ge=1)
+    """Completions per optimiser update on each process (PPO) or per forward pass (GRPO/RLOO); all of a step's
+    completions when unset."""
+    clip_range: float = Field(default=0.2, gt=0)
+    """Clipping of the policy ratio (epsilon)."""
+    clip_range_value: float = Field(default=0.2, gt=0)
+    """PPO: clipping of the value prediction around the old value."""
+    gamma: float = Field(default=1.0, ge=0, le=1)
+    """PPO: discount of generalised advantage estimation."""
+    lam: float = Field(default=0.95, ge=0, le=1)
+    """PPO: lambda of generalised advantage estimation."""
+    whiten_advantages: bool = True
+    """PPO: normalise advantages to mean 0 and std 1 over each step's tokens."""
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    """Gradients are clipped to this norm."""
+    loss_type: str | None = None
+    """GRPO: TRL's loss variant (`grpo`, `dapo`, `dr_grpo`, `bnpo`, ...); TRL's default when unset."""
     lora: bool = True
-    """Train a LoRA adapter or all weights."""
+    """Train a LoRA adapter (the adapter-disabled model is then the reference) or all weights. `rl/model` holds
+    full weights either way."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, slower steps."""
+    use_vllm: bool = False
+    """GRPO/RLOO: generate with vLLM (needs the `vllm` extra and a GPU)."""
+    save_steps: int = Field(default=50, ge=1)
+    """Steps between checkpoints (`rl --resume` continues from the last one)."""
+    logging_steps: int = Field(default=1, ge=1)
+    """GRPO/RLOO: steps between metric reports (PPO logs every step)."""
+
+    @model_validator(mode="after")
+    def _groups(self) -> RLConfig:
+        if self.algo in ("grpo", "rloo") and self.generations() < 2:
+            raise ValueError(f"{self.algo} compares completions within a group: num_generations must be at least 2")
+        return self
+
+    def epochs(self) -> int:
+        if self.ppo_epochs is not None:
+            return self.ppo_epochs
+        return 1 if self.algo in ("grpo", "rloo") else 4
+
+    def generations(self) -> int:
+        if self.num_generations is not None:
+            return self.num_generations
+        return 8 if self.algo in ("grpo", "rloo") else 1
 
 
 class MergeSpec(Section):

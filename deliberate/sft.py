@@ -18,6 +18,7 @@ from typing import Any
 from deliberate.errors import DeliberateError
 from deliberate.io import atomic_write_text, read_jsonl, replace_dir, write_json
 from deliberate.recipe import Recipe
+from deliberate.training import last_checkpoint, lora_config, trainer_args
 
 DONE = "deliberate_sft.json"
 
@@ -43,7 +44,7 @@ def build_trainer(recipe: Recipe, data_path: Path, show_progress: bool = True):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from deliberate.models import load_model, pick_device
+    from deliberate.models import load_model
 
     cfg = recipe.sft
     rows = read_jsonl(data_path)
@@ -51,45 +52,23 @@ def build_trainer(recipe: Recipe, data_path: Path, show_progress: bool = True):
         raise DeliberateError(f"sft: {data_path} is empty")
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     loaded = load_model(recipe.model.model_copy(update={"dtype": "auto"}), for_training=True)
-    on_cpu = pick_device(recipe.model.device) == "cpu"
-    args = SFTConfig(
-        output_dir=str(sft_paths(recipe)["checkpoints"]),
+    args = SFTConfig(**trainer_args(
+        recipe, cfg, sft_paths(recipe)["checkpoints"], show_progress,
         learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
-        completion_only_loss=True, packing=False, seed=recipe.seed, data_seed=recipe.seed,
-        logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
-        report_to=[], disable_tqdm=not show_progress, use_cpu=on_cpu,
-        bf16=use_bf16(cfg.bf16, on_cpu), dataloader_num_workers=0,
-    )
-    peft_config = None
-    if cfg.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+        completion_only_loss=True, packing=False, save_steps=cfg.save_steps))
     return SFTTrainer(model=loaded.model, args=args, train_dataset=dataset, processing_class=loaded.tokenizer,
-                      peft_config=peft_config), loaded
-
-
-def use_bf16(setting: bool | None, on_cpu: bool) -> bool:
-    """Mixed precision for a trainer: the recipe's choice, else bfloat16 on a GPU that supports it."""
-    import torch
-
-    if setting is not None:
-        return setting
-    return not on_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+                      peft_config=lora_config(cfg) if cfg.lora else None), loaded
 
 
 def run_sft(recipe: Recipe, data_path: Path, *, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
     paths = sft_paths(recipe)
     fingerprint = _fingerprint(recipe, data_path)
     trainer, loaded = build_trainer(recipe, data_path, show_progress)
-    checkpoints = sorted(paths["checkpoints"].glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    if resume and not checkpoints:
-        raise DeliberateError(f"sft --resume: no checkpoint in {paths['checkpoints']}")
+    checkpoint = last_checkpoint(paths["checkpoints"], resume, "sft")
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if resume else None)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
     # Save into a temporary folder and rename, so `model/` is either the old complete model or the new one.
     tmp = paths["model"].with_name("model.tmp")
@@ -100,7 +79,7 @@ def run_sft(recipe: Recipe, data_path: Path, *, resume: bool = False, show_progr
                "base_model": recipe.model.name, "base_path": loaded.path, "steps": trainer.state.global_step,
                "train_loss": round(result.training_loss, 4), "first_loss": losses[0] if losses else None,
                "last_loss": losses[-1] if losses else None, "seconds": round(seconds, 1),
-               "resumed_from": str(checkpoints[-1]) if resume else None}
+               "resumed_from": checkpoint}
     atomic_write_text(tmp / "README.md", model_card(recipe, summary))
     write_json(tmp / DONE, summary)
     replace_dir(tmp, paths["model"])

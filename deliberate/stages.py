@@ -3,6 +3,7 @@
 - `stage:sft`: the deliberative SFT model (`<output_dir>/sft/model`).
 - `stage:<name>`: a `dpo` stage's model (`<output_dir>/dpo/<name>/model`); for a swept stage
   `stage:<name>/<variant>` (e.g. `stage:safe/beta0.025`), and `stage:<name>/*` for every variant.
+- `stage:rl`: the `deliberate rl` model (`<output_dir>/rl/model`).
 - `merge:<name>/<variant>` (e.g. `merge:p-sacpo/a0.75`), `merge:<name>/*` for all of a merge's outputs.
 
 Anything else is a model as in `model.name` (folder, adapter folder, Hub id, `smollm2`) and is returned as is.
@@ -42,6 +43,11 @@ def stage_models(recipe: Recipe, ref: str) -> list[tuple[str, str]]:
         path = sft_paths(recipe)["model"]
         if not path.is_dir():
             raise DeliberateError(f"{ref}: no model yet ({path}); run `deliberate sft` first")
+        return [(ref, str(path))]
+    if kind == "stage" and name == "rl":
+        path = out / "rl" / "model"
+        if not (path / DONE).is_file():
+            raise DeliberateError(f"{ref}: no model yet ({path}); run `deliberate rl` first")
         return [(ref, str(path))]
     folder = out / ("dpo" if kind == "stage" else "merge") / name
     verb = "dpo" if kind == "stage" else "merge"

@@ -45,9 +45,14 @@ def test_malformed_yaml_and_unknown_model_are_one_line_errors(tmp_path):
         assert out.returncode == 2 and "Traceback" not in out.stderr and out.stderr.count("error:") == 1
 
 
-def test_a_stage_not_built_yet_says_so_and_exits_2():
-    out = run("rl")
-    assert out.returncode == 2 and "not built yet" in out.stderr
+def test_rl_on_prompts_the_judge_cannot_score_is_a_one_line_error(tmp_path):
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text('{"prompt": "hello"}\n')
+    out = run("rl", "--algo", "ppo", "--set", f"data.source={bare}", "--set", f"output_dir={tmp_path / 'out'}")
+    assert out.returncode == 2 and "neither a category nor an expected behaviour" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    bad = run("rl", "--algo", "dqn")
+    assert bad.returncode == 2 and "rl.algo" in bad.stderr
 
 
 def test_spec_render_prints_the_category_policy():

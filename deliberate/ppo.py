@@ -1,0 +1,482 @@
+"""PPO with a value model, and PPO-Lagrangian (Safe RLHF), written once on transformers + accelerate.
+
+TRL no longer has PPO, so this is ours. One step:
+
+1. **Rollout**: sample `num_generations` completions for each of the step's prompts from the policy.
+2. **Score**: the reward scorer (and, for PPO-Lagrangian, the cost scorer) rate each completion (`rewards.py`:
+   the judge sees the final answer only). A completion with no score keeps its place in the batch (so every
+   process runs the same number of updates) but carries no weight.
+3. **Per-token rewards**: -kl_coef * (log pi - log pi_ref) on every token, plus the score on the last one.
+   PPO-Lagrangian splits the KL term between reward and cost as Safe RLHF does (half each, the cost with the
+   opposite sign) and adds the cost on the last token of the cost sequence.
+4. **Generalised advantage estimation** (`gae`) against the value model's predictions (a second value model
+   for the cost), then advantages whitened over the step's tokens.
+5. **PPO-Lagrangian**: the multiplier lambda = exp(log_lambda) takes an SGD step on
+   -(mean cost - threshold) * lambda (so it rises while the mean cost is above the threshold and falls below
+   it), and the policy's advantage is (A_reward - lambda * A_cost) / (1 + lambda).
+6. **`ppo_epochs` passes** over the step's completions in mini-batches: the clipped policy loss on the ratio
+   pi / pi_old, and the clipped value loss, each with its own optimiser.
+7. The KL coefficient stays fixed or follows Ziegler et al.'s adaptive controller.
+
+The reference is the starting model: the adapter-disabled policy with LoRA, a frozen copy otherwise. The value
+model is the starting model's transformer body with a scalar head (LoRA on the body with LoRA). Checkpoints
+(`accelerate`'s save_state plus the controller, lambda and history) let `--resume` continue where it stopped;
+the prompts of step k are the same on a resumed run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deliberate.data import PromptRecord
+from deliberate.errors import DeliberateError
+from deliberate.progress import progress_bar
+from deliberate.recipe import Recipe, RLConfig
+from deliberate.rewards import Scorer, score_all
+
+# ---- the pieces, each testable on its own ----
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise to std 1 (and mean 0) over the masked entries."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over (batch, tokens), right-padded with `mask` 0 after each sequence:
+    delta_t = r_t + gamma * V_{t+1} - V_t, A_t = delta_t + gamma * lam * A_{t+1}, returns = A + V.
+    The value after a sequence's last token is 0 (the episode ends there)."""
+    values = values * mask
+    rewards = rewards * mask
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    steps = rewards.shape[1]
+    for t in reversed(range(steps)):
+        next_value = values[:, t + 1] if t + 1 < steps else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        advantages[:, t] = last
+    return advantages, (advantages + values) * mask
+
+
+def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """-kl_coef * kl on every token, plus each sequence's score on its last token."""
+    out = -kl_coef * kl * mask
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    out[torch.arange(len(scores)), last] += scores * (mask.sum(1) > 0)
+    return out
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                clip: float) -> tuple[torch.Tensor, dict[str, float]]:
+    ratio = torch.exp(logprobs - old_logprobs)
+    losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean(((ratio - 1).abs() > clip).float(), mask).item(),
+                 "approx_kl": masked_mean(0.5 * (logprobs - old_logprobs) ** 2, mask).item()}
+    return masked_mean(losses, mask), stats
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip: float) -> torch.Tensor:
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+class KLController:
+    """A fixed KL coefficient, or Ziegler et al.'s adaptive one (towards a target KL over a horizon)."""
+
+    def __init__(self, coef: float, adaptive: bool, target: float, horizon: int):
+        self.coef, self.adaptive, self.target, self.horizon = coef, adaptive, target, horizon
+
+    def update(self, kl: float, n: int) -> None:
+        if self.adaptive:
+            error = min(max(kl / self.target - 1, -0.2), 0.2)
+            self.coef *= 1 + error * n / self.horizon
+
+
+class Lagrange(nn.Module):
+    """lambda = exp(log_lambda) >= 0, moved by SGD on -(mean cost - threshold) * lambda (as Safe RLHF)."""
+
+    def __init__(self, init: float, lr: float, threshold: float, max_value: float | None = None):
+        super().__init__()
+        self.log_lambda = nn.Parameter(torch.tensor(math.log(init)))
+        self.threshold, self.max_value = threshold, max_value
+        self.optimizer = torch.optim.SGD([self.log_lambda], lr=lr)  # as Safe RLHF: no momentum
+
+    @property
+    def value(self) -> float:
+        return self.log_lambda.exp().item()
+
+    def update(self, mean_cost: float) -> None:
+        self.optimizer.zero_grad()
+        loss = -(mean_cost - self.threshold) * self.log_lambda.exp()
+        loss.backward()
+        self.optimizer.step()
+        if self.max_value is not None:
+            with torch.no_grad():
+                self.log_lambda.clamp_(max=math.log(self.max_value))
+
+
+class ValueModel(nn.Module):
+    """A transformer body with a scalar head: V(prefix) for every position."""
+
+    def __init__(self, body: nn.Module, hidden_size: int):
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(hidden_size + 1))
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=False).last_hidden_state
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for left-padded rows (as generation used them)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int,
+                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(token) and the entropy at each response position (input = left-padded prompt of `context` tokens,
+    then the response), with the sampling temperature applied as in generation."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
+                   use_cache=False).logits[:, context - 1 : -1].float() / temperature
+    logp = torch.log_softmax(logits, -1)
+    chosen = logp.gather(-1, input_ids[:, context:, None]).squeeze(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return chosen, entropy
+
+
+def response_values(value_model, input_ids, attention_mask, context: int) -> torch.Tensor:
+    """V at the position before each response token (the state the token is chosen in)."""
+    return value_model(input_ids, attention_mask, positions(attention_mask))[:, context - 1 : -1].float()
+
+
+def response_mask(responses: torch.Tensor, eos_ids: set[int], pad_id: int | None) -> torch.Tensor:
+    """1 up to and including the first end-of-sequence token, 0 after (and on padding)."""
+    is_end = torch.zeros_like(responses, dtype=torch.bool)
+    for e in eos_ids:
+        is_end |= responses == e
+    after_end = (is_end.long().cumsum(1) - is_end.long()) > 0
+    mask = ~after_end
+    if pad_id is not None and pad_id not in eos_ids:
+        mask &= responses != pad_id
+    return mask.float()
+
+
+# ---- the training loop ----
+
+
+@dataclass
+class PPOState:
+    """What a checkpoint holds beside the models and optimisers."""
+
+    step: int = 0
+    kl_coef: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    lagrange: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "kl_coef": self.kl_coef, "history": self.history, "lagrange": self.lagrange}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.kl_coef = state["step"], state["kl_coef"]
+        self.history, self.lagrange = state["history"], state["lagrange"]
+
+
+def step_prompts(records: list[PromptRecord], step: int, per_step: int, seed: int) -> list[PromptRecord]:
+    """The prompts of step `step`: consecutive slices of a per-epoch shuffle (the same on a resumed run)."""
+    out: list[PromptRecord] = []
+    n = len(records)
+    position = step * per_step
+    while len(out) < per_step:
+        epoch, offset = divmod(position, n)
+        order = list(range(n))
+        random.Random(seed + epoch).shuffle(order)
+        take = min(per_step - len(out), n - offset)
+        out += [records[i] for i in order[offset : offset + take]]
+        position += take
+    return out
+
+
+def _value_model(loaded, cfg: RLConfig):
+    body = getattr(loaded.model, loaded.model.base_model_prefix)
+    if cfg.lora:
+        from peft import get_peft_model
+
+        from deliberate.training import lora_config
+
+        lora = lora_config(cfg)
+        lora.task_type = "FEATURE_EXTRACTION"
+        body = get_peft_model(body, lora)
+    return ValueModel(body, loaded.model.config.hidden_size)
+
+
+def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], folder: Path, *, reward: Scorer,
+              cost: Scorer | None = None, resume: bool = False, show_progress: bool = True):
+    """Train the policy from `start`; returns (the trained policy, its tokenizer, a summary)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from deliberate.training import gather_digests, load_start, lora_config, mean_or_none, on_cpu, use_bf16
+
+    cfg = recipe.rl
+    lagrangian = cfg.algo == "ppo-lagrangian"
+    if lagrangian and cost is None:
+        raise DeliberateError("ppo-lagrangian needs a cost scorer")
+    cpu = on_cpu(recipe)
+    accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if use_bf16(cfg.bf16, cpu) else "no")
+    world = accelerator.num_processes
+    if cfg.prompts_per_step % world:
+        raise DeliberateError(f"rl.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the number of "
+                              f"processes ({world})")
+    set_seed(recipe.seed + accelerator.process_index)
+
+    loaded = load_start(recipe, start, trainable=True)
+    tokenizer = loaded.tokenizer
+    tokenizer.padding_side = "left"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = {tokenizer.eos_token_id} | set(_as_list(loaded.model.generation_config.eos_token_id))
+    eos_ids.discard(None)
+    policy = loaded.model
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    reference = None
+    if cfg.lora:
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, lora_config(cfg))
+    else:
+        reference = load_start(recipe, start, trainable=False).model.to(accelerator.device)
+    value_models = [_value_model(load_start(recipe, start, trainable=True), cfg)]
+    if lagrangian:
+        value_models.append(_value_model(load_start(recipe, start, trainable=True), cfg))
+    value_lr = cfg.value_learning_rate or 5 * cfg.learning_rate
+    opt_policy = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    opt_values = [torch.optim.AdamW([p for p in v.parameters() if p.requires_grad], lr=value_lr)
+                  for v in value_models]
+    policy, opt_policy = accelerator.prepare(policy, opt_policy)
+    prepared = [accelerator.prepare(v, o) for v, o in zip(value_models, opt_values, strict=True)]
+    value_models, opt_values = [p[0] for p in prepared], [p[1] for p in prepared]
+    lagrange = Lagrange(cfg.lambda_init, cfg.lambda_lr, cfg.cost_threshold, cfg.lambda_max) if lagrangian else None
+    kl = KLController(cfg.kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
+    state = PPOState(kl_coef=cfg.kl_coef)
+    accelerator.register_for_checkpointing(state)
+    checkpoints = folder / "checkpoints"
+    if resume:
+        found = sorted(checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        if not found:
+            raise DeliberateError(f"rl --resume: no checkpoint in {checkpoints}")
+        accelerator.load_state(str(found[-1]))
+        kl.coef = state.kl_coef
+        if lagrange is not None and state.lagrange is not None:
+            lagrange.load_state_dict(state.lagrange["module"])
+            lagrange.optimizer.load_state_dict(state.lagrange["optimizer"])
+    resumed_from = state.step if resume else None
+
+    per_rank = cfg.prompts_per_step // world
+    n_gen = cfg.generations()
+    started = time.perf_counter()
+    with progress_bar(f"rl ({cfg.algo})", total=cfg.max_steps, unit="completions",
+                      enabled=show_progress and accelerator.is_main_process) as bar:
+        bar.advance(state.step)
+        while state.step < cfg.max_steps:
+            batch = step_prompts(records, state.step, cfg.prompts_per_step, recipe.seed)
+            mine = [r for r in batch[accelerator.process_index * per_rank : (accelerator.process_index + 1) * per_rank]
+                    for _ in range(n_gen)]
+            metrics = _ppo_step(cfg, accelerator, policy, reference, value_models, opt_policy, opt_values, tokenizer,
+                                mine, pad_id, eos_ids, reward, cost, kl, lagrange, state.step)
+            state.step += 1
+            state.kl_coef = kl.coef
+            if lagrange is not None:
+                state.lagrange = {"module": lagrange.state_dict(), "optimizer": lagrange.optimizer.state_dict()}
+            state.history.append({"step": state.step, **metrics})
+            if accelerator.is_main_process:
+                _append_log(folder / "log.jsonl", state.history[-1], state.step == 1 or resumed_from == state.step - 1)
+            bar.advance(1, tokens=int(metrics["completions"]))
+            if state.step % cfg.save_steps == 0 and state.step < cfg.max_steps:
+                accelerator.save_state(str(checkpoints / f"step-{state.step}"), safe_serialization=False)
+                if accelerator.is_main_process:
+                    for old in sorted(checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+                        import shutil
+
+                        shutil.rmtree(old, ignore_errors=True)
+    seconds = time.perf_counter() - started
+    unwrapped = accelerator.unwrap_model(policy)
+    digests = gather_digests(unwrapped)
+    history = state.history
+    first, last = history[: max(1, len(history) // 4)], history[-max(1, len(history) // 4) :]
+    summary = {
+        "algo": cfg.algo, "steps": state.step, "processes": world, "seconds": round(seconds, 1),
+        "reward_first_steps": mean_or_none(h["reward"] for h in first), "reward_last_steps": mean_or_none(h["reward"] for h in last),
+        "kl_coef": kl.coef, "resumed_from_step": resumed_from,
+        **{k: mean_or_none((h[k] for h in history), 3)
+           for k in ("seconds_generation", "seconds_judge", "seconds_optimisation")}, "weights_digest_per_rank": digests,
+        "ranks_agree": len(set(digests)) == 1,
+    }
+    if lagrangian:
+        summary |= {"lambda": lagrange.value, "cost_first_steps": mean_or_none(h["cost"] for h in first),  # type: ignore[union-attr]
+                    "cost_last_steps": mean_or_none(h["cost"] for h in last), "cost_threshold": cfg.cost_threshold}
+    return unwrapped, tokenizer, summary, history
+
+
+def _ppo_step(cfg: RLConfig, accelerator, policy, reference, value_models, opt_policy, opt_values, tokenizer,
+              records: list[PromptRecord], pad_id: int, eos_ids: set[int], reward: Scorer, cost: Scorer | None,
+              kl_ctl: KLController, lagrange: Lagrange | None, step: int) -> dict[str, float]:
+    device = accelerator.device
+    unwrapped = accelerator.unwrap_model(policy)
+    t0 = time.perf_counter()
+    # 1. rollout
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": r.prompt}], tokenize=False,
+                                           add_generation_prompt=True) for r in records]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    context = enc["input_ids"].shape[1]
+    unwrapped.eval()
+    with torch.no_grad(), accelerator.autocast():
+        out = unwrapped.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
+                                 max_new_tokens=cfg.max_new_tokens, pad_token_id=pad_id)
+    responses = out[:, context:]
+    generated = response_mask(responses, eos_ids, pad_id)  # the tokens each completion really has
+    completions = tokenizer.batch_decode([r[: int(m.sum())] for r, m in zip(responses, generated, strict=True)],
+                                         skip_special_tokens=True)
+    t_gen = time.perf_counter() - t0
+    # 2. score (the judge sees the final answer only)
+    from deliberate.judges.base import run_sync
+
+    scorers = [reward] + ([cost] if cost is not None else [])
+    values_out = run_sync(score_all(scorers, [r.prompt for r in records], completions,
+                                    [r.category for r in records], [r.expected for r in records]))
+    t_judge = time.perf_counter() - t0 - t_gen
+    valid = torch.tensor([all(v[i] is not None for v in values_out) for i in range(len(records))],
+                         dtype=torch.float32, device=device)
+    scores = torch.tensor([v if v is not None else 0.0 for v in values_out[0]], device=device)
+    costs = torch.tensor([v if v is not None else 0.0 for v in values_out[1]], device=device) if cost else None
+    mask = generated * valid[:, None]  # an unscored completion stays in the batch with no weight
+    input_ids = out
+    attention = torch.cat([enc["attention_mask"], generated.long()], 1)
+    # 3. old log-probs, reference log-probs, values
+    mb = cfg.mini_batch_size or len(records)
+    with torch.no_grad(), accelerator.autocast():
+        old_logp, ref_logp, old_values = [], [], [[] for _ in value_models]
+        for s in range(0, len(records), mb):
+            ids, att = input_ids[s : s + mb], attention[s : s + mb]
+            old_logp.append(response_logprobs(unwrapped, ids, att, context, cfg.temperature)[0])
+            if reference is None:
+                with unwrapped.disable_adapter():
+                    ref_logp.append(response_logprobs(unwrapped, ids, att, context, cfg.temperature)[0])
+            else:
+                ref_logp.append(response_logprobs(reference, ids, att, context, cfg.temperature)[0])
+            for k, vm in enumerate(value_models):
+                old_values[k].append(response_values(vm, ids, att, context))
+        old_logp, ref_logp = torch.cat(old_logp), torch.cat(ref_logp)
+        old_values = [torch.cat(v) for v in old_values]
+    kl = (old_logp - ref_logp) * mask
+    # 4. rewards and advantages
+    gather_mean = lambda x, w: (accelerator.gather(x * w).sum() / accelerator.gather(w).sum().clamp(min=1)).item()  # noqa: E731
+    if lagrange is None:
+        rewards = token_rewards(scores, kl, mask, kl_ctl.coef)
+        advantages, returns = gae(rewards, old_values[0], mask, cfg.gamma, cfg.lam)
+        all_returns = [returns]
+    else:
+        rewards = token_rewards(scores, kl, mask, 0.5 * kl_ctl.coef)
+        cost_tokens = token_rewards(costs, -kl, mask, 0.5 * kl_ctl.coef)  # type: ignore[arg-type]
+        adv_r, ret_r = gae(rewards, old_values[0], mask, cfg.gamma, cfg.lam)
+        adv_c, ret_c = gae(cost_tokens, old_values[1], mask, cfg.gamma, cfg.lam)
+        mean_cost = gather_mean(costs, valid)
+        if step >= cfg.lambda_update_delay:
+            lagrange.update(mean_cost)
+        lam = lagrange.value
+        if cfg.whiten_advantages:
+            adv_r, adv_c = whiten(adv_r, mask), whiten(adv_c, mask)
+        advantages = (adv_r - lam * adv_c) / (1 + lam)
+        all_returns = [ret_r, ret_c]
+    if cfg.whiten_advantages and lagrange is None:
+        advantages = whiten(advantages, mask)
+    # 5. PPO epochs
+    t1 = time.perf_counter()
+    policy.train()
+    for vm in value_models:
+        vm.train()
+    stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": [], "entropy": []}
+    for _ in range(cfg.epochs()):
+        order = torch.randperm(len(records), device="cpu").tolist()
+        for s in range(0, len(records), mb):
+            idx = torch.tensor(order[s : s + mb], device=device)
+            ids, att, m = input_ids[idx], attention[idx], mask[idx]
+            with accelerator.autocast():
+                logp, entropy = response_logprobs(policy, ids, att, context, cfg.temperature)
+                loss, info = policy_loss(logp, old_logp[idx], advantages[idx], m, cfg.clip_range)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            opt_policy.step()
+            opt_policy.zero_grad()
+            for k, (vm, opt) in enumerate(zip(value_models, opt_values, strict=True)):
+                with accelerator.autocast():
+                    vpred = response_values(vm, ids, att, context)
+                    vloss = value_loss(vpred, old_values[k][idx], all_returns[k][idx], m, cfg.clip_range_value)
+                accelerator.backward(vloss)
+                accelerator.clip_grad_norm_(vm.parameters(), cfg.max_grad_norm)
+                opt.step()
+                opt.zero_grad()
+                if k == 0:
+                    stats["value_loss"].append(vloss.item())
+            stats["policy_loss"].append(loss.item())
+            stats["clipfrac"].append(info["clipfrac"])
+            stats["approx_kl"].append(info["approx_kl"])
+            stats["entropy"].append(masked_mean(entropy.detach(), m).item())
+    t_opt = time.perf_counter() - t1
+    sequence_kl = gather_mean(kl.sum(1), valid)
+    kl_ctl.update(sequence_kl, int(accelerator.gather(valid).sum().item()))
+    metrics = {
+        "reward": gather_mean(scores, valid), "kl": sequence_kl, "kl_coef": kl_ctl.coef,
+        "response_tokens": gather_mean(mask.sum(1), valid),
+        "completions": float(accelerator.gather(torch.tensor([len(records)], device=device)).sum().item()),
+        "unscored": float(accelerator.gather(1 - valid).sum().item()),
+        "seconds_generation": round(t_gen, 3), "seconds_judge": round(t_judge, 3),
+        "seconds_optimisation": round(t_opt + (t1 - t0 - t_gen - t_judge), 3),  # log-prob passes + PPO epochs
+        **{k: sum(v) / len(v) for k, v in stats.items() if v},
+    }
+    if lagrange is not None:
+        metrics |= {"cost": gather_mean(costs, valid), "lambda": lagrange.value}
+    return metrics
+
+
+def _as_list(x) -> list:
+    return x if isinstance(x, list) else [x]
+
+
+def _append_log(path: Path, row: dict[str, Any], fresh: bool) -> None:
+    """Per-step metrics, one JSON line per step; a fresh (or resumed) run first drops steps from later on."""
+    rows = []
+    if path.exists() and not (fresh and row["step"] == 1):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if r["step"] < row["step"]]
+    rows.append(row)
+    from deliberate.io import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

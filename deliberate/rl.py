@@ -1,0 +1,244 @@
+"""`deliberate rl`: online RL with a judge reward (stage two of deliberative alignment).
+
+- `--algo grpo | rloo`: TRL's GRPOTrainer / RLOOTrainer. The reward is an async function (`rewards.Scorer`):
+  the judge gets spec_for(category), the prompt and the final answer only; a failed judgment is None, which TRL
+  leaves out of the group baseline and gives no advantage. LoRA or full fine-tuning; vLLM with `rl.use_vllm`.
+- `--algo ppo | ppo-lagrangian`: this toolkit's PPO with a value model (`ppo.py`), and Safe RLHF's Lagrangian
+  variant with a cost judge and a learned multiplier.
+
+The policy starts from `rl.start` (e.g. `stage:sft`), which is also the KL reference. Outputs in
+`<output_dir>/rl/`: `model/` (full weights, the adapter merged), `adapter/` (with LoRA), `log.jsonl` (metrics per
+step: reward, KL, cost and lambda, seconds in generation / judging / optimisation), `training.png`,
+`summary.json` and `checkpoints/` (for `--resume`). `stage:rl` names the model in evals. A finished run whose
+inputs have not changed is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from deliberate.answers import model_identity
+from deliberate.data import PromptRecord, load_prompts
+from deliberate.errors import DeliberateError
+from deliberate.io import write_json
+from deliberate.recipe import Recipe
+from deliberate.rewards import Scorer, cost_scorer, reward_scorer
+from deliberate.spec import load_spec
+from deliberate.stages import DONE
+from deliberate.training import (
+    gather_digests,
+    last_checkpoint,
+    load_start,
+    lora_config,
+    main_process_first,
+    mean_or_none,
+    save_policy,
+    trainer_args,
+    world,
+)
+
+
+def rl_dir(recipe: Recipe) -> Path:
+    return Path(recipe.output_dir) / "rl"
+
+
+def _fingerprint(recipe: Recipe, start: str, records: list[PromptRecord]) -> str:
+    function_files = [Path(f.rpartition(":")[0]) for f in (recipe.rl.reward_function, recipe.rl.cost_function)
+                      if f and f.rpartition(":")[0].endswith(".py")]
+    blob = {"rl": recipe.rl.model_dump(mode="json"), "start": model_identity(start), "seed": recipe.seed,
+            "judge": recipe.judge.model_dump(mode="json"), "spec": recipe.spec,
+            "model": recipe.model.model_dump(exclude={"name"}),
+            "prompts": [r.to_dict() for r in records],
+            "functions": [hashlib.sha256(p.read_bytes()).hexdigest() for p in function_files if p.is_file()]}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def run_rl(recipe: Recipe, *, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    from deliberate.models import resolve_model_path
+    from deliberate.stages import stage_model
+
+    cfg = recipe.rl
+    records = load_prompts(cfg.data or recipe.data, load_spec(recipe.spec))
+    if not records:
+        raise DeliberateError("rl: no training prompts")
+    judged = not cfg.reward_function or (cfg.algo == "ppo-lagrangian" and not cfg.cost_function)
+    if judged and (missing := [r.id for r in records if not r.category and not r.expected]):
+        raise DeliberateError(f"rl: {len(missing)} prompts have neither a category nor an expected behaviour (e.g. "
+                              f"{missing[0]}); the judge needs one (set data.category or a category column)")
+    start = resolve_model_path(stage_model(recipe, cfg.start) if cfg.start else recipe.model.name)
+    folder = rl_dir(recipe)
+    fingerprint = _fingerprint(recipe, start, records)
+    marker = folder / "model" / DONE
+    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint and not resume:
+        return {**json.loads(marker.read_text()), "reused": True}
+    reward = reward_scorer(recipe)
+    cost = cost_scorer(recipe) if cfg.algo == "ppo-lagrangian" else None
+    try:
+        if cfg.algo in ("grpo", "rloo"):
+            model, tokenizer, summary, history = _train_trl(recipe, start, records, folder, reward, resume,
+                                                            show_progress)
+        else:
+            from deliberate.ppo import train_ppo
+
+            model, tokenizer, summary, history = train_ppo(recipe, start, records, folder, reward=reward,
+                                                               cost=cost, resume=resume, show_progress=show_progress)
+    finally:
+        reward.close()
+        if cost is not None:
+            cost.close()
+    summary = {"fingerprint": fingerprint, "start": cfg.start or recipe.model.name, "start_path": start,
+               "prompts": len(records), "lora": cfg.lora, **summary, "reward_scorer": reward.stats.to_dict(),
+               **({"cost_scorer": cost.stats.to_dict()} if cost is not None else {})}
+    with main_process_first() as main:
+        if main:
+            _write_log(folder, history, cfg.algo)
+            save_policy(model, tokenizer, folder, lora=cfg.lora, card=model_card(recipe, summary), summary=summary,
+                        marker=DONE)
+    return summary
+
+
+def _write_log(folder: Path, history: list[dict[str, Any]], algo: str) -> None:
+    from deliberate.io import atomic_write_text
+
+    atomic_write_text(folder / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    try:
+        from deliberate.compare import plot_training
+    except ImportError:
+        return
+    try:
+        plot_training(history, ["reward", "cost", "lambda", "kl"], folder / "training.png", f"deliberate rl ({algo})")
+    except ImportError:  # matplotlib is the `plots` extra
+        pass
+
+
+def model_card(recipe: Recipe, summary: dict[str, Any]) -> str:
+    import yaml
+
+    cfg = recipe.rl
+    what = {"grpo": "GRPO (TRL)", "rloo": "RLOO (TRL)", "ppo": "PPO with a value model",
+            "ppo-lagrangian": "PPO-Lagrangian (Safe RLHF)"}[cfg.algo]
+    reward = f"`{cfg.reward_function}`" if cfg.reward_function else "the spec-aware judge on the final answer only"
+    return (f"# {recipe.name}: {what}{', LoRA merged' if cfg.lora else ''}\n\n"
+            f"Started from `{summary['start']}` (also the KL reference). Trained by `deliberate rl` for "
+            f"{summary['steps']} steps on {summary['prompts']} prompts with reward from {reward}; mean reward "
+            f"{summary.get('reward_first_steps')} over the first quarter of the steps, "
+            f"{summary.get('reward_last_steps')} over the last.\n\n"
+            "## Recipe\n\n```yaml\n" + yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False) + "```\n")
+
+
+# ---- GRPO / RLOO through TRL ----
+
+
+def _timed(trainer_class):
+    """A TRL trainer that records the time spent sampling and scoring (the rest of a step is optimisation)."""
+
+    class Timed(trainer_class):
+        rollout_seconds = 0.0
+
+        def _generate_and_score_completions(self, inputs):
+            t0 = time.perf_counter()
+            try:
+                return super()._generate_and_score_completions(inputs)
+            finally:
+                self.rollout_seconds += time.perf_counter() - t0
+
+    Timed.__name__ = trainer_class.__name__
+    return Timed
+
+
+def _trl_start(recipe: Recipe, start: str, folder: Path) -> str:
+    """With full fine-tuning and a KL term, TRL reloads the reference from the model's recorded name, which for
+    a merged adapter is the base: give it a folder with the merged weights instead."""
+    from deliberate.models import adapter_base
+
+    if recipe.rl.lora or recipe.rl.kl_coef == 0 or not Path(start).is_dir() or not adapter_base(start):
+        return start
+    merged = folder / "start"
+    with main_process_first() as main:
+        if main and not (merged / DONE).is_file():
+            loaded = load_start(recipe, start, trainable=False)
+            loaded.model.save_pretrained(str(merged))
+            loaded.tokenizer.save_pretrained(str(merged))
+            write_json(merged / DONE, {"merged_from": start})
+    return str(merged.resolve())
+
+
+def _train_trl(recipe: Recipe, start: str, records: list[PromptRecord], folder: Path, reward: Scorer, resume: bool,
+               show_progress: bool):
+    from datasets import Dataset
+
+    cfg = recipe.rl
+    n_gen = cfg.generations()
+    processes = world()[1]
+    completions = cfg.prompts_per_step * n_gen
+    if completions % processes:
+        raise DeliberateError(f"rl: {completions} completions per step do not split over {processes} processes")
+    per_process = completions // processes
+    per_device = cfg.mini_batch_size or per_process
+    if per_process % per_device:
+        raise DeliberateError(f"rl.mini_batch_size ({per_device}) must divide the {per_process} completions each "
+                              "process gets per step (prompts_per_step x num_generations / processes)")
+    loaded = load_start(recipe, _trl_start(recipe, start, folder), trainable=True)
+    epochs = cfg.epochs()
+    common = trainer_args(
+        recipe, cfg, folder / "checkpoints", show_progress,
+        learning_rate=cfg.learning_rate, max_steps=cfg.max_steps * epochs, per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=per_process // per_device, num_generations=n_gen,
+        max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.kl_coef,
+        epsilon=cfg.clip_range, num_iterations=epochs, max_grad_norm=cfg.max_grad_norm, save_steps=cfg.save_steps,
+        gradient_checkpointing=cfg.gradient_checkpointing, use_vllm=cfg.use_vllm, log_completions=False,
+        shuffle_dataset=True)
+    if cfg.algo == "grpo":
+        from trl import GRPOConfig, GRPOTrainer
+
+        args = GRPOConfig(**common, **({"loss_type": cfg.loss_type} if cfg.loss_type else {}))
+        trainer_class = _timed(GRPOTrainer)
+    else:
+        from trl import RLOOConfig, RLOOTrainer
+
+        if cfg.loss_type:
+            raise DeliberateError("rl.loss_type is a GRPO option; RLOO has one loss")
+        args = RLOOConfig(**common)
+        trainer_class = _timed(RLOOTrainer)
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r.prompt}], "id": r.id,
+                                  "category": r.category, "expected": r.expected} for r in records])
+    trainer = trainer_class(model=loaded.model, reward_funcs=[reward.trl_function()], args=args,
+                            train_dataset=dataset, processing_class=loaded.tokenizer,
+                            peft_config=lora_config(cfg) if cfg.lora else None)
+    checkpoint = last_checkpoint(folder / "checkpoints", resume, "rl")
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - t0
+    name = reward.name
+    history = []
+    for entry in trainer.state.log_history:
+        if "reward" not in entry:
+            continue
+        row = {"step": entry.get("step", len(history) + 1), "reward": entry["reward"]}
+        for key, out in (("kl", "kl"), ("entropy", "entropy"), ("loss", "loss"), ("reward_std", "reward_std"),
+                         (f"{name}/failures", "unscored"), ("completions/mean_length", "response_tokens")):
+            if key in entry:
+                row[out] = entry[key]
+        history.append(row)
+    for i, row in enumerate(history):  # TRL logs every `logging_steps` optimiser steps
+        row.setdefault("step", i + 1)
+    steps = trainer.state.global_step
+    quarter = max(1, len(history) // 4)
+    judge_seconds = reward.stats.seconds
+    summary = {
+        "algo": cfg.algo, "steps": steps, "rl_steps": steps // epochs, "processes": processes,
+        "completions_per_step": completions, "seconds": round(seconds, 1),
+        "reward_first_steps": mean_or_none(h["reward"] for h in history[:quarter]),
+        "reward_last_steps": mean_or_none(h["reward"] for h in history[-quarter:]),
+        "seconds_per_step": round(seconds / max(steps // epochs, 1), 3),
+        "seconds_generation": round((trainer.rollout_seconds - judge_seconds) / max(steps // epochs, 1), 3),
+        "seconds_judge": round(judge_seconds / max(steps // epochs, 1), 3),
+        "seconds_optimisation": round((seconds - trainer.rollout_seconds) / max(steps // epochs, 1), 3),
+        "resumed_from": checkpoint, "weights_digest_per_rank": gather_digests(trainer.model),
+    }
+    summary["ranks_agree"] = len(set(summary["weights_digest_per_rank"])) == 1
+    return trainer.accelerator.unwrap_model(trainer.model), loaded.tokenizer, summary, history

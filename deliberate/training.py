@@ -1,0 +1,154 @@
+"""What the training verbs (sft, dpo, rl) share: TRL arguments, LoRA settings, checkpoints, and distributed runs.
+
+Every verb runs as is on one device and under `accelerate launch` (DDP, FSDP, DeepSpeed; configs in
+`recipes/accelerate/`). Under several processes only the main process writes outputs, and the others wait for it
+(`main_process_first`); `weights_digest` lets a run record that every rank ended with the same weights.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from deliberate.errors import DeliberateError
+from deliberate.recipe import Recipe, TrainingOptions
+
+
+def use_bf16(setting: bool | None, on_cpu: bool) -> bool:
+    """Mixed precision for a trainer: the recipe's choice, else bfloat16 on a GPU that supports it."""
+    import torch
+
+    if setting is not None:
+        return setting
+    return not on_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def on_cpu(recipe: Recipe) -> bool:
+    from deliberate.models import pick_device
+
+    return pick_device(recipe.model.device) == "cpu"
+
+
+def trainer_args(recipe: Recipe, section: TrainingOptions, output_dir: Path, show_progress: bool,
+                 **fields: Any) -> dict[str, Any]:
+    """Keyword arguments every TRL config of ours gets, plus the verb's own `fields`."""
+    cpu = on_cpu(recipe)
+    return dict(output_dir=str(output_dir), logging_steps=section.logging_steps, save_strategy="steps",
+                save_total_limit=2, report_to=[], disable_tqdm=not show_progress, use_cpu=cpu,
+                bf16=use_bf16(section.bf16, cpu), seed=recipe.seed, data_seed=recipe.seed, dataloader_num_workers=0,
+                **fields)
+
+
+def lora_config(section: TrainingOptions):
+    """peft's LoraConfig for a section's LoRA settings."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=section.lora_r, lora_alpha=section.lora_alpha, lora_dropout=section.lora_dropout,
+                      target_modules=section.lora_target_modules, task_type="CAUSAL_LM")
+
+
+def load_start(recipe: Recipe, path: str, trainable: bool):
+    """A stage's start model with full weights (an adapter folder is merged into its base, so the merged model
+    is also the reference), loaded with the recipe's model settings; frozen unless `trainable`."""
+    from deliberate.models import load_model
+
+    cfg = recipe.model.model_copy(update={"name": path, "base": None, "revision": None, "dtype": "auto"})
+    loaded = load_model(cfg, for_training=trainable)
+    if loaded.base_path:
+        loaded.model = loaded.model.merge_and_unload()
+    if not trainable:
+        loaded.model.eval().requires_grad_(False)
+    return loaded
+
+
+def save_policy(model, tokenizer, folder: Path, *, lora: bool, card: str, summary: dict[str, Any],
+                marker: str) -> None:
+    """Write `folder/model` (full weights: a LoRA adapter is merged) and, with LoRA, `folder/adapter`, each into
+    a temporary folder renamed when complete; `marker` (holding the summary) is written last into `model/`."""
+    from deliberate.io import atomic_write_text, replace_dir, write_json
+
+    if lora:
+        adapter_tmp = folder / "adapter.tmp"
+        model.save_pretrained(str(adapter_tmp))
+        tokenizer.save_pretrained(str(adapter_tmp))
+        replace_dir(adapter_tmp, folder / "adapter")
+        model = model.merge_and_unload()
+    tmp = folder / "model.tmp"
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    atomic_write_text(tmp / "README.md", card)
+    write_json(tmp / marker, summary)
+    replace_dir(tmp, folder / "model")
+    write_json(folder / "summary.json", summary)
+
+
+def last_checkpoint(folder: Path, resume: bool, verb: str) -> str | None:
+    """The newest `checkpoint-N` in `folder` when resuming (an error when there is none), else None."""
+    if not resume:
+        return None
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not found:
+        raise DeliberateError(f"{verb} --resume: no checkpoint in {folder}")
+    return str(found[-1])
+
+
+def world() -> tuple[int, int]:
+    """(this process's rank, number of processes) as `accelerate launch` / torchrun set them."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    return world()[0] == 0
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+@contextmanager
+def main_process_first() -> Iterator[bool]:
+    """Run the block on the main process first (it writes), then on the others (they read what it wrote)."""
+    main = is_main_process()
+    if not main:
+        barrier()
+    try:
+        yield main
+    finally:
+        if main:
+            barrier()
+
+
+def weights_digest(model) -> str:
+    """A short fingerprint of a model's trainable weights (sum and sum of squares in float64)."""
+    import torch
+
+    total = torch.zeros(2, dtype=torch.float64)
+    for p in model.parameters():
+        if p.requires_grad:
+            v = p.detach().to("cpu", torch.float64)
+            total += torch.stack([v.sum(), (v * v).sum()])
+    return f"{total[0].item():.10e}/{total[1].item():.10e}"
+
+
+def gather_digests(model) -> list[str]:
+    """Every rank's `weights_digest` (one entry on a single process): equal entries mean the ranks agree."""
+    import torch.distributed as dist
+
+    digest = weights_digest(model)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [digest]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, digest)
+    return out
+
+
+def mean_or_none(values, digits: int = 4) -> float | None:
+    """The mean of the values that are not None, rounded; None when there are none."""
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), digits) if values else None
