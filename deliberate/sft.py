@@ -18,7 +18,7 @@ from typing import Any
 from deliberate.errors import DeliberateError
 from deliberate.io import atomic_write_text, read_jsonl, replace_dir, write_json
 from deliberate.recipe import Recipe
-from deliberate.training import last_checkpoint, lora_config, trainer_args
+from deliberate.training import gather_digests, last_checkpoint, lora_config, main_process_first, trainer_args
 
 DONE = "deliberate_sft.json"
 
@@ -71,25 +71,29 @@ def run_sft(recipe: Recipe, data_path: Path, *, resume: bool = False, show_progr
     result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
     # Save into a temporary folder and rename, so `model/` is either the old complete model or the new one.
+    # trainer.save_model runs on every process (sharded models gather their weights); the main one writes.
     tmp = paths["model"].with_name("model.tmp")
     trainer.save_model(str(tmp))
-    loaded.tokenizer.save_pretrained(str(tmp))
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     summary = {"fingerprint": fingerprint, "examples": len(trainer.train_dataset), "lora": recipe.sft.lora,
                "base_model": recipe.model.name, "base_path": loaded.path, "steps": trainer.state.global_step,
                "train_loss": round(result.training_loss, 4), "first_loss": losses[0] if losses else None,
                "last_loss": losses[-1] if losses else None, "seconds": round(seconds, 1),
-               "resumed_from": checkpoint}
-    atomic_write_text(tmp / "README.md", model_card(recipe, summary))
-    write_json(tmp / DONE, summary)
-    replace_dir(tmp, paths["model"])
-    if recipe.sft.save_merged and recipe.sft.lora:
-        merged_tmp = paths["merged"].with_name("merged.tmp")
-        trainer.model.merge_and_unload().save_pretrained(str(merged_tmp))
-        loaded.tokenizer.save_pretrained(str(merged_tmp))
-        atomic_write_text(merged_tmp / "README.md", model_card(recipe, summary))
-        replace_dir(merged_tmp, paths["merged"])
-    write_json(paths["root"] / "summary.json", summary)
+               "resumed_from": checkpoint, "weights_digest_per_rank": gather_digests(trainer.model)}
+    with main_process_first() as main:
+        if not main:
+            return summary
+        loaded.tokenizer.save_pretrained(str(tmp))
+        atomic_write_text(tmp / "README.md", model_card(recipe, summary))
+        write_json(tmp / DONE, summary)
+        replace_dir(tmp, paths["model"])
+        if recipe.sft.save_merged and recipe.sft.lora:
+            merged_tmp = paths["merged"].with_name("merged.tmp")
+            trainer.model.merge_and_unload().save_pretrained(str(merged_tmp))
+            loaded.tokenizer.save_pretrained(str(merged_tmp))
+            atomic_write_text(merged_tmp / "README.md", model_card(recipe, summary))
+            replace_dir(merged_tmp, paths["merged"])
+        write_json(paths["root"] / "summary.json", summary)
     return summary
 
 

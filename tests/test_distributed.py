@@ -1,0 +1,65 @@
+"""Training verbs under `accelerate launch` with two processes on the CPU (torch.distributed, gloo): the run
+finishes, one process writes the outputs, and both ranks end with the same weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import build_tiny_model
+
+from deliberate.io import write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "recipes" / "accelerate"
+REWARDS = Path(__file__).with_name("rl_rewards.py")
+
+
+def test_the_shipped_accelerate_configs_load():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {}
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        config = load_config_from_file(str(path))
+        kinds[path.stem] = str(config.distributed_type)
+    assert {"ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3", "cpu-2proc"} <= set(kinds)
+    assert "FSDP" in kinds["fsdp"] and "DEEPSPEED" in kinds["deepspeed-zero3"]
+
+
+@pytest.mark.parametrize("verb", ["rl", "dpo"])
+def test_a_training_verb_runs_on_two_processes_and_the_ranks_agree(tmp_path, verb):
+    tiny = build_tiny_model(tmp_path / "tiny", seed=5)
+    out = tmp_path / "out"
+    sets = [f"model.name={tiny}", f"output_dir={out}"]
+    if verb == "rl":
+        prompts = tmp_path / "prompts.jsonl"
+        write_jsonl(prompts, [{"id": str(i), "prompt": f"Tell me about {w}", "category": "safe"}
+                              for i, w in enumerate(["cats", "dogs", "rain", "maps"])])
+        sets += [f"data.source={prompts}", f"rl.reward_function={REWARDS}:letter_a", "rl.max_steps=3",
+                 "rl.prompts_per_step=4", "rl.max_new_tokens=8", "rl.lora=false", "rl.learning_rate=1e-2"]
+        args = ["rl", "--algo", "ppo"]
+        summary_path = out / "rl" / "summary.json"
+    else:
+        pairs = tmp_path / "pairs.jsonl"
+        write_jsonl(pairs, [{"prompt": f"Question {i}?", "chosen": "Paris is the answer.",
+                             "rejected": "I'm sorry, I can't."} for i in range(8)])
+        sets += [f"dpo.data.source={pairs}", "dpo.lora=false", "dpo.max_steps=2", "dpo.learning_rate=1e-3",
+                 "dpo.per_device_train_batch_size=2", "dpo.max_length=64"]
+        args = ["dpo"]
+        summary_path = out / "dpo" / "dpo" / "summary.json"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu-2proc.yaml"),
+               "-m", "deliberate", *args]
+    for s in sets:
+        command += ["--set", s]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_PORT": "0"}
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    digests = summary["weights_digest_per_rank"]
+    assert len(digests) == 2 and digests[0] == digests[1], digests
+    assert (summary_path.parent / "model" / "deliberate_model.json").is_file()
+    assert not list(summary_path.parent.glob("*.tmp"))
