@@ -9,7 +9,7 @@ RUNS ?= runs
 # Preference-optimisation recipes (recipes/<name>.yaml for a GPU, <name>-cpu.yaml for this machine)
 PREF_RECIPES := sacpo sacpo-kto-dpo sacpo-safety-first modpo
 
-.PHONY: install test demo lint bench clean $(PREF_RECIPES) $(addsuffix -cpu,$(PREF_RECIPES))
+.PHONY: install test demo grpo-demo lint bench clean $(PREF_RECIPES) $(addsuffix -cpu,$(PREF_RECIPES))
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,12 @@ demo: install
 	# Before/after on the held-out demo prompts: the base model against the SFT and DPO models
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate eval --recipe recipes/demo.yaml --set output_dir=$(RUNS)/demo
 
+# Stage two on the demo (after `make demo`): GRPO from its SFT model with the rules judge, then evaluation
+grpo-demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate pipeline --recipe recipes/demo.yaml --set output_dir=$(RUNS)/demo
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate rl --recipe recipes/grpo-demo.yaml --set output_dir=$(RUNS)/demo
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate eval --recipe recipes/grpo-demo.yaml --set output_dir=$(RUNS)/demo
+
 # `make sacpo-cpu`, `make modpo`, ...: train every stage, run the recipe's merges, evaluate (all reused when done)
 $(PREF_RECIPES) $(addsuffix -cpu,$(PREF_RECIPES)): install
 	$(BIN)/deliberate dpo --recipe recipes/$@.yaml
@@ -47,6 +53,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/generation_throughput.py
 	$(BIN)/python benchmarks/refusal_detector.py
 	$(BIN)/python benchmarks/judge_throughput.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/rl_step_time.py
 
 clean:
 	rm -rf $(VENV) $(RUNS) .pytest_cache .ruff_cache

@@ -425,8 +425,9 @@ class RLConfig(TrainingOptions):
     when unset."""
     reward_judge: JudgeConfig | None = None
     """The reward judge; the recipe's `judge` when unset. It gets spec_for(category), the prompt and the final
-    answer only, never the reasoning. Reward = score / 10; a completion with no final answer gets 0 unjudged; a
-    failed judgment gives no reward (the completion carries no learning signal), never a made-up one."""
+    answer only, never the reasoning. Reward = score / 10 (a `classifier` judge: the reward model's scalar); a
+    completion with no final answer gets 0 unjudged; a failed judgment gives no reward (the completion carries
+    no learning signal), never a made-up one."""
     reward_function: str | None = None
     """Instead of the judge: a Python function `package.module:name` or `path/to/file.py:name`, called as
     f(prompts, completions, answers=..., category=..., expected=...) and returning one float (or None for no
@@ -439,7 +440,7 @@ class RLConfig(TrainingOptions):
     when unset."""
     cost: Literal["unsafe", "score"] = "unsafe"
     """`ppo-lagrangian`: cost = 1 when the cost judge's verdict is `unsafe`, else 0 (`unsafe`), or 1 - score / 10
-    (`score`)."""
+    (`score`); a `classifier` cost judge (a cost model) gives its own scalar."""
     cost_function: str | None = None
     """`ppo-lagrangian`: a Python cost function instead of the cost judge (same form as `reward_function`)."""
     cost_threshold: float = 0.1

@@ -65,10 +65,15 @@ def run_rl(recipe: Recipe, *, resume: bool = False, show_progress: bool = True) 
     records = load_prompts(cfg.data or recipe.data, load_spec(recipe.spec))
     if not records:
         raise DeliberateError("rl: no training prompts")
-    judged = not cfg.reward_function or (cfg.algo == "ppo-lagrangian" and not cfg.cost_function)
-    if judged and (missing := [r.id for r in records if not r.category and not r.expected]):
+    # The rules judge scores against the expected behaviour, so it needs a category or an expected label (a
+    # generative judge without a category reads the whole policy; a classifier needs neither).
+    judges = [] if cfg.reward_function else [cfg.reward_judge or recipe.judge]
+    if cfg.algo == "ppo-lagrangian" and not cfg.cost_function:
+        judges.append(cfg.cost_judge or cfg.reward_judge or recipe.judge)
+    rules = any(j.backend == "rules" for j in judges)
+    if rules and (missing := [r.id for r in records if not r.category and not r.expected]):
         raise DeliberateError(f"rl: {len(missing)} prompts have neither a category nor an expected behaviour (e.g. "
-                              f"{missing[0]}); the judge needs one (set data.category or a category column)")
+                              f"{missing[0]}); the rules judge needs one (set data.category or a category column)")
     start = resolve_model_path(stage_model(recipe, cfg.start) if cfg.start else recipe.model.name)
     folder = rl_dir(recipe)
     fingerprint = _fingerprint(recipe, start, records)

@@ -14,7 +14,7 @@ from fake_openai import FakeOpenAI, Reply, judged_text
 
 from deliberate.errors import DeliberateError
 from deliberate.io import read_jsonl, write_jsonl
-from deliberate.ppo import Lagrange, gae, response_mask, step_prompts, token_rewards, whiten
+from deliberate.ppo import KLController, Lagrange, gae, response_mask, step_prompts, token_rewards, whiten
 from deliberate.recipe import load_recipe
 
 REWARDS = Path(__file__).with_name("rl_rewards.py")
@@ -82,6 +82,17 @@ def test_lagrange_multiplier_rises_above_the_threshold_and_falls_below():
     for _ in range(5):
         lag.update(0.0)
     assert 0 < lag.value < peak
+
+
+def test_adaptive_kl_moves_towards_the_target_and_a_fixed_one_stays():
+    fixed = KLController(0.1, adaptive=False, target=6.0, horizon=100)
+    fixed.update(50.0, n=10)
+    assert fixed.coef == 0.1
+    ctl = KLController(0.1, adaptive=True, target=6.0, horizon=100)
+    ctl.update(12.0, n=10)  # KL twice the target: error clipped to +0.2, coef * (1 + 0.2 * 10 / 100)
+    assert ctl.coef == pytest.approx(0.1 * 1.02)
+    ctl.update(3.0, n=10)  # half the target: error -0.5 clipped to -0.2
+    assert ctl.coef == pytest.approx(0.1 * 1.02 * 0.98)
 
 
 def test_step_prompts_cover_every_prompt_per_epoch_and_repeat_on_resume():
