@@ -276,6 +276,11 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], folder: P
     value_models = [_value_model(load_start(recipe, start, trainable=True), cfg)]
     if lagrangian:
         value_models.append(_value_model(load_start(recipe, start, trainable=True), cfg))
+    # No dropout: the ratio pi / pi_old must be 1 before the first update (as TRL's trainers do).
+    from trl.trainer.utils import disable_dropout_in_model
+
+    for module in [policy, *value_models]:
+        disable_dropout_in_model(module)
     value_lr = cfg.value_learning_rate or 5 * cfg.learning_rate
     opt_policy = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate)
     opt_values = [torch.optim.AdamW([p for p in v.parameters() if p.requires_grad], lr=value_lr)
