@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,8 +329,6 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], folder: P
                 accelerator.save_state(str(checkpoints / f"step-{state.step}"), safe_serialization=False)
                 if accelerator.is_main_process:
                     for old in sorted(checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
-                        import shutil
-
                         shutil.rmtree(old, ignore_errors=True)
     seconds = time.perf_counter() - started
     unwrapped = accelerator.unwrap_model(policy)
