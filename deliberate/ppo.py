@@ -26,7 +26,7 @@ the prompts of step k are the same on a resumed run.
 
 from __future__ import annotations
 
-import json
+import copy
 import math
 import random
 import shutil
@@ -40,6 +40,7 @@ from torch import nn
 
 from deliberate.data import PromptRecord
 from deliberate.errors import DeliberateError
+from deliberate.io import write_jsonl
 from deliberate.progress import progress_bar
 from deliberate.recipe import Recipe, RLConfig
 from deliberate.rewards import Scorer, score_all
@@ -162,14 +163,14 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int,
-                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+                      temperature: float, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(token) and the entropy at each response position (input = left-padded prompt of `context` tokens,
     then the response), with the sampling temperature applied as in generation."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
                    use_cache=False).logits[:, context - 1 : -1].float() / temperature
     logp = torch.log_softmax(logits, -1)
     chosen = logp.gather(-1, input_ids[:, context:, None]).squeeze(-1)
-    entropy = -(logp.exp() * logp).sum(-1)
+    entropy = -(logp.exp() * logp).sum(-1) if with_entropy else None
     return chosen, entropy
 
 
@@ -225,8 +226,9 @@ def step_prompts(records: list[PromptRecord], step: int, per_step: int, seed: in
     return out
 
 
-def _value_model(loaded, cfg: RLConfig):
-    body = getattr(loaded.model, loaded.model.base_model_prefix)
+def _value_model(model, cfg: RLConfig):
+    """A value model on a copy of `model`'s transformer body (its LM head is not needed)."""
+    body = copy.deepcopy(getattr(model, model.base_model_prefix))
     if cfg.lora:
         from peft import get_peft_model
 
@@ -235,7 +237,7 @@ def _value_model(loaded, cfg: RLConfig):
         lora = lora_config(cfg)
         lora.task_type = "FEATURE_EXTRACTION"
         body = get_peft_model(body, lora)
-    return ValueModel(body, loaded.model.config.hidden_size)
+    return ValueModel(body, model.config.hidden_size)
 
 
 def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], folder: Path, *, reward: Scorer,
@@ -265,18 +267,17 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], folder: P
     eos_ids = {tokenizer.eos_token_id} | set(_as_list(loaded.model.generation_config.eos_token_id))
     eos_ids.discard(None)
     policy = loaded.model
+    # Loaded once; the reference and the value models start as copies of it.
+    value_models = [_value_model(policy, cfg) for _ in range(2 if lagrangian else 1)]
+    reference = None
+    if not cfg.lora:
+        reference = copy.deepcopy(policy).eval().requires_grad_(False).to(accelerator.device)
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
-    reference = None
     if cfg.lora:
         from peft import get_peft_model
 
         policy = get_peft_model(policy, lora_config(cfg))
-    else:
-        reference = load_start(recipe, start, trainable=False).model.to(accelerator.device)
-    value_models = [_value_model(load_start(recipe, start, trainable=True), cfg)]
-    if lagrangian:
-        value_models.append(_value_model(load_start(recipe, start, trainable=True), cfg))
     # No dropout: the ratio pi / pi_old must be 1 before the first update (as TRL's trainers do).
     from trl.trainer.utils import disable_dropout_in_model
 
@@ -322,8 +323,8 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], folder: P
             if lagrange is not None:
                 state.lagrange = {"module": lagrange.state_dict(), "optimizer": lagrange.optimizer.state_dict()}
             state.history.append({"step": state.step, **metrics})
-            if accelerator.is_main_process:
-                _append_log(folder / "log.jsonl", state.history[-1], state.step == 1 or resumed_from == state.step - 1)
+            if accelerator.is_main_process:  # the history is in every checkpoint, so a resumed log has no gaps
+                write_jsonl(folder / "log.jsonl", state.history)
             bar.advance(1, tokens=int(metrics["completions"]))
             if state.step % cfg.save_steps == 0 and state.step < cfg.max_steps:
                 accelerator.save_state(str(checkpoints / f"step-{state.step}"), safe_serialization=False)
@@ -433,7 +434,7 @@ def _ppo_step(cfg: RLConfig, accelerator, policy, reference, value_models, opt_p
             idx = torch.tensor(order[s : s + mb], device=device)
             ids, att, m = input_ids[idx], attention[idx], mask[idx]
             with accelerator.autocast():
-                logp, entropy = response_logprobs(policy, ids, att, context, cfg.temperature)
+                logp, entropy = response_logprobs(policy, ids, att, context, cfg.temperature, with_entropy=True)
                 loss, info = policy_loss(logp, old_logp[idx], advantages[idx], m, cfg.clip_range)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
@@ -452,7 +453,7 @@ def _ppo_step(cfg: RLConfig, accelerator, policy, reference, value_models, opt_p
             stats["policy_loss"].append(loss.item())
             stats["clipfrac"].append(info["clipfrac"])
             stats["approx_kl"].append(info["approx_kl"])
-            stats["entropy"].append(masked_mean(entropy.detach(), m).item())
+            stats["entropy"].append(masked_mean(entropy.detach(), m).item())  # type: ignore[union-attr]
     t_opt = time.perf_counter() - t1
     sequence_kl = gather_mean(kl.sum(1), valid)
     kl_ctl.update(sequence_kl, int(accelerator.gather(valid).sum().item()))
@@ -472,15 +473,3 @@ def _ppo_step(cfg: RLConfig, accelerator, policy, reference, value_models, opt_p
 
 def _as_list(x) -> list:
     return x if isinstance(x, list) else [x]
-
-
-def _append_log(path: Path, row: dict[str, Any], fresh: bool) -> None:
-    """Per-step metrics, one JSON line per step; a fresh (or resumed) run first drops steps from later on."""
-    rows = []
-    if path.exists() and not (fresh and row["step"] == 1):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if r["step"] < row["step"]]
-    rows.append(row)
-    from deliberate.io import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

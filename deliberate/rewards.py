@@ -103,6 +103,9 @@ class Scorer:
                 raise DeliberateError(f"{self.name}: returned {len(values)} values for {n} completions")
         else:
             values = await self._judge(prompts, splits, categories, expected)
+        if self.kind == "reward" and self.format_reward:
+            values = [v + self.format_reward if v is not None and s.reasoning is not None and s.well_formed else v
+                      for v, s in zip(values, splits, strict=True)]
         self.stats.seconds += time.perf_counter() - start
         self.stats.scored += n
         self.stats.failures += sum(v is None for v in values)
@@ -127,8 +130,7 @@ class Scorer:
                 values[i] = (1.0 if result.verdict == "unsafe" else 0.0) if self.cost_mode == "unsafe" \
                     else 1.0 - result.score / 10.0
             else:
-                formatted = splits[i].reasoning is not None and splits[i].well_formed
-                values[i] = result.score / 10.0 + (self.format_reward if formatted else 0.0)
+                values[i] = result.score / 10.0
         return values
 
     def score(self, prompts, completions, categories=None, expected=None) -> list[float | None]:
@@ -163,7 +165,7 @@ def _judge(recipe: Recipe, cfg: JudgeConfig) -> Judge:
 def reward_scorer(recipe: Recipe) -> Scorer:
     rl = recipe.rl
     if rl.reward_function:
-        return Scorer("reward", function=load_function(rl.reward_function))
+        return Scorer("reward", function=load_function(rl.reward_function), format_reward=rl.format_reward)
     return Scorer("reward", judge=_judge(recipe, rl.reward_judge or recipe.judge), format_reward=rl.format_reward)
 
 

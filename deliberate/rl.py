@@ -24,7 +24,7 @@ from typing import Any
 from deliberate.answers import model_identity
 from deliberate.data import PromptRecord, load_prompts
 from deliberate.errors import DeliberateError
-from deliberate.io import write_json
+from deliberate.io import write_json, write_jsonl
 from deliberate.recipe import Recipe
 from deliberate.rewards import Scorer, cost_scorer, reward_scorer
 from deliberate.spec import load_spec
@@ -107,9 +107,7 @@ def run_rl(recipe: Recipe, *, resume: bool = False, show_progress: bool = True) 
 
 
 def _write_log(folder: Path, history: list[dict[str, Any]], algo: str) -> None:
-    from deliberate.io import atomic_write_text
-
-    atomic_write_text(folder / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    write_jsonl(folder / "log.jsonl", history)
     try:
         from deliberate.compare import plot_training
     except ImportError:
@@ -229,8 +227,6 @@ def _train_trl(recipe: Recipe, start: str, records: list[PromptRecord], folder: 
             if key in entry:
                 row[out] = entry[key]
         history.append(row)
-    for i, row in enumerate(history):  # TRL logs every `logging_steps` optimiser steps
-        row.setdefault("step", i + 1)
     steps = trainer.state.global_step
     quarter = max(1, len(history) // 4)
     judge_seconds = reward.stats.seconds
