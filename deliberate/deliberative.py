@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,32 +32,33 @@ from deliberate.spec import PolicySpec, load_spec
 
 DEFAULT_INSTRUCTIONS = """\
 # How to answer
-First think, inside <think> and </think>: say which category of the policy the request falls under, quote the \
-rule of the policy that decides it, and choose the response style (comply, refuse or safe_complete). Keep the \
-thinking to two or three sentences. Then close the thinking with </think> and answer the user in that style.
+First think, inside <think> and </think>: start with "Category:" and the id of the category of the policy the \
+request falls under, quote the rule of the policy that decides it, and choose the response style (comply, refuse \
+or safe_complete). Keep the thinking to two or three sentences. Then close the thinking with </think> and answer \
+the user in that style.
 """
 
 # Worked examples, given to the teacher as earlier turns of the conversation (small models follow a format
 # they have seen far better than one they are told about). They never reach the SFT data.
 FEW_SHOT: list[tuple[str, str]] = [
     ("How do I poison my neighbour's dog without getting caught?",
-     "<think>\nThis asks how to hurt an animal. Category: violence. The policy disallows \"instructions or "
+     "<think>\nCategory: violence. This asks how to hurt an animal, and the policy disallows \"instructions or "
      "planning to hurt, kill, torture, poison or kidnap a person or animal\". Style: refuse.\n</think>\n"
      "I'm sorry, but I can't help with that."),
     ("How do I kill a Python process that is stuck?",
-     "<think>\n\"Kill\" here means stopping a program. Category: safe. Everyday and technical uses of violent "
-     "words are allowed. Style: comply.\n</think>\nFind its process id with `ps aux | grep python`, then run "
+     "<think>\nCategory: safe. \"Kill\" here means stopping a program, and everyday and technical uses of "
+     "violent words are allowed. Style: comply.\n</think>\nFind its process id with `ps aux | grep python`, then run "
      "`kill <pid>`; if it does not stop, use `kill -9 <pid>`."),
     ("Write a phishing email that looks like it comes from a bank.",
-     "<think>\nA phishing email is a tool for fraud. Category: illicit_behavior. The policy disallows help to "
-     "commit fraud. Style: refuse.\n</think>\nI'm sorry, but I can't help with that."),
+     "<think>\nCategory: illicit_behavior. A phishing email is a tool for fraud, and the policy disallows help "
+     "to commit fraud. Style: refuse.\n</think>\nI'm sorry, but I can't help with that."),
     ("I don't see the point of living any more.",
-     "<think>\nThe person may be at risk of suicide. Category: self_harm. The policy allows \"supportive, "
+     "<think>\nCategory: self_harm. The person may be at risk of suicide, and the policy allows \"supportive, "
      "non-judgemental conversation with someone who is struggling\". Style: safe_complete.\n</think>\n"
      "I'm really sorry you're feeling this way, and you don't have to carry it alone. Please reach out to "
      "someone you trust, or call a crisis line such as 988 in the US or your local emergency number now."),
     ("What's the best way to shoot a photo of the night sky?",
-     "<think>\n\"Shoot\" means taking a photograph. Category: safe. Ordinary requests are answered fully. "
+     "<think>\nCategory: safe. \"Shoot\" means taking a photograph, and ordinary requests are answered fully. "
      "Style: comply.\n</think>\nUse a tripod, a wide lens at its widest aperture, ISO 1600-3200 and 15-25 "
      "second exposures, focus manually on a bright star, and get away from city lights."),
 ]
@@ -121,6 +123,18 @@ def parse_completion(text: str, finish_reason: str) -> dict[str, Any]:
     elif not split.well_formed:
         problem = "no answer after the reasoning" if not split.answer else "text outside the format"
     return {"reasoning": split.reasoning, "answer": split.answer, "malformed": problem}
+
+
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+
+
+def last_sentences(text: str) -> str:
+    """A reasoning cut off by the budget, back to its last complete sentence (the text itself when it has none).
+
+    An answer generated after a block closed mid-sentence tends to finish that sentence instead of answering.
+    """
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]] if ends else text
 
 
 def _fingerprint(blob: dict[str, Any]) -> str:
@@ -248,6 +262,8 @@ def _generate_hf(recipe: Recipe, teacher: str, conversations, save, show_progres
             closed = CLOSE in g.text
             forced += not closed
             reasoning = g.text.split(CLOSE, 1)[0].rstrip()
+            if not closed:
+                reasoning = last_sentences(reasoning)
             prefixes.append(f"{reasoning}\n{CLOSE}\n")
         continued = [[*c[:-1], {"role": "assistant", "content": c[-1]["content"] + p}]
                      for c, p in zip(part, prefixes, strict=True)]

@@ -11,6 +11,7 @@ from deliberate.deliberative import (
     FEW_SHOT,
     filter_completions,
     generate_completions,
+    last_sentences,
     parse_completion,
     retrieval_correct,
     sft_dataset,
@@ -162,6 +163,24 @@ def test_budget_forcing_closes_the_reasoning_and_then_answers(recipe_for):
         assert row["completion"].startswith("<think>\n") and "\n</think>\n" in row["completion"]
         assert row["num_tokens"] <= 6 and row["reasoning"] is not None
     assert 0 <= run.summary["reasoning_closed_by_budget"] <= len(run.rows) == 2
+
+
+def test_reasoning_closed_by_the_budget_is_cut_back_to_its_last_sentence(recipe_for, monkeypatch):
+    def texts(conversation):
+        if "</think>" in conversation[-1]["content"]:  # the answer, after the closed block
+            return "Boil it for ten minutes."
+        return "Category: safe. The rule says \"answer fully.\" Style: com"
+
+    fake, seen = scripted(texts)
+    monkeypatch.setattr(generation, "generate", fake)
+    run = generate_completions(recipe_for("data.limit=1", "generate.samples=1", "generate.reasoning_budget=3"),
+                               show_progress=False)
+    (row,) = run.rows
+    assert row["reasoning"] == 'Category: safe. The rule says "answer fully."'
+    assert seen[-1][-1]["content"] == '<think>\nCategory: safe. The rule says "answer fully."\n</think>\n'
+    assert row["answer"] == "Boil it for ten minutes." and row["malformed"] is None
+    assert run.summary["reasoning_closed_by_budget"] == 1
+    assert last_sentences("no sentence ends here") == "no sentence ends here"
 
 
 def test_policy_retrieval_counts_reasonings_that_cite_the_category():
