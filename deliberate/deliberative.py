@@ -90,8 +90,13 @@ def teacher_messages(spec: PolicySpec, record: PromptRecord, instructions: str, 
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     messages.append({"role": "user", "content": record.prompt})
     if prefill:
-        messages.append({"role": "assistant", "content": prefill})
+        messages.append({"role": "assistant", "content": prefill_for(prefill, record)})
     return messages
+
+
+def prefill_for(prefill: str, record: PromptRecord) -> str:
+    """The pre-filled start of the teacher's turn, with `{category}` replaced by the prompt's category id."""
+    return prefill.replace("{category}", record.category or "")
 
 
 def retrieval_correct(spec: PolicySpec, reasoning: str | None, category: str | None) -> bool | None:
@@ -128,12 +133,14 @@ def parse_completion(text: str, finish_reason: str) -> dict[str, Any]:
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
 
 
-def last_sentences(text: str) -> str:
+def last_sentences(text: str, head: str = "") -> str:
     """A reasoning cut off by the budget, back to its last complete sentence (the text itself when it has none).
 
     An answer generated after a block closed mid-sentence tends to finish that sentence instead of answering.
+    `head` is the pre-filled start of the block that `text` continues: when it ends a sentence ("Category: x.")
+    and the continuation completes none, none of the continuation is kept.
     """
-    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    ends = [m.end() - len(head) for m in _SENTENCE_END.finditer(head + text) if m.end() >= len(head)]
     return text[: ends[-1]] if ends else text
 
 
@@ -182,7 +189,7 @@ def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun
         rows = []
         for i, (text, num_tokens, finish) in zip(indices, texts, strict=True):
             (record, sample), key = todo[i]
-            full = prefill + text
+            full = prefill_for(prefill, record) + text
             rows.append({"key": key, **record.to_dict(), "sample": sample, "completion": full,
                          **parse_completion(full, finish), "num_tokens": num_tokens, "finish_reason": finish,
                          "teacher": teacher, "settings": settings})
@@ -258,12 +265,12 @@ def _generate_hf(recipe: Recipe, teacher: str, conversations, save, show_progres
         # the answer generated after the closed block.
         thoughts = run(part, settings.model_copy(update={"max_new_tokens": budget}), "reasoning")
         prefixes = []
-        for g in thoughts:
+        for c, g in zip(part, thoughts, strict=True):
             closed = CLOSE in g.text
             forced += not closed
             reasoning = g.text.split(CLOSE, 1)[0].rstrip()
             if not closed:
-                reasoning = last_sentences(reasoning)
+                reasoning = last_sentences(reasoning, head=c[-1]["content"])
             prefixes.append(f"{reasoning}\n{CLOSE}\n")
         continued = [[*c[:-1], {"role": "assistant", "content": c[-1]["content"] + p}]
                      for c, p in zip(part, prefixes, strict=True)]
@@ -305,8 +312,9 @@ def _generate_vllm(recipe: Recipe, teacher: str, conversations, save) -> dict[st
     seconds = time.perf_counter() - start
     texts = []
     for o in outputs:
-        c = o.outputs[0]
-        texts.append((c.text.strip(), len(c.token_ids), "length" if c.finish_reason == "length" else "stop"))
+        c = o.outputs[0]  # the turn is pre-filled when generate.prefill is set: keep the leading space then
+        text = c.text.rstrip() if cfg.prefill else c.text.strip()
+        texts.append((text, len(c.token_ids), "length" if c.finish_reason == "length" else "stop"))
     save(list(range(len(texts))), texts)
     tokens = sum(t[1] for t in texts)
     return {"new_tokens": tokens, "seconds": round(seconds, 1), "tokens_per_second": round(tokens / seconds, 1)}

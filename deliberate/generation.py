@@ -59,11 +59,16 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, conversation: Conversation
     """The text the model sees: the chat template applied, ending where the assistant's words begin."""
     if isinstance(conversation, str):
         conversation = [{"role": "user", "content": conversation}]
-    continue_final = conversation[-1]["role"] == "assistant"
+    continue_final = continues_turn(conversation)
     return tokenizer.apply_chat_template(
         list(conversation), tokenize=False, add_generation_prompt=not continue_final,
         continue_final_message=continue_final,
     )
+
+
+def continues_turn(conversation: Conversation | str) -> bool:
+    """Whether the conversation ends in a pre-filled assistant turn that generation continues."""
+    return not isinstance(conversation, str) and conversation[-1]["role"] == "assistant"
 
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -143,8 +148,10 @@ def generate(
                 stop = next((k for k, t in enumerate(tokens) if t in eos), None)
                 kept = tokens[:stop] if stop is not None else tokens
                 batch_tokens += len(kept)
+                text = tokenizer.decode(kept, skip_special_tokens=True)
                 results[i] = Generation(
-                    text=tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                    # A continued turn keeps its leading space: "Category: x." + " The policy ..."
+                    text=text.rstrip() if continues_turn(conversations[i]) else text.strip(),
                     num_tokens=len(kept),
                     finish_reason="stop" if stop is not None else "length",
                 )

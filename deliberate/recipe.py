@@ -177,7 +177,9 @@ class GenerateConfig(Section):
     few_shot: bool = True
     """Show the teacher worked examples (built in) as earlier conversation turns; never part of the SFT data."""
     prefill: str = "<think>\n"
-    """Text the assistant turn starts with (the opening reasoning tag), continued by the teacher; empty for none."""
+    """Text the assistant turn starts with (the opening reasoning tag), continued by the teacher; empty for none.
+    `{category}` is replaced by the prompt's category id, the one whose spec is in the system prompt, so that the
+    reasoning starts by citing it (e.g. `"<think>\nCategory: {category}."`)."""
     base_url: str | None = None
     """Endpoint of the `openai` teacher; the OpenAI API when unset."""
     api_key_env: str = "OPENAI_API_KEY"

@@ -64,6 +64,20 @@ def test_the_system_prompt_carries_the_spec_of_the_prompts_category(recipe_for, 
         assert len(shots) == 2 * len(FEW_SHOT)
 
 
+def test_a_prefill_can_start_the_reasoning_with_the_prompts_category(recipe_for, monkeypatch):
+    fake, seen = scripted(lambda c: " The policy says so.\n</think>\nAn answer.")
+    monkeypatch.setattr(generation, "generate", fake)
+    recipe = recipe_for("data.limit=4", "generate.samples=1", 'generate.prefill="<think>\\nCategory: {category}."')
+    run = generate_completions(recipe, show_progress=False)
+    for conversation, row in zip(seen, run.rows, strict=True):
+        start = f"<think>\nCategory: {row['category']}."
+        assert conversation[-1] == {"role": "assistant", "content": start}
+        assert row["completion"].startswith(start + " The policy says so.")
+        assert row["reasoning"] == f"Category: {row['category']}. The policy says so."
+        assert row["malformed"] is None
+    assert run.summary["policy_retrieval"]["correct"] == run.summary["policy_retrieval"]["n"]
+
+
 def test_parsing_is_strict():
     assert parse_completion(REFUSAL, "stop")["malformed"] is None
     assert parse_completion("<think>\nno end", "stop")["malformed"] == "no answer after the reasoning"
@@ -181,6 +195,8 @@ def test_reasoning_closed_by_the_budget_is_cut_back_to_its_last_sentence(recipe_
     assert row["answer"] == "Boil it for ten minutes." and row["malformed"] is None
     assert run.summary["reasoning_closed_by_budget"] == 1
     assert last_sentences("no sentence ends here") == "no sentence ends here"
+    assert last_sentences(" The user wants", head="<think>\nCategory: violence.") == ""
+    assert last_sentences(" It is. The user", head="<think>\nCategory: violence.") == " It is."
 
 
 def test_policy_retrieval_counts_reasonings_that_cite_the_category():

@@ -68,6 +68,15 @@ def test_a_prefilled_assistant_turn_is_continued_not_closed(tiny):
     assert text.endswith("<|im_start|>assistant\n<think>")
 
 
+def test_a_continued_turn_keeps_the_leading_space_a_fresh_answer_does_not(tiny, monkeypatch):
+    monkeypatch.setattr(tiny.tokenizer, "decode", lambda *a, **k: " The policy says so. \n")
+    continued = [{"role": "user", "content": "Is this safe?"}, {"role": "assistant", "content": "Category: x."}]
+    fresh, cont = generate(tiny.model, tiny.tokenizer, ["Is this safe?", continued], GenerationConfig(max_new_tokens=2),
+                           show_progress=False)
+    assert fresh.text == "The policy says so."
+    assert cont.text == " The policy says so."  # so that "Category: x." + text reads "Category: x. The policy ..."
+
+
 def test_sampling_is_reproducible_with_a_seed_and_varies_across_seeds(tiny):
     settings = GenerationConfig(max_new_tokens=10, temperature=1.0, seed=3)
     a = generate(tiny.model, tiny.tokenizer, PROMPTS, settings, show_progress=False)
