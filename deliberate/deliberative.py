@@ -157,6 +157,10 @@ class StageRun:
 
 def _samples(recipe: Recipe, record: PromptRecord) -> int:
     cfg = recipe.generate
+    for column, by_value in cfg.samples_by_meta.items():
+        value = record.meta.get(column)
+        if value is not None and str(value) in by_value:
+            return by_value[str(value)]
     return cfg.samples_by_expected.get(record.expected, cfg.samples) if record.expected else cfg.samples
 
 
@@ -174,7 +178,8 @@ def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun
                                                                           "max_retries", "batch_size", "instructions"}}
     settings.update(teacher=teacher, seed=recipe.seed)
     # k is not part of a row's identity: raising `samples` later keeps the samples already drawn.
-    row_settings = {k: v for k, v in settings.items() if k not in {"samples", "samples_by_expected"}}
+    row_settings = {k: v for k, v in settings.items()
+                    if k not in {"samples", "samples_by_expected", "samples_by_meta"}}
     fp = _fingerprint({"settings": row_settings, "teacher": teacher_id, "instructions": instructions,
                        "few_shot": FEW_SHOT if cfg.few_shot else None,
                        "spec": spec.model_dump()})

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -152,8 +152,11 @@ class GenerateConfig(Section):
     name for `openai`. The recipe's `model` when unset (the model teaches itself, as in the paper)."""
     samples: int = Field(default=4, ge=1)
     """Completions sampled per prompt (k)."""
-    samples_by_expected: dict[Expected, int] = Field(default_factory=dict)
+    samples_by_expected: dict[Expected, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     """Per expected behaviour, a different k, e.g. `{comply: 2}` for fewer samples of safe prompts."""
+    samples_by_meta: dict[str, dict[str, Annotated[int, Field(ge=0)]]] = Field(default_factory=dict)
+    """Per value of another prompt column, a different k; it wins over `samples_by_expected`. E.g.
+    `{kind: {borderline: 3}}` samples the built-in prompts that only sound harmful three times."""
     temperature: float = Field(default=0.7, ge=0.0)
     """Sampling temperature; the k samples need some diversity (0 would make them identical)."""
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)

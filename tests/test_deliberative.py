@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -76,6 +77,22 @@ def test_a_prefill_can_start_the_reasoning_with_the_prompts_category(recipe_for,
         assert row["reasoning"] == f"Category: {row['category']}. The policy says so."
         assert row["malformed"] is None
     assert run.summary["policy_retrieval"]["correct"] == run.summary["policy_retrieval"]["n"]
+
+
+def test_k_can_depend_on_the_expected_behaviour_and_on_another_column(recipe_for, monkeypatch):
+    fake, _ = scripted(lambda c: "</think> ok")
+    monkeypatch.setattr(generation, "generate", fake)
+    recipe = recipe_for("generate.samples=2", "generate.samples_by_expected={refuse: 1}",
+                        "generate.samples_by_meta={kind: {borderline: 3}}")
+    rows = generate_completions(recipe, show_progress=False).rows
+    per_prompt = Counter(r["id"] for r in rows)
+    by_id = {r["id"]: r for r in rows}
+    kinds = Counter(by_id[i]["meta"]["kind"] for i in per_prompt)
+    assert kinds["borderline"] and kinds["safe"] and kinds["harmful"]  # the training prompts mix all three
+    for prompt_id, k in per_prompt.items():
+        row = by_id[prompt_id]
+        want = 3 if row["meta"]["kind"] == "borderline" else 1 if row["expected"] == "refuse" else 2
+        assert k == want, row
 
 
 def test_parsing_is_strict():
