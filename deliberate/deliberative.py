@@ -299,7 +299,7 @@ def _generate_vllm(recipe: Recipe, teacher: str, conversations, save) -> dict[st
         raise DeliberateError("generate.backend=vllm needs vLLM: pip install 'deliberate[vllm]'") from e
     if not torch.cuda.is_available():
         raise DeliberateError("generate.backend=vllm needs a CUDA GPU; use generate.backend=hf on this machine")
-    from deliberate.generation import render_prompt
+    from deliberate.generation import render_prompt, trim
     from deliberate.models import resolve_model_path
 
     cfg = recipe.generate
@@ -317,9 +317,9 @@ def _generate_vllm(recipe: Recipe, teacher: str, conversations, save) -> dict[st
     seconds = time.perf_counter() - start
     texts = []
     for o in outputs:
-        c = o.outputs[0]  # the turn is pre-filled when generate.prefill is set: keep the leading space then
-        text = c.text.rstrip() if cfg.prefill else c.text.strip()
-        texts.append((text, len(c.token_ids), "length" if c.finish_reason == "length" else "stop"))
+        c = o.outputs[0]  # every turn is pre-filled when generate.prefill is set
+        texts.append((trim(c.text, bool(cfg.prefill)), len(c.token_ids),
+                      "length" if c.finish_reason == "length" else "stop"))
     save(list(range(len(texts))), texts)
     tokens = sum(t[1] for t in texts)
     return {"new_tokens": tokens, "seconds": round(seconds, 1), "tokens_per_second": round(tokens / seconds, 1)}

@@ -71,6 +71,12 @@ def continues_turn(conversation: Conversation | str) -> bool:
     return not isinstance(conversation, str) and conversation[-1]["role"] == "assistant"
 
 
+def trim(text: str, continued: bool) -> str:
+    """A decoded generation without surrounding whitespace, except that a continued turn keeps its leading space,
+    so that "Category: x." + " The policy ..." reads as written."""
+    return text.rstrip() if continued else text.strip()
+
+
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every token that ends an answer: the generation config's (often several) and the tokenizer's."""
     ids: list[int] = []
@@ -148,10 +154,8 @@ def generate(
                 stop = next((k for k, t in enumerate(tokens) if t in eos), None)
                 kept = tokens[:stop] if stop is not None else tokens
                 batch_tokens += len(kept)
-                text = tokenizer.decode(kept, skip_special_tokens=True)
                 results[i] = Generation(
-                    # A continued turn keeps its leading space: "Category: x." + " The policy ..."
-                    text=text.rstrip() if continues_turn(conversations[i]) else text.strip(),
+                    text=trim(tokenizer.decode(kept, skip_special_tokens=True), continues_turn(conversations[i])),
                     num_tokens=len(kept),
                     finish_reason="stop" if stop is not None else "length",
                 )
