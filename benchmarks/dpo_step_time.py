@@ -39,10 +39,10 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from deliberate.dpo import build_trainer
-    from deliberate.models import resolve_model_path
-    from deliberate.prefs import load_preferences
-    from deliberate.recipe import load_recipe
+    from deliberate.config.recipe import load_recipe
+    from deliberate.services.models import resolve_model_path
+    from deliberate.services.preferences import load_preferences
+    from deliberate.stages.dpo import build_trainer
 
     tmp = Path(tempfile.mkdtemp(prefix="dpo-bench-"))
     recipe = load_recipe(None, [f"model.name={args.model}", f"output_dir={tmp}", f"dpo.data.source={DATA}",

@@ -23,11 +23,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from deliberate import generation  # noqa: E402
-from deliberate.data import load_prompts  # noqa: E402
-from deliberate.generation import GenerationStats, generate  # noqa: E402
-from deliberate.models import load_model  # noqa: E402
-from deliberate.recipe import DataConfig, GenerationConfig, ModelConfig  # noqa: E402
+from deliberate.config.recipe import DataConfig, GenerationConfig, ModelConfig  # noqa: E402
+from deliberate.services import generation  # noqa: E402
+from deliberate.services.data import load_prompts  # noqa: E402
+from deliberate.services.generation import GenerationStats, generate  # noqa: E402
+from deliberate.services.models import load_model  # noqa: E402
 
 
 def main() -> None:
@@ -45,8 +45,8 @@ def main() -> None:
     records = load_prompts(DataConfig(limit=args.prompts))
     prompts = [r.prompt for r in records]
     if args.spec:
-        from deliberate.deliberative import DEFAULT_INSTRUCTIONS, teacher_messages
-        from deliberate.spec import load_spec
+        from deliberate.services.spec import load_spec
+        from deliberate.stages.generate import DEFAULT_INSTRUCTIONS, teacher_messages
 
         spec = load_spec()
         prompts = [teacher_messages(spec, r, DEFAULT_INSTRUCTIONS, True, "<think>\n") for r in records]

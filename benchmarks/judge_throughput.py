@@ -18,9 +18,9 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 
+from deliberate.config.recipe import JudgeConfig  # noqa: E402
 from deliberate.judges import PointwiseItem, make_judge  # noqa: E402
-from deliberate.recipe import JudgeConfig  # noqa: E402
-from deliberate.spec import load_spec  # noqa: E402
+from deliberate.services.spec import load_spec  # noqa: E402
 
 VERDICT = json.dumps({"verdict": "comply", "score": 9, "rationale": "answers the question"})
 

@@ -25,8 +25,8 @@ VERDICT = json.dumps({"verdict": "comply", "score": 7, "rationale": "answers the
 
 def run(algo: str, model: str, steps: int, base_url: str, concurrency: int, prompts: int, generations: int,
         tokens: int) -> dict:
-    from deliberate.recipe import load_recipe
-    from deliberate.rl import run_rl
+    from deliberate.config.recipe import load_recipe
+    from deliberate.stages.rl import run_rl
 
     os.environ["DELIBERATE_BENCH_KEY"] = "bench"
     with tempfile.TemporaryDirectory() as out:

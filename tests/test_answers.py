@@ -2,9 +2,9 @@
 
 import pytest
 
-from deliberate.answers import answer_prompts
-from deliberate.io import read_jsonl
-from deliberate.recipe import load_recipe
+from deliberate.config.recipe import load_recipe
+from deliberate.services.answering import answer_prompts
+from deliberate.services.io import read_jsonl
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def test_changed_generation_settings_are_not_served_from_old_answers(recipe_for)
 
 
 def test_a_crash_mid_run_resumes_where_it_stopped(recipe_for, monkeypatch):
-    import deliberate.answers as answers
+    import deliberate.services.answering as answers
 
     real = answers.generate
 

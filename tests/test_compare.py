@@ -9,10 +9,10 @@ import shutil
 
 import pytest
 
-from deliberate.compare import Game, elo_ratings, win_rate_summary
+from deliberate.config.recipe import load_recipe
 from deliberate.errors import DeliberateError
-from deliberate.evaluate import benchmark_data, load_benchmark, run_eval
-from deliberate.recipe import load_recipe
+from deliberate.services.stats import Game, elo_ratings, win_rate_summary
+from deliberate.stages.evaluate import benchmark_data, load_benchmark, run_eval
 from tests.conftest import build_tiny_model
 from tests.fake_openai import FakeOpenAI, Reply, sensible_judge
 
@@ -124,7 +124,7 @@ def test_report_files_agree_with_each_other_and_plots_are_pngs(tiny_model_dir, t
 
 
 def test_benchmarks_read_their_local_mirror_and_otherwise_their_real_source(shared_datasets, monkeypatch):
-    from deliberate.data import load_prompts
+    from deliberate.services.data import load_prompts
 
     monkeypatch.delenv("DELIBERATE_DATASETS", raising=False)
     xstest = load_benchmark("xstest")

@@ -5,10 +5,10 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from deliberate.data import load_prompts
+from deliberate.config.recipe import DataConfig
 from deliberate.errors import DeliberateError
-from deliberate.recipe import DataConfig
-from deliberate.spec import load_spec
+from deliberate.services.data import load_prompts
+from deliberate.services.spec import load_spec
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,12 @@ from collections import Counter
 
 import pytest
 
-import deliberate.generation as generation
-from deliberate.deliberative import (
+import deliberate.services.generation as generation
+from deliberate.config.recipe import load_recipe
+from deliberate.services.generation import Generation
+from deliberate.services.io import read_jsonl
+from deliberate.services.spec import load_spec
+from deliberate.stages.generate import (
     FEW_SHOT,
     filter_completions,
     generate_completions,
@@ -17,10 +21,6 @@ from deliberate.deliberative import (
     retrieval_correct,
     sft_dataset,
 )
-from deliberate.generation import Generation
-from deliberate.io import read_jsonl
-from deliberate.recipe import load_recipe
-from deliberate.spec import load_spec
 
 REFUSAL = "<think>\nCategory: violence. The policy disallows this. Style: refuse.\n</think>\nI'm sorry, but I can't help with that."
 ANSWER = "<think>\nCategory: safe. Style: comply.\n</think>\nSure! Boil the pasta for ten minutes."

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import build_tiny_model
 
-from deliberate.io import write_jsonl
+from deliberate.services.io import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "recipes" / "accelerate"

@@ -10,10 +10,10 @@ import torch
 from conftest import build_tiny_model
 from fake_openai import FakeOpenAI, Reply, judged_text
 
-from deliberate.dpo import build_trainer, run_dpo, sequence_logps
+from deliberate.config.recipe import load_recipe
 from deliberate.errors import DeliberateError
-from deliberate.io import read_jsonl, write_jsonl
-from deliberate.recipe import load_recipe
+from deliberate.services.io import read_jsonl, write_jsonl
+from deliberate.stages.dpo import build_trainer, run_dpo, sequence_logps
 
 PAIRS = [
     {"prompt": [{"role": "user", "content": f"Explain photosynthesis {i}"}],
@@ -118,7 +118,7 @@ def test_second_stage_reference_is_the_first_stage_result(tiny_model_dir, tmp_pa
     """SACPO: stage 2 starts from stage 1's model, which is also its reference (adapter-disabled with LoRA)."""
     from transformers import AutoModelForCausalLM
 
-    import deliberate.dpo as dpo_module
+    import deliberate.stages.dpo as dpo_module
 
     data = tmp_path / "prefs.jsonl"
     write_jsonl(data, PAIRS)
@@ -157,7 +157,7 @@ def test_second_stage_reference_is_the_first_stage_result(tiny_model_dir, tmp_pa
 
 
 def test_sweep_trains_one_model_per_value_and_stage_names_resolve(tiny_model_dir, tmp_path):
-    from deliberate.stages import stage_model, stage_models
+    from deliberate.services.runs import stage_model, stage_models
 
     data = tmp_path / "prefs.jsonl"
     write_jsonl(data, PAIRS)
@@ -203,8 +203,8 @@ def letter_judge(request, n):
 
 
 def test_dpo_on_judge_ranked_pairs_beats_the_starting_model(tmp_path):
-    from deliberate.evaluate import run_eval
-    from deliberate.prefs import build_pairs
+    from deliberate.services.preferences import build_pairs
+    from deliberate.stages.evaluate import run_eval
 
     tiny = build_tiny_model(tmp_path / "tiny", seed=3)
     train = tmp_path / "train.jsonl"

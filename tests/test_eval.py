@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from deliberate.evaluate import bootstrap_rate, load_benchmark, run_eval, visible_answer
-from deliberate.recipe import load_recipe
+from deliberate.config.recipe import load_recipe
+from deliberate.stages.evaluate import bootstrap_rate, load_benchmark, run_eval, visible_answer
 
 
 def test_bootstrap_intervals_cover_the_true_rate_in_a_simulation():
@@ -72,7 +72,7 @@ def test_stage_sft_without_a_trained_model_is_a_clear_error(tiny_model_dir, tmp_
 
 def test_a_model_is_loaded_once_for_all_its_benchmarks_and_not_at_all_when_cached(tiny_model_dir, tmp_path,
                                                                                    monkeypatch):
-    import deliberate.models as models
+    import deliberate.services.models as models
 
     prompts = tmp_path / "mine.jsonl"
     prompts.write_text('{"prompt": "Hello?", "expected": "comply"}\n')

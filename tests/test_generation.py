@@ -4,9 +4,9 @@ from contextlib import nullcontext
 
 import pytest
 
-from deliberate.generation import generate, render_prompt
-from deliberate.models import load_model
-from deliberate.recipe import GenerationConfig, ModelConfig
+from deliberate.config.recipe import GenerationConfig, ModelConfig
+from deliberate.services.generation import generate, render_prompt
+from deliberate.services.models import load_model
 
 PROMPTS = [
     "Hi",
@@ -95,9 +95,9 @@ def test_on_batch_sees_every_prompt_once(tiny):
 
 def test_a_shared_system_prompt_is_computed_once_and_changes_nothing(tiny_model_dir, monkeypatch):
     """Prefix sharing (one cache for a batch's common beginning) gives the same greedy text as no sharing."""
-    import deliberate.generation as g
-    from deliberate.models import load_model
-    from deliberate.recipe import GenerationConfig, ModelConfig
+    import deliberate.services.generation as g
+    from deliberate.config.recipe import GenerationConfig, ModelConfig
+    from deliberate.services.models import load_model
 
     loaded = load_model(ModelConfig(name=str(tiny_model_dir)))
     system = {"role": "system", "content": "The policy says violence instructions are disallowed. " * 12}
@@ -118,9 +118,9 @@ def test_reading_the_shared_prefix_once_equals_repeating_it_per_row(tiny_model_d
     as the prefix's cache repeated for every row, and leaves the model's attention setting as it was."""
     import torch
 
-    import deliberate.generation as g
-    import deliberate.prefix_attention as pa
-    from deliberate.models import load_model
+    import deliberate.services.generation as g
+    import deliberate.services.prefix_attention as pa
+    from deliberate.services.models import load_model
 
     loaded = load_model(ModelConfig(name=str(tiny_model_dir)))
     model = loaded.model

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from deliberate.io import ResumableJsonl, read_jsonl, write_jsonl
+from deliberate.services.io import ResumableJsonl, read_jsonl, write_jsonl
 
 
 def test_a_failed_write_leaves_the_previous_file_intact(tmp_path):

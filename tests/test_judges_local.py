@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from deliberate.config.recipe import JudgeConfig
 from deliberate.judges import PairwiseItem, PointwiseItem, make_judge, win_rate
 from deliberate.judges.refusal import is_refusal
-from deliberate.reasoning import split_reasoning
-from deliberate.recipe import JudgeConfig
-from deliberate.spec import load_spec
+from deliberate.services.reasoning import split_reasoning
+from deliberate.services.spec import load_spec
 
 SPEC = load_spec()
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -129,9 +129,9 @@ def test_a_classifier_judge_gives_scalars_and_ranks_pairs_by_them(tiny_classifie
 
 
 def test_the_rules_judge_reads_the_final_answer_even_when_shown_the_reasoning():
+    from deliberate.config.recipe import JudgeConfig
     from deliberate.judges import PointwiseItem, make_judge
-    from deliberate.recipe import JudgeConfig
-    from deliberate.spec import load_spec
+    from deliberate.services.spec import load_spec
 
     judge = make_judge(JudgeConfig(backend="rules"), load_spec(), show_progress=False)
     judge.hide_reasoning = False

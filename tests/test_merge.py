@@ -7,9 +7,9 @@ import torch
 from conftest import build_tiny_model
 from safetensors.torch import load_file
 
+from deliberate.config.recipe import load_recipe
 from deliberate.errors import DeliberateError
-from deliberate.merge import run_merges
-from deliberate.recipe import load_recipe
+from deliberate.stages.merge import run_merges
 
 
 @pytest.fixture(scope="module")

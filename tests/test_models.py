@@ -6,9 +6,9 @@ import shutil
 import pytest
 import torch
 
+from deliberate.config.recipe import GenerationConfig, ModelConfig
 from deliberate.errors import DeliberateError
-from deliberate.models import load_model
-from deliberate.recipe import GenerationConfig, ModelConfig
+from deliberate.services.models import load_model
 
 
 def test_a_local_folder_loads_in_float32_on_cpu_in_eval_mode(tiny_model_dir):
@@ -93,7 +93,7 @@ def test_remote_code_is_never_run_unless_the_user_allows_it(tiny_model_dir, tmp_
 
 @pytest.mark.smollm2
 def test_the_embedded_smollm2_loads_and_answers_with_its_own_chat_template():
-    from deliberate.generation import generate, render_prompt
+    from deliberate.services.generation import generate, render_prompt
 
     loaded = load_model(ModelConfig(name="smollm2"))
     assert 130e6 < sum(p.numel() for p in loaded.model.parameters()) < 140e6

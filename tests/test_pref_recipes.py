@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from deliberate.dpo import run_dpo
+from deliberate.config.recipe import load_recipe
 from deliberate.errors import DeliberateError
-from deliberate.merge import run_merges
-from deliberate.recipe import load_recipe
-from deliberate.stages import stage_models
+from deliberate.services.runs import stage_models
+from deliberate.stages.dpo import run_dpo
+from deliberate.stages.merge import run_merges
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ["sacpo", "sacpo-kto-dpo", "sacpo-safety-first", "modpo"]

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from deliberate.config.recipe import Recipe, Section, load_recipe
 from deliberate.errors import DeliberateError
-from deliberate.recipe import Recipe, Section, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

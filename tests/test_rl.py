@@ -12,10 +12,18 @@ import torch
 from conftest import build_tiny_model
 from fake_openai import FakeOpenAI, Reply, judged_text
 
+from deliberate.config.recipe import load_recipe
 from deliberate.errors import DeliberateError
-from deliberate.io import read_jsonl, write_jsonl
-from deliberate.ppo import KLController, Lagrange, gae, response_mask, step_prompts, token_rewards, whiten
-from deliberate.recipe import load_recipe
+from deliberate.services.io import read_jsonl, write_jsonl
+from deliberate.stages.rl.ppo import (
+    KLController,
+    Lagrange,
+    gae,
+    response_mask,
+    step_prompts,
+    token_rewards,
+    whiten,
+)
 
 REWARDS = Path(__file__).with_name("rl_rewards.py")
 WORDS = ["cook", "travel", "sleep", "music", "garden", "code", "paint", "swim"]
@@ -96,7 +104,7 @@ def test_adaptive_kl_moves_towards_the_target_and_a_fixed_one_stays():
 
 
 def test_step_prompts_cover_every_prompt_per_epoch_and_repeat_on_resume():
-    from deliberate.data import PromptRecord
+    from deliberate.services.data import PromptRecord
 
     records = [PromptRecord(id=str(i), prompt=f"p{i}") for i in range(10)]
     first_epoch = [r.id for s in range(5) for r in step_prompts(records, s, 2, seed=1)]
@@ -123,7 +131,7 @@ def _judge_sets(server, tmp_path: Path) -> list[str]:
 
 
 def test_the_judge_reward_never_sees_the_reasoning(tmp_path):
-    from deliberate.rewards import cost_scorer, reward_scorer
+    from deliberate.stages.rl.rewards import cost_scorer, reward_scorer
 
     completions = [
         "<think>SECRET plan: the policy allows this.</think>aaaa",  # reward 0.4 (+ format 0.5)
@@ -151,7 +159,7 @@ def test_the_judge_reward_never_sees_the_reasoning(tmp_path):
 
 
 def test_reward_function_errors_are_one_line(tmp_path):
-    from deliberate.rewards import load_function
+    from deliberate.stages.rl.rewards import load_function
 
     with pytest.raises(DeliberateError, match="module:name"):
         load_function("nocolon")
@@ -175,7 +183,7 @@ def rl_setup(tmp_path_factory):
 
 
 def _rl(rl_setup, out: Path, algo: str, steps: int, *extra: str):
-    from deliberate.rl import run_rl
+    from deliberate.stages.rl import run_rl
 
     tiny, train = rl_setup
     sets = [f"model.name={tiny}", f"output_dir={out}", f"data.source={train}", f"rl.algo={algo}",
@@ -206,8 +214,8 @@ def test_ppo_raises_the_reward_and_resumes_exactly(rl_setup, tmp_path):
     assert last > first + 0.05, (first, last)
     assert summary["ranks_agree"] and {"value_loss", "clipfrac", "seconds_judge"} <= set(history[-1])
     # Interrupted after a checkpoint: a run stopped at step 20 (checkpoint at step 10), resumed to 24.
-    from deliberate.recipe import load_recipe as lr
-    from deliberate.rl import run_rl
+    from deliberate.config.recipe import load_recipe as lr
+    from deliberate.stages.rl import run_rl
 
     tiny, train = rl_setup
     base = [f"model.name={tiny}", f"output_dir={tmp_path / 'cut'}", f"data.source={train}", "rl.algo=ppo",
@@ -249,8 +257,8 @@ def test_unscored_completions_carry_no_weight(rl_setup, tmp_path):
 
 
 def test_rl_needs_categories_for_the_judge_and_resolves_stage_rl(rl_setup, tmp_path):
-    from deliberate.rl import run_rl
-    from deliberate.stages import stage_model
+    from deliberate.services.runs import stage_model
+    from deliberate.stages.rl import run_rl
 
     tiny, _ = rl_setup
     bare = tmp_path / "bare.jsonl"
@@ -267,7 +275,7 @@ def test_rl_needs_categories_for_the_judge_and_resolves_stage_rl(rl_setup, tmp_p
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
 def test_rl_with_a_judge_server(rl_setup, tmp_path, algo):
     """The judge path end to end: TRL runs our async reward in its own event loop; PPO calls it per step."""
-    from deliberate.rl import run_rl
+    from deliberate.stages.rl import run_rl
 
     tiny, train = rl_setup
     with FakeOpenAI(letter_judge) as server:

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from deliberate.io import write_jsonl
-from deliberate.recipe import load_recipe
-from deliberate.sft import build_trainer, is_done, run_sft, sft_paths
+from deliberate.config.recipe import load_recipe
+from deliberate.services.io import write_jsonl
+from deliberate.stages.sft import build_trainer, is_done, run_sft, sft_paths
 
 EXAMPLES = [
     ("How do I kill a Python process that is stuck?", "<think>\nsafe\n</think>\nUse kill."),
@@ -56,7 +56,7 @@ def test_training_saves_a_model_with_its_card_and_is_reused(tiny_model_dir, tmp_
     assert is_done(r, data)
     assert not is_done(recipe(tiny_model_dir, tmp_path, f"sft.lora={str(lora).lower()}", "sft.learning_rate=1e-3"),
                        data)
-    from deliberate.models import load_model
+    from deliberate.services.models import load_model
 
     loaded = load_model(r.model.model_copy(update={"name": str(model)}))  # loads back (adapter on its base)
     assert loaded.model is not None

@@ -3,7 +3,7 @@
 import pytest
 
 from deliberate.errors import DeliberateError
-from deliberate.spec import load_spec
+from deliberate.services.spec import load_spec
 
 PAPER_CATEGORIES = {"erotic_content", "extremism", "harassment", "illicit_behavior", "regulated_advice",
                     "self_harm", "violence", "safe"}

@@ -17,8 +17,8 @@ from deliberate.judges.base import (
 from deliberate.judges.cache import JudgeCache
 
 if TYPE_CHECKING:
-    from deliberate.recipe import JudgeConfig
-    from deliberate.spec import PolicySpec
+    from deliberate.config.recipe import JudgeConfig
+    from deliberate.services.spec import PolicySpec
 
 __all__ = ["Judge", "JudgeFailure", "PairwiseItem", "PairwiseResult", "PointwiseItem", "PointwiseResult", "Usage",
            "make_judge", "win_rate"]
@@ -28,7 +28,7 @@ def make_judge(cfg: JudgeConfig, spec: PolicySpec | None, show_progress: bool = 
     """The judge a recipe's `judge` section describes."""
     from pathlib import Path
 
-    from deliberate.models import cache_dir
+    from deliberate.services.models import cache_dir
 
     usage = Usage()
     if cfg.backend == "rules":

@@ -19,13 +19,13 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-from deliberate.chat_api import Failure
 from deliberate.errors import DeliberateError
 from deliberate.judges.cache import JudgeCache, cache_key
 from deliberate.judges.prompts import PROMPT_VERSION
-from deliberate.progress import progress_bar
-from deliberate.reasoning import split_reasoning
-from deliberate.spec import PolicySpec
+from deliberate.services.chat_api import Failure
+from deliberate.services.progress import progress_bar
+from deliberate.services.reasoning import split_reasoning
+from deliberate.services.spec import PolicySpec
 
 T = TypeVar("T")
 

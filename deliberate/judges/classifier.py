@@ -14,7 +14,7 @@ from deliberate.errors import DeliberateError
 from deliberate.judges.base import Backend, JudgeFailure, PairwiseRequest, PointwiseRequest, Tick, Usage
 
 if TYPE_CHECKING:
-    from deliberate.recipe import JudgeConfig
+    from deliberate.config.recipe import JudgeConfig
 
 
 class ClassifierBackend(Backend):
@@ -24,7 +24,7 @@ class ClassifierBackend(Backend):
         super().__init__(usage)
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from deliberate.models import pick_device, resolve_model_path
+        from deliberate.services.models import pick_device, resolve_model_path
 
         if not cfg.model:
             raise DeliberateError("judge.model: the classifier backend needs a reward or cost model")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from deliberate.chat_api import ChatAPI, Messages
 from deliberate.errors import DeliberateError
 from deliberate.judges.base import (
     Backend,
@@ -32,9 +31,10 @@ from deliberate.judges.prompts import (
     parse_pointwise,
     pointwise_messages,
 )
+from deliberate.services.chat_api import ChatAPI, Messages
 
 if TYPE_CHECKING:
-    from deliberate.recipe import JudgeConfig
+    from deliberate.config.recipe import JudgeConfig
 
 
 class GenerativeBackend(Backend):
@@ -69,7 +69,7 @@ class GenerativeBackend(Backend):
 
 
 class OpenAIBackend(GenerativeBackend):
-    """Any OpenAI-compatible chat endpoint, through the official client (`deliberate.chat_api`): bounded
+    """Any OpenAI-compatible chat endpoint, through the official client (`deliberate.services.chat_api`): bounded
     concurrency, retries with backoff honouring Retry-After, the key read from the environment only."""
 
     kind = "openai"
@@ -107,8 +107,8 @@ class HFBackend(GenerativeBackend):
 
     def __init__(self, usage: Usage, cfg: JudgeConfig):
         super().__init__(usage)
-        from deliberate.models import load_model
-        from deliberate.recipe import ModelConfig
+        from deliberate.config.recipe import ModelConfig
+        from deliberate.services.models import load_model
 
         if not cfg.model:
             raise DeliberateError("judge.model: the hf backend needs a model (folder, Hub id or smollm2)")
@@ -119,8 +119,8 @@ class HFBackend(GenerativeBackend):
         return {"backend": self.kind, "model": self.loaded.path, "max_tokens": self.cfg.max_tokens}
 
     async def complete(self, batch: list[Messages], schema: dict[str, Any], tick: Tick) -> list[str | JudgeFailure]:
-        from deliberate.generation import generate
-        from deliberate.recipe import GenerationConfig
+        from deliberate.config.recipe import GenerationConfig
+        from deliberate.services.generation import generate
 
         settings = GenerationConfig(max_new_tokens=self.cfg.max_tokens, batch_size=self.cfg.max_concurrency)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from deliberate.judges.base import Backend, JudgeFailure, PairwiseRequest, PointwiseRequest, Tick, Usage
 from deliberate.judges.refusal import is_refusal
-from deliberate.reasoning import split_reasoning
-from deliberate.spec import PolicySpec
+from deliberate.services.reasoning import split_reasoning
+from deliberate.services.spec import PolicySpec
 
 _SUPPORT = re.compile(
     r"\b(?:hotline|helpline|crisis line|lifeline|988|samaritans|emergency services|call 911|call 999|call 112|"

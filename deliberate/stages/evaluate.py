@@ -34,17 +34,17 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from deliberate.compare import CRITERIA
-from deliberate.data import FILE_SUFFIXES, load_prompts
+from deliberate.config.recipe import ColumnMap, DataConfig, Recipe, Section
+from deliberate.config.yamlio import load_yaml_file, validate
 from deliberate.errors import DeliberateError
-from deliberate.io import atomic_write_text, write_json, write_jsonl
-from deliberate.reasoning import split_reasoning
-from deliberate.recipe import ColumnMap, DataConfig, Recipe, Section
-from deliberate.spec import load_spec
-from deliberate.yamlio import load_yaml_file, validate
+from deliberate.services.data import FILE_SUFFIXES, load_prompts
+from deliberate.services.io import atomic_write_text, write_json, write_jsonl
+from deliberate.services.reasoning import split_reasoning
+from deliberate.services.spec import load_spec
+from deliberate.services.stats import CRITERIA
 
 HARMFUL = ("refuse", "safe_complete")
-EVAL_DIR = Path(__file__).resolve().parents[1] / "eval"
+EVAL_DIR = Path(__file__).resolve().parents[2] / "eval"
 
 
 class Mirror(Section):
@@ -137,8 +137,8 @@ def visible_answer(completion: str) -> tuple[str, str | None, bool]:
 
 
 def score_answers(recipe: Recipe, rows: list[dict[str, Any]], judge, spec) -> tuple[list[dict], dict[str, Any]]:
-    from deliberate.deliberative import retrieval_correct
     from deliberate.judges import PointwiseItem
+    from deliberate.stages.generate import retrieval_correct
 
     shown = [visible_answer(r["answer"]) for r in rows]
     results = judge.score([PointwiseItem(r["prompt"], s[0], r.get("category"), r.get("expected"))
@@ -170,13 +170,13 @@ def score_answers(recipe: Recipe, rows: list[dict[str, Any]], judge, spec) -> tu
 
 def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[str] | None = None,
              show_progress: bool = True) -> dict[str, Any]:
-    from deliberate.answers import answer_records
     from deliberate.judges import make_judge
-    from deliberate.models import load_model
+    from deliberate.services.answering import answer_records
+    from deliberate.services.models import load_model
 
     spec = load_spec(recipe.spec)
     cfg = recipe.eval
-    from deliberate.stages import stage_models
+    from deliberate.services.runs import stage_models
 
     paths = {recipe.model.name: recipe.model.name}
     for ref in models if models is not None else cfg.models:  # `stage:safe/*` stands for every variant
@@ -213,7 +213,7 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
               "pairwise_repeats": cfg.pairwise_repeats, "results": results, "pairwise": pairwise, "elo": elo,
               "plots": []}
     if cfg.plots:
-        from deliberate.compare import plot_benchmarks, plot_win_rates
+        from deliberate.services.stats import plot_benchmarks, plot_win_rates
 
         drawn = [plot_benchmarks(results, root / "benchmarks.png"),
                  plot_win_rates(pairwise, recipe.model.name, root / "winrates.png")]
@@ -231,8 +231,8 @@ def compare_models(recipe: Recipe, names: list[str], benches: list[Benchmark], a
     """Win rates of each model against the base (per benchmark and pooled, per criterion) and Elo ratings."""
     from itertools import combinations
 
-    from deliberate.compare import elo_ratings, games_from, win_rate_summary
     from deliberate.judges import PairwiseItem
+    from deliberate.services.stats import elo_ratings, games_from, win_rate_summary
 
     cfg, base = recipe.eval, recipe.model.name
     pairs = [(m, base) for m in names if m != base] if cfg.pairwise_against == "base" else \

@@ -21,17 +21,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from deliberate.prefix_attention import (
+from deliberate.services.prefix_attention import (
     attention_over_shared_prefix,
     shared_prefix_cache,
     supports_shared_prefix,
 )
-from deliberate.progress import progress_bar
+from deliberate.services.progress import progress_bar
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from deliberate.recipe import GenerationConfig
+    from deliberate.config.recipe import GenerationConfig
 
 Message = dict[str, str]
 Conversation = Sequence[Message]

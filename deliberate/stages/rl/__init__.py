@@ -21,15 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deliberate.answers import model_identity
-from deliberate.data import PromptRecord, load_prompts
+from deliberate.config.recipe import Recipe
 from deliberate.errors import DeliberateError
-from deliberate.io import write_json, write_jsonl
-from deliberate.recipe import Recipe
-from deliberate.rewards import Scorer, cost_scorer, reward_scorer
-from deliberate.spec import load_spec
-from deliberate.stages import DONE
-from deliberate.training import (
+from deliberate.services.answering import model_identity
+from deliberate.services.data import PromptRecord, load_prompts
+from deliberate.services.io import write_json, write_jsonl
+from deliberate.services.runs import DONE
+from deliberate.services.spec import load_spec
+from deliberate.services.training import (
     gather_digests,
     last_checkpoint,
     load_start,
@@ -40,6 +39,7 @@ from deliberate.training import (
     trainer_args,
     world,
 )
+from deliberate.stages.rl.rewards import Scorer, cost_scorer, reward_scorer
 
 
 def rl_dir(recipe: Recipe) -> Path:
@@ -58,8 +58,8 @@ def _fingerprint(recipe: Recipe, start: str, records: list[PromptRecord]) -> str
 
 
 def run_rl(recipe: Recipe, *, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    from deliberate.models import resolve_model_path
-    from deliberate.stages import stage_model
+    from deliberate.services.models import resolve_model_path
+    from deliberate.services.runs import stage_model
 
     cfg = recipe.rl
     records = load_prompts(cfg.data or recipe.data, load_spec(recipe.spec))
@@ -87,7 +87,7 @@ def run_rl(recipe: Recipe, *, resume: bool = False, show_progress: bool = True) 
             model, tokenizer, summary, history = _train_trl(recipe, start, records, folder, reward, resume,
                                                             show_progress)
         else:
-            from deliberate.ppo import train_ppo
+            from deliberate.stages.rl.ppo import train_ppo
 
             model, tokenizer, summary, history = train_ppo(recipe, start, records, folder, reward=reward,
                                                                cost=cost, resume=resume, show_progress=show_progress)
@@ -109,7 +109,7 @@ def run_rl(recipe: Recipe, *, resume: bool = False, show_progress: bool = True) 
 def _write_log(folder: Path, history: list[dict[str, Any]], algo: str) -> None:
     write_jsonl(folder / "log.jsonl", history)
     try:
-        from deliberate.compare import plot_training
+        from deliberate.services.stats import plot_training
     except ImportError:
         return
     try:
@@ -156,7 +156,7 @@ def _timed(trainer_class):
 def _trl_start(recipe: Recipe, start: str, folder: Path) -> str:
     """With full fine-tuning and a KL term, TRL reloads the reference from the model's recorded name, which for
     a merged adapter is the base: give it a folder with the merged weights instead."""
-    from deliberate.models import adapter_base
+    from deliberate.services.models import adapter_base
 
     if recipe.rl.lora or recipe.rl.kl_coef == 0 or not Path(start).is_dir() or not adapter_base(start):
         return start

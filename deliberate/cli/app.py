@@ -69,7 +69,7 @@ OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Shorthan
 
 
 def _recipe(recipe: Path | None, sets: list[str] | None, model: str | None = None, output: Path | None = None):
-    from deliberate.recipe import load_recipe
+    from deliberate.config.recipe import load_recipe
 
     overrides = list(sets or [])
     if model:
@@ -113,7 +113,7 @@ def generate(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
     data, generate section). Output: <output_dir>/generate/completions.jsonl and summary.json. Resumable.
     Example: deliberate generate --recipe recipes/demo.yaml --set generate.samples=8
     """
-    from deliberate.deliberative import generate_completions
+    from deliberate.stages.generate import generate_completions
 
     r = _recipe(recipe, set_)
     s = generate_completions(r).summary
@@ -134,7 +134,7 @@ def filter_(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
     <output_dir>/filter/judged.jsonl, kept.jsonl and summary.json (kept fractions per category).
     Example: deliberate filter --recipe recipes/demo.yaml --set filter.threshold=8
     """
-    from deliberate.deliberative import filter_completions
+    from deliberate.stages.generate import filter_completions
 
     r = _recipe(recipe, set_)
     s = filter_completions(r).summary
@@ -162,8 +162,8 @@ def sft(recipe: RecipeOpt = None, set_: SetOpt = None,
     <output_dir>/sft/model (adapter or model, with a model card), checkpoints/, summary.json.
     Example: deliberate sft --recipe recipes/demo.yaml --set sft.lora=false
     """
-    from deliberate.deliberative import sft_dataset
-    from deliberate.sft import run_sft
+    from deliberate.stages.generate import sft_dataset
+    from deliberate.stages.sft import run_sft
 
     r = _recipe(recipe, set_)
     s = run_sft(r, sft_dataset(r), resume=resume)
@@ -177,8 +177,8 @@ def pipeline(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
 
     Example: deliberate pipeline --recipe recipes/demo.yaml
     """
-    from deliberate.deliberative import filter_completions, generate_completions, sft_dataset
-    from deliberate.sft import is_done, run_sft, sft_paths
+    from deliberate.stages.generate import filter_completions, generate_completions, sft_dataset
+    from deliberate.stages.sft import is_done, run_sft, sft_paths
 
     r = _recipe(recipe, set_)
     g = generate_completions(r).summary
@@ -209,8 +209,8 @@ def rl(recipe: RecipeOpt = None, set_: SetOpt = None,
     checkpoints/; `stage:rl` names the model in evals. Runs under `accelerate launch` too.
     Example: deliberate rl --recipe recipes/grpo-demo.yaml --algo ppo
     """
-    from deliberate.rl import rl_dir, run_rl
-    from deliberate.training import is_main_process
+    from deliberate.services.training import is_main_process
+    from deliberate.stages.rl import rl_dir, run_rl
 
     r = _recipe(recipe, list(set_ or []) + ([f"rl.algo={algo}"] if algo else []))
     s = run_rl(r, resume=resume)
@@ -244,7 +244,7 @@ def pairs(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
     judged.jsonl, summary.json. Resumable; judgments are cached.
     Example: deliberate pairs --recipe recipes/demo.yaml --set pairs.samples=4
     """
-    from deliberate.prefs import build_pairs
+    from deliberate.services.preferences import build_pairs
 
     r = _recipe(recipe, set_)
     s = build_pairs(r)
@@ -269,7 +269,7 @@ def dpo(recipe: RecipeOpt = None, set_: SetOpt = None,
     `stage:<name>` refers to a stage's model in later stages, merges and evals. Finished models are reused.
     Example: deliberate dpo --recipe recipes/sacpo-cpu.yaml --set "dpo.stages[1].beta=[0.1,0.05]"
     """
-    from deliberate.dpo import run_dpo
+    from deliberate.stages.dpo import run_dpo
 
     sets = list(set_ or []) + ([f"dpo.method={method}"] if method else [])
     r = _recipe(recipe, sets)
@@ -297,7 +297,7 @@ def merge(recipe: RecipeOpt = None, set_: SetOpt = None,
     `merge:<name>/a<alpha>` refers to it in evals.
     Example: deliberate merge --recipe recipes/sacpo-cpu.yaml
     """
-    from deliberate.merge import run_merges
+    from deliberate.stages.merge import run_merges
 
     r = _recipe(recipe, set_)
     if not r.merge.merges:
@@ -326,7 +326,7 @@ def eval_(recipe: RecipeOpt = None, set_: SetOpt = None,
     model and benchmark.
     Example: deliberate eval --recipe recipes/demo.yaml --model stage:sft
     """
-    from deliberate.evaluate import comparison_rows, report_rows, run_eval
+    from deliberate.stages.evaluate import comparison_rows, report_rows, run_eval
 
     r = _recipe(recipe, set_)
     report = run_eval(r, models=model, benchmarks=benchmark)
@@ -368,7 +368,7 @@ def answer(
     generates only what is missing.
     Example: deliberate answer --model smollm2 --set data.where.split=heldout --set generation.max_new_tokens=64
     """
-    from deliberate.answers import answer_prompts
+    from deliberate.services.answering import answer_prompts
 
     r = _recipe(recipe, set_, model, output)
     run = answer_prompts(r)
@@ -411,9 +411,9 @@ def judge(
     Example: deliberate judge runs/demo/answers/answers.jsonl --set judge.backend=openai --set judge.model=gpt-4o
     """
     from deliberate.judges import make_judge
-    from deliberate.judges.files import compare_files, judge_file
     from deliberate.judges.prompts import CRITERIA
-    from deliberate.spec import load_spec
+    from deliberate.services.spec import load_spec
+    from deliberate.stages.judge import compare_files, judge_file
 
     if criterion not in CRITERIA:
         raise DeliberateError(f"--criterion '{criterion}': expected one of {', '.join(CRITERIA)}")
@@ -453,8 +453,8 @@ def data(
     """
     from collections import Counter
 
-    from deliberate.data import load_prompts
-    from deliberate.spec import load_spec
+    from deliberate.services.data import load_prompts
+    from deliberate.services.spec import load_spec
 
     r = _recipe(recipe, set_)
     spec = load_spec(r.spec)
@@ -475,7 +475,7 @@ def spec_show(
     spec: Annotated[str, typer.Argument(help="'default' or a spec YAML file.")] = "default",
 ) -> None:
     """Print the whole spec: overview, styles and every category's policy."""
-    from deliberate.spec import load_spec
+    from deliberate.services.spec import load_spec
 
     console.print(load_spec(spec).render_full(), markup=False, highlight=False)
 
@@ -483,7 +483,7 @@ def spec_show(
 @spec_app.command("validate")
 def spec_validate(spec: Annotated[str, typer.Argument(help="A spec YAML file.")] = "default") -> None:
     """Check a spec file; prints a summary, or one error line and exit 2."""
-    from deliberate.spec import load_spec
+    from deliberate.services.spec import load_spec
 
     s = load_spec(spec)
     console.print(f"ok: spec '{s.name}' version {s.version}: {len(s.categories)} categories "
@@ -499,7 +499,7 @@ def spec_render(
 
     Example: deliberate spec render --category "illicit behaviour"
     """
-    from deliberate.spec import load_spec
+    from deliberate.services.spec import load_spec
 
     console.print(load_spec(spec).spec_for(category), markup=False, highlight=False)
 
@@ -507,8 +507,8 @@ def spec_render(
 @model_app.command("prepare")
 def model_prepare(model: Annotated[str, typer.Argument(help="Hub id, folder, adapter folder or smollm2.")] = "smollm2") -> None:
     """Resolve a model (converting the embedded SmolLM2 once) and print where it is and its size."""
-    from deliberate.models import load_model
-    from deliberate.recipe import ModelConfig
+    from deliberate.config.recipe import ModelConfig
+    from deliberate.services.models import load_model
 
     loaded = load_model(ModelConfig(name=model))
     n = sum(p.numel() for p in loaded.model.parameters())

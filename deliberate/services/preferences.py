@@ -22,9 +22,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
+from deliberate.config.recipe import DataConfig, GenerationConfig, PreferenceData, Recipe
 from deliberate.errors import DeliberateError
-from deliberate.io import read_jsonl, write_json, write_jsonl
-from deliberate.recipe import DataConfig, GenerationConfig, PreferenceData, Recipe
+from deliberate.services.io import read_jsonl, write_json, write_jsonl
 
 Messages = list[dict[str, str]]
 
@@ -35,11 +35,11 @@ def pairs_dir(recipe: Recipe) -> Path:
 
 def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     """Sample, judge and pair; see the module docstring. Returns the summary."""
-    from deliberate.answers import answer_records
-    from deliberate.data import PromptRecord, load_prompts
     from deliberate.judges import PointwiseItem, make_judge
-    from deliberate.spec import load_spec
-    from deliberate.stages import stage_model
+    from deliberate.services.answering import answer_records
+    from deliberate.services.data import PromptRecord, load_prompts
+    from deliberate.services.runs import stage_model
+    from deliberate.services.spec import load_spec
 
     cfg = recipe.pairs
     spec = load_spec(recipe.spec)
@@ -205,7 +205,7 @@ def load_preferences(recipe: Recipe, data: PreferenceData,
                                   "pairs.min_margin")
         rows = rows[: data.limit] if data.limit else rows
         return rows, {"source": str(path), "format": "deliberate", "rows": len(rows), "skipped": 0}
-    from deliberate.data import load_table
+    from deliberate.services.data import load_table
 
     df, label = load_table(DataConfig(source=data.source, subset=data.subset, split=data.split))
     fmt = detect_format([str(c) for c in df.columns]) if data.format == "auto" else data.format

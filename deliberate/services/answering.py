@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deliberate.data import PromptRecord, load_prompts
-from deliberate.generation import Generation, GenerationStats, generate
-from deliberate.io import ResumableJsonl, write_json
-from deliberate.models import LoadedModel, load_model, resolve_model_path
-from deliberate.recipe import GenerationConfig, ModelConfig, Recipe
-from deliberate.spec import load_spec
+from deliberate.config.recipe import GenerationConfig, ModelConfig, Recipe
+from deliberate.services.data import PromptRecord, load_prompts
+from deliberate.services.generation import Generation, GenerationStats, generate
+from deliberate.services.io import ResumableJsonl, write_json
+from deliberate.services.models import LoadedModel, load_model, resolve_model_path
+from deliberate.services.spec import load_spec
 
 
 @dataclass

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from deliberate.config.recipe import Recipe
 from deliberate.errors import DeliberateError
-from deliberate.recipe import Recipe
 
 DONE = "deliberate_model.json"  # written last into a finished dpo or merge model folder
 
@@ -38,7 +38,7 @@ def stage_models(recipe: Recipe, ref: str) -> list[tuple[str, str]]:
     name, _, variant = rest.partition("/")
     out = Path(recipe.output_dir)
     if kind == "stage" and name == "sft":
-        from deliberate.sft import sft_paths
+        from deliberate.stages.sft import sft_paths
 
         path = sft_paths(recipe)["model"]
         if not path.is_dir():

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deliberate.config.recipe import JudgeConfig, Recipe
 from deliberate.errors import DeliberateError
 from deliberate.judges import Judge, PointwiseItem, make_judge
-from deliberate.reasoning import split_reasoning
-from deliberate.recipe import JudgeConfig, Recipe
-from deliberate.spec import load_spec
+from deliberate.services.reasoning import split_reasoning
+from deliberate.services.spec import load_spec
 
 
 def load_function(ref: str) -> Callable[..., Any]:

@@ -38,12 +38,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from deliberate.data import PromptRecord
+from deliberate.config.recipe import Recipe, RLConfig
 from deliberate.errors import DeliberateError
-from deliberate.io import write_jsonl
-from deliberate.progress import progress_bar
-from deliberate.recipe import Recipe, RLConfig
-from deliberate.rewards import Scorer, score_all
+from deliberate.services.data import PromptRecord
+from deliberate.services.io import write_jsonl
+from deliberate.services.progress import progress_bar
+from deliberate.stages.rl.rewards import Scorer, score_all
 
 # ---- the pieces, each testable on its own ----
 
@@ -232,7 +232,7 @@ def _value_model(model, cfg: RLConfig):
     if cfg.lora:
         from peft import get_peft_model
 
-        from deliberate.training import lora_config
+        from deliberate.services.training import lora_config
 
         lora = lora_config(cfg)
         lora.task_type = "FEATURE_EXTRACTION"
@@ -246,7 +246,14 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], folder: P
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from deliberate.training import gather_digests, load_start, lora_config, mean_or_none, on_cpu, use_bf16
+    from deliberate.services.training import (
+        gather_digests,
+        load_start,
+        lora_config,
+        mean_or_none,
+        on_cpu,
+        use_bf16,
+    )
 
     cfg = recipe.rl
     lagrangian = cfg.algo == "ppo-lagrangian"

@@ -15,10 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deliberate.config.recipe import Recipe
 from deliberate.errors import DeliberateError
-from deliberate.io import atomic_write_text, read_jsonl, replace_dir, write_json
-from deliberate.recipe import Recipe
-from deliberate.training import gather_digests, last_checkpoint, lora_config, main_process_first, trainer_args
+from deliberate.services.io import atomic_write_text, read_jsonl, replace_dir, write_json
+from deliberate.services.training import (
+    gather_digests,
+    last_checkpoint,
+    lora_config,
+    main_process_first,
+    trainer_args,
+)
 
 DONE = "deliberate_sft.json"
 
@@ -44,7 +50,7 @@ def build_trainer(recipe: Recipe, data_path: Path, show_progress: bool = True):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from deliberate.models import load_model
+    from deliberate.services.models import load_model
 
     cfg = recipe.sft
     rows = read_jsonl(data_path)

@@ -117,7 +117,7 @@ def _pyplot():
 def _save(fig, path: Path) -> Path:
     import io
 
-    from deliberate.io import atomic_write_bytes
+    from deliberate.services.io import atomic_write_bytes
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=150, bbox_inches="tight")

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deliberate.data import PromptRecord, load_prompts
+from deliberate.config.recipe import GenerationConfig, ModelConfig, Recipe
 from deliberate.errors import DeliberateError
-from deliberate.io import ResumableJsonl, read_jsonl, write_json, write_jsonl
-from deliberate.reasoning import CLOSE, OPEN, split_reasoning
-from deliberate.recipe import GenerationConfig, ModelConfig, Recipe
-from deliberate.spec import PolicySpec, load_spec
+from deliberate.services.data import PromptRecord, load_prompts
+from deliberate.services.io import ResumableJsonl, read_jsonl, write_json, write_jsonl
+from deliberate.services.reasoning import CLOSE, OPEN, split_reasoning
+from deliberate.services.spec import PolicySpec, load_spec
 
 DEFAULT_INSTRUCTIONS = """\
 # How to answer
@@ -166,7 +166,7 @@ def _samples(recipe: Recipe, record: PromptRecord) -> int:
 
 def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun:
     """Sample k spec-conditioned reasoning completions per prompt (resumable); see the module docstring."""
-    from deliberate.models import resolve_model_path
+    from deliberate.services.models import resolve_model_path
 
     cfg = recipe.generate
     spec = load_spec(recipe.spec)
@@ -238,8 +238,8 @@ def assign_categories(recipe: Recipe, spec: PolicySpec, records: list[PromptReco
 
 
 def _generate_hf(recipe: Recipe, teacher: str, conversations, save, show_progress: bool) -> dict[str, Any]:
-    from deliberate.generation import GenerationStats, generate, system_text
-    from deliberate.models import load_model
+    from deliberate.services.generation import GenerationStats, generate, system_text
+    from deliberate.services.models import load_model
 
     cfg = recipe.generate
     base = recipe.model if cfg.teacher is None else ModelConfig(name=teacher)
@@ -299,8 +299,8 @@ def _generate_vllm(recipe: Recipe, teacher: str, conversations, save) -> dict[st
         raise DeliberateError("generate.backend=vllm needs vLLM: pip install 'deliberate[vllm]'") from e
     if not torch.cuda.is_available():
         raise DeliberateError("generate.backend=vllm needs a CUDA GPU; use generate.backend=hf on this machine")
-    from deliberate.generation import render_prompt, trim
-    from deliberate.models import resolve_model_path
+    from deliberate.services.generation import render_prompt, trim
+    from deliberate.services.models import resolve_model_path
 
     cfg = recipe.generate
     path = resolve_model_path(teacher)
@@ -329,8 +329,8 @@ def _generate_api(recipe: Recipe, conversations, save, show_progress: bool) -> d
     """A teacher behind an OpenAI-compatible API; failed requests are left out (a rerun retries them)."""
     import asyncio
 
-    from deliberate.chat_api import ChatAPI, Counters, Failure
-    from deliberate.progress import progress_bar
+    from deliberate.services.chat_api import ChatAPI, Counters, Failure
+    from deliberate.services.progress import progress_bar
 
     cfg = recipe.generate
     counters = Counters()

@@ -15,8 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deliberate.config.yamlio import load_yaml_file, validate
 from deliberate.errors import DeliberateError
-from deliberate.yamlio import load_yaml_file, validate
 
 StyleName = Literal["comply", "refuse", "safe_complete"]
 DEFAULT_SPEC = "default"

@@ -13,10 +13,10 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from deliberate.data import read_table
 from deliberate.errors import DeliberateError
-from deliberate.io import write_json, write_jsonl
 from deliberate.judges.base import Judge, PairwiseItem, PointwiseItem
+from deliberate.services.data import read_table
+from deliberate.services.io import write_json, write_jsonl
 
 
 def _rows(path: Path, response_column: str | None) -> tuple[list[dict[str, Any]], str]:

@@ -18,8 +18,8 @@ from deliberate.errors import DeliberateError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from deliberate.recipe import DataConfig
-    from deliberate.spec import PolicySpec
+    from deliberate.config.recipe import DataConfig
+    from deliberate.services.spec import PolicySpec
 
 BUILTIN_DEMO = "builtin:demo"
 FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
@@ -94,7 +94,7 @@ def download(url: str) -> Path:
     import urllib.error
     import urllib.request
 
-    from deliberate.models import cache_dir
+    from deliberate.services.models import cache_dir
 
     name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "data"
     target = cache_dir() / "data" / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"

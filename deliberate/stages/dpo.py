@@ -30,12 +30,12 @@ from typing import Any
 
 from trl import DPOConfig, DPOTrainer
 
-from deliberate.answers import model_identity
+from deliberate.config.recipe import DPOStage, Recipe
 from deliberate.errors import DeliberateError
-from deliberate.prefs import load_preferences
-from deliberate.recipe import DPOStage, Recipe
-from deliberate.stages import DONE, stage_models
-from deliberate.training import (
+from deliberate.services.answering import model_identity
+from deliberate.services.preferences import load_preferences
+from deliberate.services.runs import DONE, stage_models
+from deliberate.services.training import (
     gather_digests,
     last_checkpoint,
     load_start,
@@ -110,7 +110,7 @@ def train_stage(recipe: Recipe, stage: DPOStage, start: str, beta: float, weight
                 show_progress: bool = True, label: str = "") -> dict[str, Any]:
     """Train one model of a stage into `folder` on `data` (rows and their summary, from `load_preferences`);
     reused when finished with the same inputs."""
-    from deliberate.models import resolve_model_path
+    from deliberate.services.models import resolve_model_path
 
     rows, data_summary = data
     start_path = resolve_model_path(start)
@@ -120,7 +120,7 @@ def train_stage(recipe: Recipe, stage: DPOStage, start: str, beta: float, weight
         if not stage.margin.model:
             raise DeliberateError(f"dpo: stage '{stage.name}': MODPO with an implicit-reward margin needs "
                                   "dpo.margin.model (e.g. stage:safety)")
-        from deliberate.stages import stage_model
+        from deliberate.services.runs import stage_model
 
         margin_model = resolve_model_path(stage_model(recipe, stage.margin.model))
         margin_ref = resolve_model_path(stage_model(recipe, stage.margin.reference)) if stage.margin.reference \

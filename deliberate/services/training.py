@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from deliberate.config.recipe import Recipe, TrainingOptions
 from deliberate.errors import DeliberateError
-from deliberate.recipe import Recipe, TrainingOptions
 
 
 def use_bf16(setting: bool | None, on_cpu: bool) -> bool:
@@ -27,7 +27,7 @@ def use_bf16(setting: bool | None, on_cpu: bool) -> bool:
 
 
 def on_cpu(recipe: Recipe) -> bool:
-    from deliberate.models import pick_device
+    from deliberate.services.models import pick_device
 
     return pick_device(recipe.model.device) == "cpu"
 
@@ -53,7 +53,7 @@ def lora_config(section: TrainingOptions):
 def load_start(recipe: Recipe, path: str, trainable: bool):
     """A stage's start model with full weights (an adapter folder is merged into its base, so the merged model
     is also the reference), loaded with the recipe's model settings; frozen unless `trainable`."""
-    from deliberate.models import load_model
+    from deliberate.services.models import load_model
 
     cfg = recipe.model.model_copy(update={"name": path, "base": None, "revision": None, "dtype": "auto"})
     loaded = load_model(cfg, for_training=trainable)
@@ -68,7 +68,7 @@ def save_policy(model, tokenizer, folder: Path, *, lora: bool, card: str, summar
                 marker: str) -> None:
     """Write `folder/model` (full weights: a LoRA adapter is merged) and, with LoRA, `folder/adapter`, each into
     a temporary folder renamed when complete; `marker` (holding the summary) is written last into `model/`."""
-    from deliberate.io import atomic_write_text, replace_dir, write_json
+    from deliberate.services.io import atomic_write_text, replace_dir, write_json
 
     if lora:
         adapter_tmp = folder / "adapter.tmp"

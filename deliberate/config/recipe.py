@@ -17,9 +17,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from deliberate.config.yamlio import load_yaml_file, parse_yaml, validate
 from deliberate.errors import DeliberateError
-from deliberate.io import write_yaml
-from deliberate.yamlio import load_yaml_file, parse_yaml, validate
+from deliberate.services.io import write_yaml
 
 Expected = Literal["comply", "refuse", "safe_complete"]
 

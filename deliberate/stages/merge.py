@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deliberate.config.recipe import MergeSpec, Recipe
 from deliberate.errors import DeliberateError
-from deliberate.io import atomic_write_text, replace_dir, write_json
-from deliberate.recipe import MergeSpec, Recipe
-from deliberate.stages import DONE, stage_model
+from deliberate.services.io import atomic_write_text, replace_dir, write_json
+from deliberate.services.runs import DONE, stage_model
 
 WEIGHTED = ("linear", "task_arithmetic", "ties", "dare_ties")
 NEEDS_BASE = ("task_arithmetic", "ties", "dare_ties")
@@ -36,7 +36,7 @@ def merge_dir(recipe: Recipe) -> Path:
 
 def _reference(recipe: Recipe, name: str) -> str:
     """A mergekit model reference: an absolute folder, `base+adapter` for a LoRA adapter, or a Hub id."""
-    from deliberate.models import adapter_base, resolve_model_path
+    from deliberate.services.models import adapter_base, resolve_model_path
 
     path = resolve_model_path(stage_model(recipe, name))
     if not Path(path).is_dir():
@@ -109,7 +109,7 @@ def merge_one(recipe: Recipe, spec: MergeSpec, weights: list[float] | None, t: f
     from mergekit.config import MergeConfiguration
     from mergekit.merge import MergeOptions, run_merge
 
-    from deliberate.answers import model_identity
+    from deliberate.services.answering import model_identity
 
     config = mergekit_config(recipe, spec, weights, t)
     inputs = [part for m in config["models"] for part in m["model"].split("+")] + (

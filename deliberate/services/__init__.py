@@ -1,0 +1,1 @@
+"""Shared services every stage uses: spec, data, models, generation, chat API, run outputs, training helpers."""

@@ -1,0 +1,1 @@
+"""One module per stage. A stage reaches another only through its saved outputs (a dataset file, a model folder)."""
