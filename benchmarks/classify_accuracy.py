@@ -20,11 +20,11 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from deliberate.config.recipe import JudgeConfig  # noqa: E402
+from deliberate.config import JudgeConfig  # noqa: E402
 from deliberate.judges import make_judge  # noqa: E402
+from deliberate.services.benchmarks import benchmark_data, load_benchmark  # noqa: E402
 from deliberate.services.data import load_prompts  # noqa: E402
 from deliberate.services.spec import load_spec  # noqa: E402
-from deliberate.stages.evaluate import benchmark_data, load_benchmark  # noqa: E402
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from deliberate.config.recipe import load_recipe
+    from deliberate.config import load_recipe
     from deliberate.services.models import resolve_model_path
     from deliberate.services.preferences import load_preferences
     from deliberate.stages.dpo import build_trainer

@@ -23,7 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from deliberate.config.recipe import load_recipe  # noqa: E402
+from deliberate.config import load_recipe  # noqa: E402
 from deliberate.services.models import resolve_model_path  # noqa: E402
 from deliberate.stages.evaluate import run_eval  # noqa: E402
 

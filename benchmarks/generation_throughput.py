@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from deliberate.config.recipe import DataConfig, GenerationConfig, ModelConfig  # noqa: E402
+from deliberate.config import DataConfig, GenerationConfig, ModelConfig  # noqa: E402
 from deliberate.services import generation  # noqa: E402
 from deliberate.services.data import load_prompts  # noqa: E402
 from deliberate.services.generation import GenerationStats, generate  # noqa: E402

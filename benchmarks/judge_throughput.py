@@ -18,7 +18,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 
-from deliberate.config.recipe import JudgeConfig  # noqa: E402
+from deliberate.config import JudgeConfig  # noqa: E402
 from deliberate.judges import PointwiseItem, make_judge  # noqa: E402
 from deliberate.services.spec import load_spec  # noqa: E402
 

@@ -25,7 +25,7 @@ VERDICT = json.dumps({"verdict": "comply", "score": 7, "rationale": "answers the
 
 def run(algo: str, model: str, steps: int, base_url: str, concurrency: int, prompts: int, generations: int,
         tokens: int) -> dict:
-    from deliberate.config.recipe import load_recipe
+    from deliberate.config import load_recipe
     from deliberate.stages.rl import run_rl
 
     os.environ["DELIBERATE_BENCH_KEY"] = "bench"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from deliberate.config.recipe import load_recipe
+from deliberate.config import load_recipe
 from deliberate.services.answering import answer_prompts
 from deliberate.services.io import read_jsonl
 

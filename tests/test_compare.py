@@ -9,10 +9,11 @@ import shutil
 
 import pytest
 
-from deliberate.config.recipe import load_recipe
+from deliberate.config import load_recipe
 from deliberate.errors import DeliberateError
+from deliberate.services.benchmarks import benchmark_data, load_benchmark
 from deliberate.services.stats import Game, elo_ratings, win_rate_summary
-from deliberate.stages.evaluate import benchmark_data, load_benchmark, run_eval
+from deliberate.stages.evaluate import run_eval
 from tests.conftest import build_tiny_model
 from tests.fake_openai import FakeOpenAI, Reply, sensible_judge
 

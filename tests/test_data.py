@@ -5,7 +5,7 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from deliberate.config.recipe import DataConfig
+from deliberate.config import DataConfig
 from deliberate.errors import DeliberateError
 from deliberate.services.data import load_prompts
 from deliberate.services.spec import load_spec

@@ -8,19 +8,14 @@ from collections import Counter
 import pytest
 
 import deliberate.services.generation as generation
-from deliberate.config.recipe import load_recipe
+from deliberate.config import load_recipe
 from deliberate.services.generation import Generation
 from deliberate.services.io import read_jsonl
+from deliberate.services.reasoning import retrieval_correct
 from deliberate.services.spec import load_spec
-from deliberate.stages.generate import (
-    FEW_SHOT,
-    filter_completions,
-    generate_completions,
-    last_sentences,
-    parse_completion,
-    retrieval_correct,
-    sft_dataset,
-)
+from deliberate.stages.filter import filter_completions
+from deliberate.stages.generate import FEW_SHOT, generate_completions, last_sentences, parse_completion
+from deliberate.stages.sft import sft_dataset
 
 REFUSAL = "<think>\nCategory: violence. The policy disallows this. Style: refuse.\n</think>\nI'm sorry, but I can't help with that."
 ANSWER = "<think>\nCategory: safe. Style: comply.\n</think>\nSure! Boil the pasta for ten minutes."

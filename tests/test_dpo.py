@@ -10,7 +10,7 @@ import torch
 from conftest import build_tiny_model
 from fake_openai import FakeOpenAI, Reply, judged_text
 
-from deliberate.config.recipe import load_recipe
+from deliberate.config import load_recipe
 from deliberate.errors import DeliberateError
 from deliberate.services.io import read_jsonl, write_jsonl
 from deliberate.stages.dpo import build_trainer, run_dpo, sequence_logps
@@ -203,8 +203,8 @@ def letter_judge(request, n):
 
 
 def test_dpo_on_judge_ranked_pairs_beats_the_starting_model(tmp_path):
-    from deliberate.services.preferences import build_pairs
     from deliberate.stages.evaluate import run_eval
+    from deliberate.stages.pairs import build_pairs
 
     tiny = build_tiny_model(tmp_path / "tiny", seed=3)
     train = tmp_path / "train.jsonl"

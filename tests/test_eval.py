@@ -8,8 +8,10 @@ import shutil
 
 import pytest
 
-from deliberate.config.recipe import load_recipe
-from deliberate.stages.evaluate import bootstrap_rate, load_benchmark, run_eval, visible_answer
+from deliberate.config import load_recipe
+from deliberate.services.benchmarks import load_benchmark
+from deliberate.services.stats import bootstrap_rate
+from deliberate.stages.evaluate import run_eval, visible_answer
 
 
 def test_bootstrap_intervals_cover_the_true_rate_in_a_simulation():

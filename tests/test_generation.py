@@ -4,7 +4,7 @@ from contextlib import nullcontext
 
 import pytest
 
-from deliberate.config.recipe import GenerationConfig, ModelConfig
+from deliberate.config import GenerationConfig, ModelConfig
 from deliberate.services.generation import generate, render_prompt
 from deliberate.services.models import load_model
 
@@ -96,7 +96,7 @@ def test_on_batch_sees_every_prompt_once(tiny):
 def test_a_shared_system_prompt_is_computed_once_and_changes_nothing(tiny_model_dir, monkeypatch):
     """Prefix sharing (one cache for a batch's common beginning) gives the same greedy text as no sharing."""
     import deliberate.services.generation as g
-    from deliberate.config.recipe import GenerationConfig, ModelConfig
+    from deliberate.config import GenerationConfig, ModelConfig
     from deliberate.services.models import load_model
 
     loaded = load_model(ModelConfig(name=str(tiny_model_dir)))

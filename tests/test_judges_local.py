@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from deliberate.config.recipe import JudgeConfig
+from deliberate.config import JudgeConfig
 from deliberate.judges import PairwiseItem, PointwiseItem, make_judge, win_rate
 from deliberate.judges.refusal import is_refusal
 from deliberate.services.reasoning import split_reasoning
@@ -129,7 +129,7 @@ def test_a_classifier_judge_gives_scalars_and_ranks_pairs_by_them(tiny_classifie
 
 
 def test_the_rules_judge_reads_the_final_answer_even_when_shown_the_reasoning():
-    from deliberate.config.recipe import JudgeConfig
+    from deliberate.config import JudgeConfig
     from deliberate.judges import PointwiseItem, make_judge
     from deliberate.services.spec import load_spec
 

@@ -6,7 +6,7 @@ import random
 import pytest
 from fake_openai import FakeOpenAI, Reply, sensible_judge
 
-from deliberate.config.recipe import JudgeConfig
+from deliberate.config import JudgeConfig
 from deliberate.errors import DeliberateError
 from deliberate.judges import PairwiseItem, PointwiseItem, make_judge, win_rate
 from deliberate.services.spec import load_spec

@@ -7,7 +7,7 @@ import torch
 from conftest import build_tiny_model
 from safetensors.torch import load_file
 
-from deliberate.config.recipe import load_recipe
+from deliberate.config import load_recipe
 from deliberate.errors import DeliberateError
 from deliberate.stages.merge import run_merges
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from deliberate.config.recipe import GenerationConfig, ModelConfig
+from deliberate.config import GenerationConfig, ModelConfig
 from deliberate.errors import DeliberateError
 from deliberate.services.models import load_model
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deliberate.config.recipe import load_recipe
+from deliberate.config import load_recipe
 from deliberate.errors import DeliberateError
 from deliberate.services.runs import stage_models
 from deliberate.stages.dpo import run_dpo

@@ -8,10 +8,11 @@ import os
 import pytest
 from fake_openai import FakeOpenAI, Reply, judged_text
 
-from deliberate.config.recipe import PreferenceData, load_recipe
+from deliberate.config import PreferenceData, load_recipe
 from deliberate.errors import DeliberateError
 from deliberate.services.io import read_jsonl, write_jsonl
-from deliberate.services.preferences import load_preferences, parse_hh, rank_pairs
+from deliberate.services.preferences import load_preferences, parse_hh
+from deliberate.stages.pairs import rank_pairs
 
 
 def _judged(pid, sample, score, text=None):
@@ -45,7 +46,7 @@ def flaky_judge(request, n):
 
 
 def test_pairs_are_never_built_from_a_failed_judgment(tiny_model_dir, tmp_path):
-    from deliberate.services.preferences import build_pairs
+    from deliberate.stages.pairs import build_pairs
 
     data = tmp_path / "p.jsonl"
     write_jsonl(data, [{"id": str(i), "prompt": f"Say something about {w}", "category": "safe"}

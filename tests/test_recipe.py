@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from deliberate.config.recipe import Recipe, Section, load_recipe
+from deliberate.config import Recipe, Section, load_recipe
 from deliberate.errors import DeliberateError
 
 ROOT = Path(__file__).resolve().parents[1]

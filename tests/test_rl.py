@@ -12,7 +12,7 @@ import torch
 from conftest import build_tiny_model
 from fake_openai import FakeOpenAI, Reply, judged_text
 
-from deliberate.config.recipe import load_recipe
+from deliberate.config import load_recipe
 from deliberate.errors import DeliberateError
 from deliberate.services.io import read_jsonl, write_jsonl
 from deliberate.stages.rl.ppo import (
@@ -214,7 +214,7 @@ def test_ppo_raises_the_reward_and_resumes_exactly(rl_setup, tmp_path):
     assert last > first + 0.05, (first, last)
     assert summary["ranks_agree"] and {"value_loss", "clipfrac", "seconds_judge"} <= set(history[-1])
     # Interrupted after a checkpoint: a run stopped at step 20 (checkpoint at step 10), resumed to 24.
-    from deliberate.config.recipe import load_recipe as lr
+    from deliberate.config import load_recipe as lr
     from deliberate.stages.rl import run_rl
 
     tiny, train = rl_setup

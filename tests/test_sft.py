@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from deliberate.config.recipe import load_recipe
+from deliberate.config import load_recipe
 from deliberate.services.io import write_jsonl
 from deliberate.stages.sft import build_trainer, is_done, run_sft, sft_paths
 

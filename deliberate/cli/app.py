@@ -69,7 +69,7 @@ OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Shorthan
 
 
 def _recipe(recipe: Path | None, sets: list[str] | None, model: str | None = None, output: Path | None = None):
-    from deliberate.config.recipe import load_recipe
+    from deliberate.config import load_recipe
 
     overrides = list(sets or [])
     if model:
@@ -134,7 +134,7 @@ def filter_(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
     <output_dir>/filter/judged.jsonl, kept.jsonl and summary.json (kept fractions per category).
     Example: deliberate filter --recipe recipes/demo.yaml --set filter.threshold=8
     """
-    from deliberate.stages.generate import filter_completions
+    from deliberate.stages.filter import filter_completions
 
     r = _recipe(recipe, set_)
     s = filter_completions(r).summary
@@ -162,8 +162,7 @@ def sft(recipe: RecipeOpt = None, set_: SetOpt = None,
     <output_dir>/sft/model (adapter or model, with a model card), checkpoints/, summary.json.
     Example: deliberate sft --recipe recipes/demo.yaml --set sft.lora=false
     """
-    from deliberate.stages.generate import sft_dataset
-    from deliberate.stages.sft import run_sft
+    from deliberate.stages.sft import run_sft, sft_dataset
 
     r = _recipe(recipe, set_)
     s = run_sft(r, sft_dataset(r), resume=resume)
@@ -177,8 +176,9 @@ def pipeline(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
 
     Example: deliberate pipeline --recipe recipes/demo.yaml
     """
-    from deliberate.stages.generate import filter_completions, generate_completions, sft_dataset
-    from deliberate.stages.sft import is_done, run_sft, sft_paths
+    from deliberate.stages.filter import filter_completions
+    from deliberate.stages.generate import generate_completions
+    from deliberate.stages.sft import is_done, run_sft, sft_dataset, sft_paths
 
     r = _recipe(recipe, set_)
     g = generate_completions(r).summary
@@ -244,7 +244,7 @@ def pairs(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
     judged.jsonl, summary.json. Resumable; judgments are cached.
     Example: deliberate pairs --recipe recipes/demo.yaml --set pairs.samples=4
     """
-    from deliberate.services.preferences import build_pairs
+    from deliberate.stages.pairs import build_pairs
 
     r = _recipe(recipe, set_)
     s = build_pairs(r)
@@ -507,7 +507,7 @@ def spec_render(
 @model_app.command("prepare")
 def model_prepare(model: Annotated[str, typer.Argument(help="Hub id, folder, adapter folder or smollm2.")] = "smollm2") -> None:
     """Resolve a model (converting the embedded SmolLM2 once) and print where it is and its size."""
-    from deliberate.config.recipe import ModelConfig
+    from deliberate.config import ModelConfig
     from deliberate.services.models import load_model
 
     loaded = load_model(ModelConfig(name=model))

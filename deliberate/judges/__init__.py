@@ -17,7 +17,7 @@ from deliberate.judges.base import (
 from deliberate.judges.cache import JudgeCache
 
 if TYPE_CHECKING:
-    from deliberate.config.recipe import JudgeConfig
+    from deliberate.config import JudgeConfig
     from deliberate.services.spec import PolicySpec
 
 __all__ = ["Judge", "JudgeFailure", "PairwiseItem", "PairwiseResult", "PointwiseItem", "PointwiseResult", "Usage",

@@ -14,7 +14,7 @@ from deliberate.errors import DeliberateError
 from deliberate.judges.base import Backend, JudgeFailure, PairwiseRequest, PointwiseRequest, Tick, Usage
 
 if TYPE_CHECKING:
-    from deliberate.config.recipe import JudgeConfig
+    from deliberate.config import JudgeConfig
 
 
 class ClassifierBackend(Backend):

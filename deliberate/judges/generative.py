@@ -34,7 +34,7 @@ from deliberate.judges.prompts import (
 from deliberate.services.chat_api import ChatAPI, Messages
 
 if TYPE_CHECKING:
-    from deliberate.config.recipe import JudgeConfig
+    from deliberate.config import JudgeConfig
 
 
 class GenerativeBackend(Backend):
@@ -107,7 +107,7 @@ class HFBackend(GenerativeBackend):
 
     def __init__(self, usage: Usage, cfg: JudgeConfig):
         super().__init__(usage)
-        from deliberate.config.recipe import ModelConfig
+        from deliberate.config import ModelConfig
         from deliberate.services.models import load_model
 
         if not cfg.model:
@@ -119,7 +119,7 @@ class HFBackend(GenerativeBackend):
         return {"backend": self.kind, "model": self.loaded.path, "max_tokens": self.cfg.max_tokens}
 
     async def complete(self, batch: list[Messages], schema: dict[str, Any], tick: Tick) -> list[str | JudgeFailure]:
-        from deliberate.config.recipe import GenerationConfig
+        from deliberate.config import GenerationConfig
         from deliberate.services.generation import generate
 
         settings = GenerationConfig(max_new_tokens=self.cfg.max_tokens, batch_size=self.cfg.max_concurrency)

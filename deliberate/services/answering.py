@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deliberate.config.recipe import GenerationConfig, ModelConfig, Recipe
+from deliberate.config import GenerationConfig, ModelConfig, Recipe
 from deliberate.services.data import PromptRecord, load_prompts
 from deliberate.services.generation import Generation, GenerationStats, generate
 from deliberate.services.io import ResumableJsonl, write_json

@@ -18,7 +18,7 @@ from deliberate.errors import DeliberateError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from deliberate.config.recipe import DataConfig
+    from deliberate.config import DataConfig
     from deliberate.services.spec import PolicySpec
 
 BUILTIN_DEMO = "builtin:demo"

@@ -31,7 +31,7 @@ from deliberate.services.progress import progress_bar
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from deliberate.config.recipe import GenerationConfig
+    from deliberate.config import GenerationConfig
 
 Message = dict[str, str]
 Conversation = Sequence[Message]

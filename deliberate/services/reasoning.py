@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
+
+from deliberate.services.spec import PolicySpec
 
 OPEN, CLOSE = "<think>", "</think>"
 _BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
@@ -32,3 +35,21 @@ def split_reasoning(text: str) -> Split:
     answer = text[last_close + len(CLOSE):].strip()
     before = text[: text.find(OPEN)].strip() if OPEN in text else ""
     return Split(reasoning or None, answer, bool(answer) and not before and OPEN in text)
+
+
+def retrieval_correct(spec: PolicySpec, reasoning: str | None, category: str | None) -> bool | None:
+    """Whether the reasoning cites the prompt's category (the paper's policy-retrieval measure).
+
+    None when it does not apply: no reasoning, no or an unknown category, or the `safe` category (which has no
+    policy to retrieve).
+    """
+    found = spec.find(category) if category else None
+    if not reasoning or found is None or found.id == "safe":
+        return None
+    return found.id in spec.cited_categories(reasoning)
+
+
+def retrieval_summary(spec: PolicySpec, rows: list[dict[str, Any]], reasoning_key: str = "reasoning") -> dict:
+    marks = [retrieval_correct(spec, r.get(reasoning_key), r.get("category")) for r in rows]
+    scored = [m for m in marks if m is not None]
+    return {"n": len(scored), "correct": sum(scored), "accuracy": sum(scored) / len(scored) if scored else None}

@@ -11,9 +11,11 @@ Anything else is a model as in `model.name` (folder, adapter folder, Hub id, `sm
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from deliberate.config.recipe import Recipe
+from deliberate.config import Recipe
 from deliberate.errors import DeliberateError
 
 DONE = "deliberate_model.json"  # written last into a finished dpo or merge model folder
@@ -70,3 +72,10 @@ def stage_model(recipe: Recipe, ref: str) -> str:
     if len(models) != 1:
         raise DeliberateError(f"{ref}: names {len(models)} models where one is needed")
     return models[0][1]
+
+
+@dataclass
+class StageRun:
+    rows: list[dict[str, Any]]
+    path: Path
+    summary: dict[str, Any]

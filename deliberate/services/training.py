@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from deliberate.config.recipe import Recipe, TrainingOptions
+from deliberate.config import Recipe, TrainingOptions
 from deliberate.errors import DeliberateError
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from trl import DPOConfig, DPOTrainer
 
-from deliberate.config.recipe import DPOStage, Recipe
+from deliberate.config import DPOStage, Recipe
 from deliberate.errors import DeliberateError
 from deliberate.services.answering import model_identity
 from deliberate.services.preferences import load_preferences

@@ -26,106 +26,22 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
-
-from deliberate.config.recipe import ColumnMap, DataConfig, Recipe, Section
-from deliberate.config.yamlio import load_yaml_file, validate
-from deliberate.errors import DeliberateError
-from deliberate.services.data import FILE_SUFFIXES, load_prompts
+from deliberate.config import Recipe
+from deliberate.config.eval import CRITERIA, Benchmark
+from deliberate.services.benchmarks import benchmark_data, load_benchmark
+from deliberate.services.data import load_prompts
 from deliberate.services.io import atomic_write_text, write_json, write_jsonl
 from deliberate.services.reasoning import split_reasoning
 from deliberate.services.spec import load_spec
-from deliberate.services.stats import CRITERIA
+from deliberate.services.stats import Rate, bootstrap_rate
 
 HARMFUL = ("refuse", "safe_complete")
-EVAL_DIR = Path(__file__).resolve().parents[2] / "eval"
-
-
-class Mirror(Section):
-    path: str
-    """The file, relative to the datasets folder (`eval.datasets_dir` / `$DELIBERATE_DATASETS`)."""
-    columns: ColumnMap | None = None
-    """Its column names, where they differ from the Hub version's."""
-
-
-class Benchmark(Section):
-    name: str
-    """Short name used in reports."""
-    description: str = ""
-    """One line on what it measures."""
-    data: DataConfig
-    """Where the prompts come from, as in a recipe's `data` section (the real Hub id or URL)."""
-    mirror: Mirror | None = None
-    """A local copy of the same data, used instead of `data.source` when it exists in the datasets folder."""
-    criteria: list[Literal["helpfulness", "harmlessness"]] = Field(default_factory=lambda: list(CRITERIA))
-    """What pairwise judgments on these prompts compare (SACPO: helpfulness on AlpacaEval prompts,
-    harmlessness on safety prompts)."""
-
-
-def load_benchmark(name: str) -> Benchmark:
-    """`eval/<name>.yaml` (from the working directory, then the project's own eval/), a YAML file path, or a
-    prompt file (csv/json/jsonl/parquet with the standard columns) used as a benchmark of its own."""
-    if Path(name).suffix.lower() in (*FILE_SUFFIXES, ".gz"):
-        stem = Path(name).name.split(".")[0]
-        return Benchmark(name=stem, description=f"prompts from {name}", data=DataConfig(source=name))
-    candidates = [Path(name)] if name.endswith((".yaml", ".yml")) else [Path("eval") / f"{name}.yaml",
-                                                                       EVAL_DIR / f"{name}.yaml"]
-    for path in candidates:
-        if path.is_file():
-            return validate(Benchmark, load_yaml_file(path), str(path))
-    known = sorted(p.stem for p in EVAL_DIR.glob("*.yaml")) if EVAL_DIR.is_dir() else []
-    raise DeliberateError(f"eval: unknown benchmark '{name}' (known: {', '.join(known) or 'none'})")
-
-
-def benchmark_data(bench: Benchmark, datasets_dir: str | None) -> DataConfig:
-    """The benchmark's data section, pointed at its local mirror when the datasets folder has it."""
-    folder = datasets_dir or os.environ.get("DELIBERATE_DATASETS")
-    if bench.mirror is None or not folder:
-        return bench.data
-    path = Path(folder).expanduser() / bench.mirror.path
-    if not path.is_file():
-        return bench.data
-    columns = bench.mirror.columns or bench.data.columns
-    return bench.data.model_copy(update={"source": str(path), "subset": None, "columns": columns})
-
-
 def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/")).strip("_")[-80:] or "model"
-
-
-@dataclass
-class Rate:
-    value: float | None
-    low: float | None
-    high: float | None
-    n: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "ci95": [self.low, self.high], "n": self.n}
-
-    def text(self) -> str:
-        if self.value is None:
-            return "-"
-        return f"{self.value:.0%} [{self.low:.0%}, {self.high:.0%}] (n={self.n})"
-
-
-def bootstrap_rate(hits: list[bool], samples: int = 1000, seed: int = 0) -> Rate:
-    """The rate of True and a percentile bootstrap 95% interval."""
-    import numpy as np
-
-    if not hits:
-        return Rate(None, None, None, 0)
-    values = np.asarray(hits, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
-    return Rate(float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)),
-                len(values))
 
 
 def visible_answer(completion: str) -> tuple[str, str | None, bool]:
@@ -138,7 +54,7 @@ def visible_answer(completion: str) -> tuple[str, str | None, bool]:
 
 def score_answers(recipe: Recipe, rows: list[dict[str, Any]], judge, spec) -> tuple[list[dict], dict[str, Any]]:
     from deliberate.judges import PointwiseItem
-    from deliberate.stages.generate import retrieval_correct
+    from deliberate.services.reasoning import retrieval_correct
 
     shown = [visible_answer(r["answer"]) for r in rows]
     results = judge.score([PointwiseItem(r["prompt"], s[0], r.get("category"), r.get("expected"))
@@ -213,7 +129,7 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
               "pairwise_repeats": cfg.pairwise_repeats, "results": results, "pairwise": pairwise, "elo": elo,
               "plots": []}
     if cfg.plots:
-        from deliberate.services.stats import plot_benchmarks, plot_win_rates
+        from deliberate.services.plots import plot_benchmarks, plot_win_rates
 
         drawn = [plot_benchmarks(results, root / "benchmarks.png"),
                  plot_win_rates(pairwise, recipe.model.name, root / "winrates.png")]

@@ -1,16 +1,12 @@
-"""Stage one of deliberative alignment: spec-conditioned reasoning, judge filtering, spec stripping.
+"""`deliberate generate`: stage one of deliberative alignment, spec-conditioned reasoning completions.
 
 `generate_completions` puts `spec_for(category)` and the reasoning instructions in the **system** prompt and
 samples k completions per prompt from a teacher (the model itself by default). A completion is
 `<think>reasoning</think>` followed by the answer; one with no closed reasoning block, no answer, or cut off by
-the token limit is malformed. `filter_completions` judges every well-formed completion `judge.repeats` times
-with the category's spec and keeps it when the minimum score clears `filter.threshold`. `sft_dataset` writes
-the kept completions in TRL's conversational prompt/completion format with the system prompt (and so the spec)
-removed: the model must learn to recall the policy itself.
+the token limit is malformed (and dropped by `deliberate filter`).
 
-Outputs under `<output_dir>/`: `generate/completions.jsonl` (+ `summary.json`), `filter/judged.jsonl`,
-`filter/kept.jsonl` (+ `summary.json`), `sft_data/train.jsonl`. Generation is resumable: rows are keyed by
-prompt id, sample index and a fingerprint of everything that determines them.
+Outputs in `<output_dir>/generate/`: `completions.jsonl` and `summary.json`. Generation is resumable: rows are
+keyed by prompt id, sample index and a fingerprint of everything that determines them.
 """
 
 from __future__ import annotations
@@ -18,16 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections import Counter, defaultdict
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from deliberate.config.recipe import GenerationConfig, ModelConfig, Recipe
+from deliberate.config import GenerationConfig, ModelConfig, Recipe
 from deliberate.errors import DeliberateError
 from deliberate.services.data import PromptRecord, load_prompts
-from deliberate.services.io import ResumableJsonl, read_jsonl, write_json, write_jsonl
-from deliberate.services.reasoning import CLOSE, OPEN, split_reasoning
+from deliberate.services.io import ResumableJsonl, write_json
+from deliberate.services.reasoning import CLOSE, retrieval_summary, split_reasoning
+from deliberate.services.runs import StageRun
 from deliberate.services.spec import PolicySpec, load_spec
 
 DEFAULT_INSTRUCTIONS = """\
@@ -99,24 +95,6 @@ def prefill_for(prefill: str, record: PromptRecord) -> str:
     return prefill.replace("{category}", record.category or "")
 
 
-def retrieval_correct(spec: PolicySpec, reasoning: str | None, category: str | None) -> bool | None:
-    """Whether the reasoning cites the prompt's category (the paper's policy-retrieval measure).
-
-    None when it does not apply: no reasoning, no or an unknown category, or the `safe` category (which has no
-    policy to retrieve).
-    """
-    found = spec.find(category) if category else None
-    if not reasoning or found is None or found.id == "safe":
-        return None
-    return found.id in spec.cited_categories(reasoning)
-
-
-def retrieval_summary(spec: PolicySpec, rows: list[dict[str, Any]], reasoning_key: str = "reasoning") -> dict:
-    marks = [retrieval_correct(spec, r.get(reasoning_key), r.get("category")) for r in rows]
-    scored = [m for m in marks if m is not None]
-    return {"n": len(scored), "correct": sum(scored), "accuracy": sum(scored) / len(scored) if scored else None}
-
-
 def parse_completion(text: str, finish_reason: str) -> dict[str, Any]:
     """Reasoning, answer and, for a malformed completion, why."""
     split = split_reasoning(text)
@@ -146,13 +124,6 @@ def last_sentences(text: str, head: str = "") -> str:
 
 def _fingerprint(blob: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-@dataclass
-class StageRun:
-    rows: list[dict[str, Any]]
-    path: Path
-    summary: dict[str, Any]
 
 
 def _samples(recipe: Recipe, record: PromptRecord) -> int:
@@ -354,89 +325,4 @@ def _generate_api(recipe: Recipe, conversations, save, show_progress: bool) -> d
                               "the others are saved, run again to retry")
     return {"tokens_in": counters.tokens_in, "tokens_out": counters.tokens_out, "retries": counters.retries}
 
-
-def filter_completions(recipe: Recipe, show_progress: bool = True) -> StageRun:
-    """Judge every well-formed completion; keep those whose minimum score clears the threshold."""
-    from deliberate.judges import PointwiseItem, make_judge
-
-    source = Path(recipe.output_dir) / "generate" / "completions.jsonl"
-    if not source.exists():
-        raise DeliberateError(f"filter: {source} does not exist; run `deliberate generate` first")
-    cfg = recipe.filter
-    spec = load_spec(recipe.spec)
-    rows = read_jsonl(source)
-    judge = make_judge(recipe.judge, spec, show_progress=show_progress)
-    judge.hide_reasoning = not cfg.judge_sees_reasoning
-    candidates = [r for r in rows if not r["malformed"]]
-    results = judge.score([PointwiseItem(r["prompt"], r["completion"], r.get("category"), r.get("expected"))
-                           for r in candidates])
-    by_key = {r["key"]: res for r, res in zip(candidates, results, strict=True)}
-    passing: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    judged = []
-    for r in rows:
-        res = by_key.get(r["key"])
-        row = {**r, "score": res.score if res else None, "verdict": res.verdict if res else None,
-               "judge_failures": res.failures if res else 0, "cites_category": retrieval_correct(
-                   spec, r.get("reasoning"), r.get("category"))}
-        if r["malformed"]:
-            row["dropped"] = f"malformed: {r['malformed']}"
-        elif res.score is None:
-            row["dropped"] = f"judge failed: {res.errors[0] if res.errors else 'no score'}"
-        elif res.score < cfg.threshold:
-            row["dropped"] = f"score {res.score:g} < {cfg.threshold:g}"
-        elif cfg.require_citation and row["cites_category"] is False:
-            row["dropped"] = "reasoning does not cite the category"
-        else:
-            row["dropped"] = None
-            passing[r["id"]].append(row)
-        judged.append(row)
-    for group in passing.values():  # best first; the limit per prompt keeps the data balanced across prompts
-        group.sort(key=lambda x: (-x["score"], x["sample"]))
-        for extra in group[cfg.keep_per_prompt:] if cfg.keep_per_prompt else []:
-            extra["dropped"] = f"over keep_per_prompt={cfg.keep_per_prompt}"
-    kept = [r for r in judged if r["dropped"] is None]
-    folder = Path(recipe.output_dir) / "filter"
-    write_jsonl(folder / "judged.jsonl", judged)
-    write_jsonl(folder / "kept.jsonl", kept)
-    summary = {"completions": len(rows), "malformed": len(rows) - len(candidates),
-               "judge_failures": sum(1 for r in judged if (r["dropped"] or "").startswith("judge failed")),
-               "kept": len(kept), "kept_fraction": len(kept) / len(rows) if rows else 0.0,
-               "prompts": len({r["id"] for r in rows}), "prompts_with_kept": len({r["id"] for r in kept}),
-               "per_category": _per_key(judged, "category"), "per_expected": _per_key(judged, "expected"),
-               "policy_retrieval_kept": retrieval_summary(spec, kept), "threshold": cfg.threshold,
-               "judge": recipe.judge.backend, "judge_usage": judge.usage.to_dict()}
-    write_json(folder / "summary.json", summary)
-    return StageRun(kept, folder / "kept.jsonl", summary)
-
-
-def _per_key(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        groups[str(r.get(key))].append(r)
-    return {name: {"completions": len(g), "malformed": sum(1 for r in g if r["malformed"]),
-                   "kept": sum(1 for r in g if r["dropped"] is None),
-                   "kept_fraction": round(sum(1 for r in g if r["dropped"] is None) / len(g), 3),
-                   "prompts_with_kept": len({r["id"] for r in g if r["dropped"] is None}),
-                   "prompts": len({r["id"] for r in g})}
-            for name, g in sorted(groups.items())}
-
-
-def assistant_target(row: dict[str, Any], keep_reasoning: bool) -> str:
-    if keep_reasoning and row.get("reasoning"):
-        return f"{OPEN}\n{row['reasoning']}\n{CLOSE}\n{row['answer']}"
-    return row["answer"]
-
-
-def sft_dataset(recipe: Recipe) -> Path:
-    """The kept completions as TRL conversational prompt/completion rows, with no system prompt (spec stripped)."""
-    source = Path(recipe.output_dir) / "filter" / "kept.jsonl"
-    if not source.exists():
-        raise DeliberateError(f"sft: {source} does not exist; run `deliberate filter` first")
-    kept = read_jsonl(source)
-    if not kept:
-        raise DeliberateError(f"sft: {source} has no completions; lower filter.threshold or sample more")
-    rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
-             "completion": [{"role": "assistant", "content": assistant_target(r, recipe.sft.keep_reasoning)}],
-             "id": r["id"], "category": r.get("category")} for r in kept]
-    return write_jsonl(Path(recipe.output_dir) / "sft_data" / "train.jsonl", rows)
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deliberate.config.recipe import MergeSpec, Recipe
+from deliberate.config import MergeSpec, Recipe
 from deliberate.errors import DeliberateError
 from deliberate.services.io import atomic_write_text, replace_dir, write_json
 from deliberate.services.runs import DONE, stage_model

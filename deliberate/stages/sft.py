@@ -1,6 +1,7 @@
 """`deliberate sft`: supervised fine-tuning on the spec-stripped reasoning data, with TRL's SFTTrainer.
 
-The data (`sft_data/train.jsonl`) is conversational prompt/completion: TRL renders it with the model's own chat
+`sft_dataset` writes the completions `deliberate filter` kept in TRL's conversational prompt/completion format
+with the system prompt (and so the spec) removed: the model must learn to recall the policy itself. The data (`sft_data/train.jsonl`) is conversational prompt/completion: TRL renders it with the model's own chat
 template and computes the loss on the completion (assistant) tokens only. LoRA by default, full fine-tuning with
 `sft.lora: false`. Outputs in `<output_dir>/sft/`: `checkpoints/` (for `--resume`), `model/` (the adapter, or
 the full model, with its tokenizer and a model card that records the recipe), `merged/` with
@@ -15,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deliberate.config.recipe import Recipe
+from deliberate.config import Recipe
 from deliberate.errors import DeliberateError
-from deliberate.services.io import atomic_write_text, read_jsonl, replace_dir, write_json
+from deliberate.services.io import atomic_write_text, read_jsonl, replace_dir, write_json, write_jsonl
+from deliberate.services.reasoning import CLOSE, OPEN
 from deliberate.services.training import (
     gather_digests,
     last_checkpoint,
@@ -112,3 +114,23 @@ def model_card(recipe: Recipe, summary: dict[str, Any]) -> str:
             f"spec-stripped reasoning completions (TRL SFTTrainer, loss on assistant tokens only), "
             f"{summary['steps']} steps, final training loss {summary['train_loss']}.\n\n"
             "## Recipe\n\n```yaml\n" + yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False) + "```\n")
+
+
+def assistant_target(row: dict[str, Any], keep_reasoning: bool) -> str:
+    if keep_reasoning and row.get("reasoning"):
+        return f"{OPEN}\n{row['reasoning']}\n{CLOSE}\n{row['answer']}"
+    return row["answer"]
+
+
+def sft_dataset(recipe: Recipe) -> Path:
+    """The kept completions as TRL conversational prompt/completion rows, with no system prompt (spec stripped)."""
+    source = Path(recipe.output_dir) / "filter" / "kept.jsonl"
+    if not source.exists():
+        raise DeliberateError(f"sft: {source} does not exist; run `deliberate filter` first")
+    kept = read_jsonl(source)
+    if not kept:
+        raise DeliberateError(f"sft: {source} has no completions; lower filter.threshold or sample more")
+    rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
+             "completion": [{"role": "assistant", "content": assistant_target(r, recipe.sft.keep_reasoning)}],
+             "id": r["id"], "category": r.get("category")} for r in kept]
+    return write_jsonl(Path(recipe.output_dir) / "sft_data" / "train.jsonl", rows)

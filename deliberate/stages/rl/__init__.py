@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deliberate.config.recipe import Recipe
+from deliberate.config import Recipe
 from deliberate.errors import DeliberateError
 from deliberate.services.answering import model_identity
 from deliberate.services.data import PromptRecord, load_prompts
@@ -109,7 +109,7 @@ def run_rl(recipe: Recipe, *, resume: bool = False, show_progress: bool = True) 
 def _write_log(folder: Path, history: list[dict[str, Any]], algo: str) -> None:
     write_jsonl(folder / "log.jsonl", history)
     try:
-        from deliberate.services.stats import plot_training
+        from deliberate.services.plots import plot_training
     except ImportError:
         return
     try:

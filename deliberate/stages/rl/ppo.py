@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deliberate.config.recipe import Recipe, RLConfig
+from deliberate.config import Recipe, RLConfig
 from deliberate.errors import DeliberateError
 from deliberate.services.data import PromptRecord
 from deliberate.services.io import write_jsonl

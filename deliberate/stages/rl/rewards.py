@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deliberate.config.recipe import JudgeConfig, Recipe
+from deliberate.config import JudgeConfig, Recipe
 from deliberate.errors import DeliberateError
 from deliberate.judges import Judge, PointwiseItem, make_judge
 from deliberate.services.reasoning import split_reasoning

@@ -1,0 +1,44 @@
+"""`data`: where the prompts come from and how their columns are read."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from deliberate.config.base import Expected, Section
+
+
+class ColumnMap(Section):
+    prompt: str = "prompt"
+    """Column holding the user prompt."""
+    category: str | None = None
+    """Column holding the safety category (matched against the spec's ids, titles and aliases)."""
+    expected: str | None = None
+    """Column holding the expected behaviour or a safe/unsafe label (mapped through `label_map`)."""
+    id: str | None = None
+    """Column holding a stable row id; row numbers are used when unset."""
+
+
+class DataConfig(Section):
+    source: str = "builtin:demo"
+    """`builtin:demo` (the project's demo prompts), a local .csv/.json/.jsonl/.parquet file (optionally .gz),
+    an http(s) URL of such a file (downloaded once into the cache), or a Hugging Face dataset id."""
+    subset: str | None = None
+    """Dataset configuration name, for Hub datasets that have several."""
+    split: str = "train"
+    """Split to read from a Hub dataset."""
+    columns: ColumnMap = Field(default_factory=ColumnMap)
+    """Which columns hold what. For `builtin:demo` and files with the standard names this can stay unset."""
+    category: str | None = None
+    """One category for every row (e.g. `illicit_behavior` for AdvBench), when there is no category column."""
+    expected: Expected | None = None
+    """One expected behaviour for every row (e.g. `refuse` for a set of harmful prompts)."""
+    category_map: dict[str, str] = Field(default_factory=dict)
+    """Rename dataset categories to spec categories, e.g. `{"Illegal goods and services": illicit_behavior}`;
+    names the spec already knows (ids, titles, aliases) need no entry."""
+    label_map: dict[str, Expected] = Field(default_factory=dict)
+    """Extra mappings from label values to expected behaviours, on top of the built-in ones (safe -> comply,
+    unsafe/harmful -> refuse, ...)."""
+    where: dict[str, str | int | bool | list[str | int | bool]] = Field(default_factory=dict)
+    """Keep only rows whose column equals the value (or one of the listed values), e.g. `{split: heldout}`."""
+    limit: int | None = Field(default=None, ge=1)
+    """Keep only the first N rows (after `where`)."""

@@ -1,0 +1,186 @@
+"""`pairs` (judge-ranked preference pairs) and `dpo` (DPO, KTO, stepwise SACPO, MODPO)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from deliberate.config.base import Section, check_name
+from deliberate.config.training import TrainingOptions
+
+
+class PairsConfig(Section):
+    policy: str | None = None
+    """The model that writes the completions to rank: `base` (the recipe's `model`), `stage:sft`, `stage:<dpo stage>`, a folder or Hub id. The
+    recipe's `model` when unset."""
+    samples: int = Field(default=4, ge=2)
+    """Completions sampled per prompt (n); the best and the worst of them make a pair."""
+    temperature: float = Field(default=0.8, gt=0.0)
+    """Sampling temperature (the n samples need to differ)."""
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    """As `generation.repetition_penalty`: the completion's own tokens only."""
+    max_new_tokens: int = Field(default=256, ge=1)
+    """Most tokens per completion (reasoning and answer together)."""
+    batch_size: int = Field(default=16, ge=1)
+    """Completions generated together."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Policy weights dtype for sampling."""
+    judge_sees_reasoning: bool = False
+    """Show the judge the chain of thought too; by default it judges the final answer only (as the RL stage)."""
+    min_margin: float = Field(default=1.0, ge=0)
+    """A pair needs best score - worst score >= this (and > 0: equal scores are a tie and make no pair)."""
+    kto_threshold: float = Field(default=7.0, ge=0, le=10)
+    """KTO examples: desirable when the score is at least this, undesirable otherwise."""
+    drop_cut_off: bool = True
+    """Leave out completions cut off at max_new_tokens (an unfinished answer is neither good nor bad data)."""
+
+
+class PreferenceData(Section):
+    source: str = "stage:pairs"
+    """`stage:pairs` (this recipe's `deliberate pairs` output), a local file, an http(s) URL or a Hub dataset id."""
+    format: Literal["auto", "trl", "trl_unpaired", "pku", "hh", "pair_list"] = "auto"
+    """`trl`: prompt/chosen/rejected; `trl_unpaired`: prompt/completion/label; `pku`: PKU-SafeRLHF
+    (response_0/1 with better_response_id, safer_response_id, is_response_N_safe); `hh`: HH-RLHF chosen/rejected
+    transcripts; `pair_list`: prompt and a two-item `response` list [chosen, rejected]. `auto` tells them apart
+    by their columns."""
+    subset: str | None = None
+    """Hub dataset configuration."""
+    split: str = "train"
+    """Hub dataset split."""
+    preference: Literal["better", "safer"] = "safer"
+    """PKU-SafeRLHF: which preference makes the pair (helpfulness `better` or harmlessness `safer`)."""
+    limit: int | None = Field(default=None, ge=1)
+    """Keep only the first N examples."""
+
+
+class MarginConfig(Section):
+    kind: Literal["implicit", "columns"] = "implicit"
+    """`implicit`: the implicit reward beta * (log pi_m(y|x) - log pi_ref(y|x)) of a frozen model m (a DPO
+    adapter or model, e.g. the safety stage); `columns`: precomputed scores in the data (e.g. the judge scores
+    that `deliberate pairs` writes)."""
+    model: str | None = None
+    """`implicit`: the scorer model (`stage:<dpo stage>`, a folder, an adapter or a Hub id)."""
+    reference: str | None = None
+    """`implicit`: its reference model; the stage's starting model when unset."""
+    beta: float = Field(default=0.1, gt=0)
+    """`implicit`: the beta the scorer was trained with."""
+    chosen_column: str = "score_chosen"
+    """`columns`: the column holding the chosen completion's score."""
+    rejected_column: str = "score_rejected"
+    """`columns`: the column holding the rejected completion's score."""
+    scale: float = 1.0
+    """Multiplies the margin score (e.g. to turn a 0-10 judge score into a reward's scale)."""
+
+
+class DPOConfig(TrainingOptions):
+    method: Literal["dpo", "kto", "modpo"] = "dpo"
+    """`dpo` (TRL DPOTrainer), `kto` (TRL KTOTrainer, on desirable/undesirable labels) or `modpo` (DPO with a
+    margin from a frozen scorer, weighted by `weight`)."""
+    data: PreferenceData = Field(default_factory=PreferenceData)
+    """The preference data (pairs for dpo/modpo; labels for kto, or pairs split into one desirable and one
+    undesirable example each)."""
+    start: str | None = None
+    """The model training starts from and, for dpo/kto, the reference: `previous` (the stage before, SACPO),
+    `base` (the recipe's `model`), `stage:sft`, `stage:<dpo stage>`, a folder or Hub id. The first stage's default is the recipe's `model`;
+    later stages default to `previous`."""
+    beta: float | list[float] = 0.1
+    """KL strength; a list runs one model per value (SACPO's beta/lambda sweep)."""
+    weight: float | list[float] = 0.5
+    """MODPO: the weight w of this stage's preference (1 - w goes to the margin); a list runs one model per w."""
+    margin: MarginConfig = Field(default_factory=MarginConfig)
+    """MODPO: where the margin score comes from."""
+    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"])
+    """TRL DPO loss variants (combined when several), e.g. `[sigmoid]`, `[ipo]`, `[hinge]`, `[sigmoid, bco_pair]`;
+    for KTO one of `kto`, `apo_zero_unpaired`."""
+    desirable_weight: float = Field(default=1.0, gt=0)
+    """KTO: weight of desirable examples."""
+    undesirable_weight: float | None = Field(default=None, gt=0)
+    """KTO: weight of undesirable examples; n_desirable / n_undesirable when unset (SACPO)."""
+    learning_rate: float = Field(default=5e-7, gt=0)
+    num_train_epochs: float = Field(default=1.0, gt=0)
+    max_steps: int = -1
+    """Stop after this many optimizer steps; -1 runs `num_train_epochs`."""
+    per_device_train_batch_size: int = Field(default=4, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    """Batches whose gradients are summed before each optimiser step."""
+    max_length: int = Field(default=1024, ge=16)
+    """Longest prompt + completion in tokens (truncated beyond)."""
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    """Fraction of the steps over which the learning rate warms up from 0."""
+    lora: bool = True
+    """Train a LoRA adapter (the adapter-disabled model is then the reference) or all weights. Either way the
+    stage's `model/` folder holds full weights (the adapter merged), so later stages, merges and evals read it."""
+    precompute_ref_log_probs: bool = False
+    """Compute the reference model's log-probabilities once before training instead of in every step: faster
+    for several epochs, and with full fine-tuning no reference copy stays in memory. MODPO always does."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory (large models on a GPU), slower steps."""
+    save_steps: int = Field(default=100, ge=1)
+    """Optimizer steps between checkpoints (`dpo --resume` continues from the last one)."""
+    stages: list[dict[str, Any]] = Field(default_factory=list)
+    """Stepwise training (SACPO): a list of stages, each a mapping with a `name` and any field above (fields it
+    does not set come from this section). Each stage starts from `start` (by default the previous stage's
+    result, which is also its reference). A swept stage followed by another stage runs that stage once per
+    swept model."""
+
+    @field_validator("beta", "weight")
+    @classmethod
+    def _positive(cls, v: float | list[float], info) -> float | list[float]:
+        values = v if isinstance(v, list) else [v]
+        if not values or any(x <= 0 for x in values) or (info.field_name == "weight" and any(x > 1 for x in values)):
+            raise ValueError("must be > 0" + (" and <= 1" if info.field_name == "weight" else "")
+                             + " (a number or a non-empty list)")
+        return v
+
+    def sweep(self) -> list[tuple[str, float, float]]:
+        """(variant name, beta, weight) for every model this stage trains: one per beta (and per w for MODPO)."""
+        betas = self.beta if isinstance(self.beta, list) else [self.beta]
+        weights = (self.weight if isinstance(self.weight, list) else [self.weight]) if self.method == "modpo" else [1.0]
+        out = []
+        for b in betas:
+            for w in weights:
+                parts = ([f"beta{b:g}"] if isinstance(self.beta, list) else []) + (
+                    [f"w{w:g}"] if isinstance(self.weight, list) and self.method == "modpo" else [])
+                out.append(("-".join(parts), b, w))
+        return out
+
+    def stage_list(self) -> list[DPOStage]:
+        """The stages to run: `stages`, each completed from this section's fields; or this section alone."""
+        base = self.model_dump(exclude={"stages"})
+        if not self.stages:
+            return [DPOStage(name=self.method, **base)]
+        out, names = [], set()
+        for i, raw in enumerate(self.stages):
+            if not isinstance(raw, dict) or not raw.get("name"):
+                raise ValueError(f"stages[{i}] needs a name")
+            merged = {**base, **{k: v for k, v in raw.items() if k not in {"data", "margin"}}}
+            for key in ("data", "margin"):
+                merged[key] = {**base[key], **raw.get(key, {})}
+            if "start" not in raw and i > 0:
+                merged["start"] = "previous"
+            try:
+                stage = DPOStage(**merged)
+            except ValidationError as e:
+                err = e.errors()[0]
+                where = ".".join(str(x) for x in err["loc"])
+                raise ValueError(f"stages[{i}] ({raw['name']}): {where}: {err['msg']}") from None
+            if stage.name in names:
+                raise ValueError(f"stages: the name '{stage.name}' is used twice")
+            names.add(stage.name)
+            out.append(stage)
+        return out
+
+
+class DPOStage(DPOConfig):
+    name: str
+    """The stage's name: its outputs go to `<output_dir>/dpo/<name>/`, and `stage:<name>` refers to its model."""
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        check_name(v)
+        if v in ("sft", "rl"):
+            raise ValueError(f"'{v}' is taken: stage:{v} names the {v} verb's model")
+        return v

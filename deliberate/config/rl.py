@@ -1,0 +1,125 @@
+"""`rl`: online RL with a judge reward (GRPO, RLOO, PPO, PPO-Lagrangian)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from deliberate.config.data import DataConfig
+from deliberate.config.judge import JudgeConfig
+from deliberate.config.training import TrainingOptions
+
+
+class RLConfig(TrainingOptions):
+    algo: Literal["grpo", "rloo", "ppo", "ppo-lagrangian"] = "grpo"
+    """`grpo` / `rloo` (TRL's trainers, no value model), `ppo` (this toolkit's PPO with a value model) or
+    `ppo-lagrangian` (PPO maximising reward - lambda * cost with a learned multiplier, as Safe RLHF)."""
+    start: str | None = None
+    """The policy's starting model, also the KL reference: `stage:sft`, `stage:<dpo stage>`, `merge:...`, a
+    folder, an adapter folder or a Hub id. The recipe's `model` when unset."""
+    data: DataConfig | None = None
+    """Training prompts (each needs a category or an expected behaviour for the judge); the recipe's `data`
+    when unset."""
+    reward_judge: JudgeConfig | None = None
+    """The reward judge; the recipe's `judge` when unset. It gets spec_for(category), the prompt and the final
+    answer only, never the reasoning. Reward = score / 10 (a `classifier` judge: the reward model's scalar); a
+    completion with no final answer gets 0 unjudged; a failed judgment gives no reward (the completion carries
+    no learning signal), never a made-up one."""
+    reward_function: str | None = None
+    """Instead of the judge: a Python function `package.module:name` or `path/to/file.py:name`, called as
+    f(prompts, completions, answers=..., category=..., expected=...) and returning one float (or None for no
+    reward) per completion; it may be `async def`."""
+    format_reward: float = Field(default=0.0, ge=0)
+    """Added to the reward of a completion that reasons in a well-formed `<think>...</think>` block and then
+    answers."""
+    cost_judge: JudgeConfig | None = None
+    """`ppo-lagrangian`: the cost judge (e.g. a harmlessness judge or a classifier cost model); the reward judge
+    when unset."""
+    cost: Literal["unsafe", "score"] = "unsafe"
+    """`ppo-lagrangian`: cost = 1 when the cost judge's verdict is `unsafe`, else 0 (`unsafe`), or 1 - score / 10
+    (`score`); a `classifier` cost judge (a cost model) gives its own scalar."""
+    cost_function: str | None = None
+    """`ppo-lagrangian`: a Python cost function instead of the cost judge (same form as `reward_function`)."""
+    cost_threshold: float = 0.1
+    """`ppo-lagrangian`: the constraint mean cost <= threshold (Safe RLHF's d)."""
+    lambda_init: float = Field(default=1.0, gt=0)
+    """`ppo-lagrangian`: the multiplier's starting value (it is learned as log lambda, so it stays > 0)."""
+    lambda_lr: float = Field(default=0.1, gt=0)
+    """`ppo-lagrangian`: learning rate of log lambda (SGD on -(mean cost - threshold) * lambda, as Safe RLHF)."""
+    lambda_max: float | None = Field(default=None, gt=0)
+    """`ppo-lagrangian`: an upper bound on lambda."""
+    lambda_update_delay: int = Field(default=0, ge=0)
+    """`ppo-lagrangian`: steps before lambda starts to move (the critic settles first)."""
+    max_steps: int = Field(default=100, ge=1)
+    """RL steps; each samples completions, scores them and makes one optimisation round on them."""
+    prompts_per_step: int = Field(default=8, ge=1)
+    """Prompts per step (over all processes)."""
+    num_generations: int | None = Field(default=None, ge=1)
+    """Completions per prompt: the group size for `grpo` / `rloo` (8 when unset, at least 2), 1 for PPO when
+    unset."""
+    max_new_tokens: int = Field(default=128, ge=1)
+    """Most tokens per completion (reasoning and answer together)."""
+    temperature: float = Field(default=1.0, gt=0)
+    """Sampling temperature of the completions (log-probabilities are taken at the same temperature)."""
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    """Nucleus sampling of the completions."""
+    learning_rate: float = Field(default=1e-6, gt=0)
+    """Policy learning rate."""
+    value_learning_rate: float | None = Field(default=None, gt=0)
+    """PPO: the value model's learning rate; 5 x `learning_rate` when unset."""
+    kl_coef: float = Field(default=0.05, ge=0)
+    """Weight of the KL penalty to the reference (GRPO/RLOO's beta; PPO's starting coefficient)."""
+    adaptive_kl: bool = False
+    """PPO: adapt the KL coefficient towards `kl_target` (Ziegler et al.'s controller) instead of keeping it."""
+    kl_target: float = Field(default=6.0, gt=0)
+    """PPO with `adaptive_kl`: the per-sequence KL the controller aims at."""
+    kl_horizon: int = Field(default=10000, ge=1)
+    """PPO with `adaptive_kl`: the controller's horizon in samples."""
+    ppo_epochs: int | None = Field(default=None, ge=1)
+    """Optimisation passes over each step's completions: 4 for PPO when unset, 1 for GRPO/RLOO (TRL's
+    `num_iterations`)."""
+    mini_batch_size: int | None = Field(default=None, ge=1)
+    """Completions per optimiser update on each process (PPO) or per forward pass (GRPO/RLOO); all of a step's
+    completions when unset."""
+    clip_range: float = Field(default=0.2, gt=0)
+    """Clipping of the policy ratio (epsilon)."""
+    clip_range_value: float = Field(default=0.2, gt=0)
+    """PPO: clipping of the value prediction around the old value."""
+    gamma: float = Field(default=1.0, ge=0, le=1)
+    """PPO: discount of generalised advantage estimation."""
+    lam: float = Field(default=0.95, ge=0, le=1)
+    """PPO: lambda of generalised advantage estimation."""
+    whiten_advantages: bool = True
+    """PPO: normalise advantages to mean 0 and std 1 over each step's tokens."""
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    """Gradients are clipped to this norm."""
+    loss_type: str | None = None
+    """GRPO: TRL's loss variant (`grpo`, `dapo`, `dr_grpo`, `bnpo`, ...); TRL's default when unset."""
+    lora: bool = True
+    """Train a LoRA adapter (the adapter-disabled model is then the reference) or all weights. `rl/model` holds
+    full weights either way."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, slower steps."""
+    use_vllm: bool = False
+    """GRPO/RLOO: generate with vLLM (needs the `vllm` extra and a GPU)."""
+    save_steps: int = Field(default=50, ge=1)
+    """Steps between checkpoints (`rl --resume` continues from the last one)."""
+    logging_steps: int = Field(default=1, ge=1)
+    """GRPO/RLOO: steps between metric reports (PPO logs every step)."""
+
+    @model_validator(mode="after")
+    def _groups(self) -> RLConfig:
+        if self.algo in ("grpo", "rloo") and self.generations() < 2:
+            raise ValueError(f"{self.algo} compares completions within a group: num_generations must be at least 2")
+        return self
+
+    def epochs(self) -> int:
+        if self.ppo_epochs is not None:
+            return self.ppo_epochs
+        return 1 if self.algo in ("grpo", "rloo") else 4
+
+    def generations(self) -> int:
+        if self.num_generations is not None:
+            return self.num_generations
+        return 8 if self.algo in ("grpo", "rloo") else 1

@@ -1,0 +1,113 @@
+"""`deliberate pairs`: judge-ranked preference pairs sampled from a policy (for DPO, KTO, MODPO).
+
+`build_pairs` samples `pairs.samples` completions (reasoning and answer) per prompt from the policy, judges
+each one with the category's spec (the final answer only unless `pairs.judge_sees_reasoning`), and makes:
+- a DPO pair per prompt: the best-scored completion against the worst, when their scores differ by at least
+  `pairs.min_margin` (equal scores are a tie: no pair). A completion whose judgment failed is never paired,
+  and one cut off at the token limit is left out;
+- KTO examples: every judged completion, desirable when its score is at least `pairs.kto_threshold`.
+
+Outputs in `<output_dir>/pairs/`: `completions.jsonl` (resumable), `judged.jsonl`, `pairs.jsonl` (TRL
+conversational prompt/chosen/rejected with both scores), `kto.jsonl` (prompt/completion/label with the score)
+and `summary.json`. Judgments are cached by the judge, so a rerun makes no new calls.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from deliberate.config import GenerationConfig, Recipe
+from deliberate.services.io import write_json, write_jsonl
+from deliberate.services.preferences import pairs_dir
+
+
+def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
+    """Sample, judge and pair; see the module docstring. Returns the summary."""
+    from deliberate.judges import PointwiseItem, make_judge
+    from deliberate.services.answering import answer_records
+    from deliberate.services.data import PromptRecord, load_prompts
+    from deliberate.services.runs import stage_model
+    from deliberate.services.spec import load_spec
+
+    cfg = recipe.pairs
+    spec = load_spec(recipe.spec)
+    records = load_prompts(recipe.data, spec)
+    policy = stage_model(recipe, cfg.policy) if cfg.policy else recipe.model.name
+    model = recipe.model.model_copy(update={"name": policy, "dtype": cfg.dtype})
+    samples = [PromptRecord(id=f"{r.id}#{s}", prompt=r.prompt, category=r.category, expected=r.expected,
+                            meta={**r.meta, "prompt_id": r.id, "sample": s})
+               for r in records for s in range(cfg.samples)]
+    settings = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                repetition_penalty=cfg.repetition_penalty, batch_size=cfg.batch_size,
+                                seed=recipe.seed)
+    folder = pairs_dir(recipe)
+    run = answer_records(model, samples, settings, folder / "completions.jsonl", show_progress,
+                         description="sampling completions")
+    judge = make_judge(recipe.judge, spec, show_progress=show_progress)
+    judge.hide_reasoning = not cfg.judge_sees_reasoning
+    try:
+        usable = [r for r in run.rows if not (cfg.drop_cut_off and r["finish_reason"] == "length")]
+        results = judge.score([PointwiseItem(r["prompt"], r["answer"], r.get("category"), r.get("expected"))
+                               for r in usable])
+    finally:
+        judge.close()
+    by_key = {r["key"]: res for r, res in zip(usable, results, strict=True)}
+    judged = []
+    for r in run.rows:
+        res = by_key.get(r["key"])
+        judged.append({"id": r["meta"]["prompt_id"], "sample": r["meta"]["sample"], "prompt": r["prompt"],
+                       "category": r.get("category"), "expected": r.get("expected"), "completion": r["answer"],
+                       "finish_reason": r["finish_reason"], "score": res.score if res else None,
+                       "verdict": res.verdict if res else None,
+                       "left_out": None if res else "cut off at max_new_tokens",
+                       "judge_error": (res.errors[0] if res.errors else "no score") if res and res.score is None
+                       else None})
+    pairs, kto, ties = rank_pairs(judged, cfg.min_margin, cfg.kto_threshold)
+    write_jsonl(folder / "judged.jsonl", judged)
+    write_jsonl(folder / "pairs.jsonl", pairs)
+    write_jsonl(folder / "kto.jsonl", kto)
+    scored = [j for j in judged if j["score"] is not None]
+    summary = {"policy": policy, "prompts": len(records), "completions": len(judged),
+               "generated_now": run.generated, "cut_off": sum(j["finish_reason"] == "length" for j in judged),
+               "judge_failures": sum(j["judge_error"] is not None for j in judged), "judged": len(scored),
+               "mean_score": round(sum(j["score"] for j in scored) / len(scored), 3) if scored else None,
+               "pairs": len(pairs), "ties": ties, "prompts_without_pair": len(records) - len(pairs),
+               "kto_desirable": sum(k["label"] for k in kto),
+               "kto_undesirable": sum(not k["label"] for k in kto), "min_margin": cfg.min_margin,
+               "kto_threshold": cfg.kto_threshold, "judge": recipe.judge.backend,
+               "judge_usage": judge.usage.to_dict()}
+    write_json(folder / "summary.json", summary)
+    return summary
+
+
+def rank_pairs(judged: list[dict[str, Any]], min_margin: float,
+               kto_threshold: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """Best-vs-worst pairs per prompt and KTO examples, from judged completions (failed ones are skipped).
+
+    Returns (pairs, kto examples, prompts whose best and worst scored the same)."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for j in judged:
+        if j["score"] is not None:
+            groups[j["id"]].append(j)
+    pairs, kto, ties = [], [], 0
+    for group in groups.values():
+        group.sort(key=lambda j: (-j["score"], j["sample"]))  # best first; the earliest sample among equals
+        prompt = [{"role": "user", "content": group[0]["prompt"]}]
+        for j in group:
+            kto.append({"prompt": prompt, "completion": [{"role": "assistant", "content": j["completion"]}],
+                        "label": j["score"] >= kto_threshold, "score": j["score"], "id": j["id"],
+                        "category": j["category"]})
+        best, worst = group[0], group[-1]
+        margin = best["score"] - worst["score"]
+        if margin <= 0:
+            ties += len(group) > 1
+            continue
+        if margin < min_margin:
+            continue
+        pairs.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": best["completion"]}],
+                      "rejected": [{"role": "assistant", "content": worst["completion"]}],
+                      "score_chosen": best["score"], "score_rejected": worst["score"], "id": best["id"],
+                      "category": best["category"], "chosen_sample": best["sample"],
+                      "rejected_sample": worst["sample"]})
+    return pairs, kto, ties
