@@ -42,6 +42,7 @@ def main() -> None:
     from deliberate.config import load_recipe
     from deliberate.services.models import resolve_model_path
     from deliberate.services.preferences import load_preferences
+    from deliberate.services.runs import ModelRun
     from deliberate.stages.dpo import build_trainer
 
     tmp = Path(tempfile.mkdtemp(prefix="dpo-bench-"))
@@ -55,7 +56,7 @@ def main() -> None:
 
     def ours() -> float:
         t0 = time.perf_counter()
-        trainer, _ = build_trainer(recipe, stage, path, rows, stage.beta, 1.0, tmp / "ours", show_progress=False)
+        trainer, _ = build_trainer(recipe, stage, path, rows, stage.beta, 1.0, ModelRun(tmp / "ours"), show_progress=False)
         setup = time.perf_counter() - t0
         result = trainer.train()
         return setup, result.metrics["train_runtime"] / trainer.state.global_step

@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from deliberate.config import DataConfig, GenerationConfig, ModelConfig  # noqa: E402
+from deliberate.config import DataConfig, ModelConfig, SamplingConfig  # noqa: E402
 from deliberate.services import generation  # noqa: E402
 from deliberate.services.data import load_prompts  # noqa: E402
 from deliberate.services.generation import GenerationStats, generate  # noqa: E402
@@ -50,7 +50,7 @@ def main() -> None:
 
         spec = load_spec()
         prompts = [teacher_messages(spec, r, DEFAULT_INSTRUCTIONS, True, "<think>\n") for r in records]
-    settings = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    settings = SamplingConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     generate(loaded.model, loaded.tokenizer, prompts[:2], settings, show_progress=False)  # warm-up
 
     results = {}

@@ -13,3 +13,17 @@ class DeliberateError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(message.split()))
+
+
+def closest(word: str, choices) -> str | None:
+    """The choice closest to a mistyped `word`, or None when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, choices) -> str:
+    """`did you mean 'x'? ` for the closest of `choices` to a mistyped `word`, or '' when none is close."""
+    match = closest(word, choices)
+    return f"did you mean '{match}'? " if match else ""

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-import deliberate.services.generation as generation
+import deliberate.stages.generate as generate_stage
 from deliberate.config import load_recipe
 from deliberate.services.generation import Generation
 from deliberate.services.io import read_jsonl
@@ -45,7 +45,7 @@ def scripted(texts_for):
 
 def test_the_system_prompt_carries_the_spec_of_the_prompts_category(recipe_for, monkeypatch):
     fake, seen = scripted(lambda c: "</think> ok")
-    monkeypatch.setattr(generation, "generate", fake)
+    monkeypatch.setattr(generate_stage, "generate", fake)
     recipe = recipe_for("data.limit=6")
     run = generate_completions(recipe, show_progress=False)
     spec = load_spec()
@@ -62,7 +62,7 @@ def test_the_system_prompt_carries_the_spec_of_the_prompts_category(recipe_for, 
 
 def test_a_prefill_can_start_the_reasoning_with_the_prompts_category(recipe_for, monkeypatch):
     fake, seen = scripted(lambda c: " The policy says so.\n</think>\nAn answer.")
-    monkeypatch.setattr(generation, "generate", fake)
+    monkeypatch.setattr(generate_stage, "generate", fake)
     recipe = recipe_for("data.limit=4", "generate.samples=1", 'generate.prefill="<think>\\nCategory: {category}."')
     run = generate_completions(recipe, show_progress=False)
     for conversation, row in zip(seen, run.rows, strict=True):
@@ -76,7 +76,7 @@ def test_a_prefill_can_start_the_reasoning_with_the_prompts_category(recipe_for,
 
 def test_k_can_depend_on_the_expected_behaviour_and_on_another_column(recipe_for, monkeypatch):
     fake, _ = scripted(lambda c: "</think> ok")
-    monkeypatch.setattr(generation, "generate", fake)
+    monkeypatch.setattr(generate_stage, "generate", fake)
     recipe = recipe_for("generate.samples=2", "generate.samples_by_expected={refuse: 1}",
                         "generate.samples_by_meta={kind: {borderline: 3}}")
     rows = generate_completions(recipe, show_progress=False).rows
@@ -104,7 +104,7 @@ def test_malformed_completions_are_dropped_and_the_sft_data_has_no_system_prompt
         return (REFUSAL if harmful else ANSWER)[len("<think>\n"):]
 
     fake, _ = scripted(texts)
-    monkeypatch.setattr(generation, "generate", fake)
+    monkeypatch.setattr(generate_stage, "generate", fake)
     recipe = recipe_for("data.limit=10", "filter.keep_per_prompt=0")
     generate_completions(recipe, show_progress=False)
     # Break one completion by hand: a reasoning block that never closes.
@@ -146,7 +146,7 @@ def test_the_min_of_k_filter_drops_a_completion_with_one_low_score(recipe_for, m
 
     fake, _ = scripted(lambda c: REFUSAL[len("<think>\n"):] + (" UNLUCKY" if len(c[-2]["content"]) % 2
                                                                   else ""))
-    monkeypatch.setattr(generation, "generate", fake)
+    monkeypatch.setattr(generate_stage, "generate", fake)
     with FakeOpenAI(judge) as server:
         recipe = recipe_for("data.limit=30", "generate.samples=1", "judge.backend=openai", "judge.model=t",
                             f"judge.base_url={server.base_url}", "judge.repeats=2", "judge.cache=none",
@@ -161,7 +161,7 @@ def test_the_min_of_k_filter_drops_a_completion_with_one_low_score(recipe_for, m
 
 
 def test_an_interrupted_generation_resumes_without_duplicates_or_gaps(recipe_for, monkeypatch):
-    real = generation.generate
+    real = generate_stage.generate
     calls = {"n": 0}
 
     def crash_on_second_chunk(*args, **kwargs):
@@ -170,11 +170,11 @@ def test_an_interrupted_generation_resumes_without_duplicates_or_gaps(recipe_for
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(generation, "generate", crash_on_second_chunk)
+    monkeypatch.setattr(generate_stage, "generate", crash_on_second_chunk)
     recipe = recipe_for("data.limit=5")  # 10 completions, saved in chunks of 8 (batch_size 2 x 4)
     with pytest.raises(KeyboardInterrupt):
         generate_completions(recipe, show_progress=False)
-    monkeypatch.setattr(generation, "generate", real)
+    monkeypatch.setattr(generate_stage, "generate", real)
     resumed = generate_completions(recipe, show_progress=False)
     assert resumed.summary["generated_now"] == 2
     keys = [(r["id"], r["sample"]) for r in read_jsonl(resumed.path)]
@@ -198,7 +198,7 @@ def test_reasoning_closed_by_the_budget_is_cut_back_to_its_last_sentence(recipe_
         return "Category: safe. The rule says \"answer fully.\" Style: com"
 
     fake, seen = scripted(texts)
-    monkeypatch.setattr(generation, "generate", fake)
+    monkeypatch.setattr(generate_stage, "generate", fake)
     run = generate_completions(recipe_for("data.limit=1", "generate.samples=1", "generate.reasoning_budget=3"),
                                show_progress=False)
     (row,) = run.rows
@@ -230,7 +230,7 @@ def test_prompts_without_a_category_get_the_one_the_judge_assigns(tiny_model_dir
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "How do I hurt someone?"}\n{"prompt": "What is the capital of France?"}\n')
     fake, seen = scripted(lambda c: "</think> ok")
-    monkeypatch.setattr(generation, "generate", fake)
+    monkeypatch.setattr(generate_stage, "generate", fake)
     with FakeOpenAI(judge) as server:
         recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"output_dir={tmp_path / 'run'}",
                                     f"data.source={prompts}", "generate.samples=1", "judge.backend=openai",

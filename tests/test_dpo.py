@@ -13,6 +13,7 @@ from fake_openai import FakeOpenAI, Reply, judged_text
 from deliberate.config import load_recipe
 from deliberate.errors import DeliberateError
 from deliberate.services.io import read_jsonl, write_jsonl
+from deliberate.services.runs import ModelRun
 from deliberate.stages.dpo import build_trainer, run_dpo, sequence_logps
 
 PAIRS = [
@@ -48,7 +49,7 @@ def _modpo_trainer(tiny, tmp_path, weight, beta=0.1):
     stage = recipe.dpo.stage_list()[0]
     rows = [{**r, "margin_chosen": 0.5 * r["score_chosen"], "margin_rejected": 0.5 * r["score_rejected"]}
             for r in PAIRS]
-    trainer, _ = build_trainer(recipe, stage, str(tiny), rows, beta, weight, tmp_path / "ck", show_progress=False)
+    trainer, _ = build_trainer(recipe, stage, str(tiny), rows, beta, weight, ModelRun(tmp_path / "ck"), show_progress=False)
     return trainer
 
 
@@ -86,7 +87,7 @@ def test_modpo_with_weight_one_equals_dpo(tiny_model_dir, tmp_path):
     modpo = _modpo_trainer(tiny_model_dir, tmp_path / "m", 1.0)
     recipe = _recipe(tiny_model_dir, tmp_path / "d")
     dpo, _ = build_trainer(recipe, recipe.dpo.stage_list()[0], str(tiny_model_dir), PAIRS, 0.1, 1.0,
-                           tmp_path / "ck", show_progress=False)
+                           ModelRun(tmp_path / "ck"), show_progress=False)
     _perturb(modpo.model)
     _perturb(dpo.model)
     assert dpo.ref_model is not None  # plain DPO: a frozen reference copy, computed every step
@@ -101,15 +102,15 @@ def test_kto_undesirable_weight_follows_the_class_counts(tiny_model_dir, tmp_pat
     ]  # 5 desirable, 1 undesirable
     recipe = _recipe(tiny_model_dir, tmp_path, "dpo.method=kto")
     trainer, extra = build_trainer(recipe, recipe.dpo.stage_list()[0], str(tiny_model_dir), rows, 0.1, 1.0,
-                                   tmp_path / "ck", show_progress=False)
+                                   ModelRun(tmp_path / "ck"), show_progress=False)
     assert trainer.args.undesirable_weight == pytest.approx(5.0) and trainer.args.desirable_weight == 1.0
     assert (extra["desirable"], extra["undesirable"]) == (5, 1)
     recipe = _recipe(tiny_model_dir, tmp_path, "dpo.method=kto", "dpo.undesirable_weight=2.5")
     trainer, _ = build_trainer(recipe, recipe.dpo.stage_list()[0], str(tiny_model_dir), rows, 0.1, 1.0,
-                               tmp_path / "ck2", show_progress=False)
+                               ModelRun(tmp_path / "ck2"), show_progress=False)
     assert trainer.args.undesirable_weight == pytest.approx(2.5)
     with pytest.raises(DeliberateError, match="desirable and undesirable"):
-        build_trainer(recipe, recipe.dpo.stage_list()[0], str(tiny_model_dir), rows[:2], 0.1, 1.0, tmp_path / "c3",
+        build_trainer(recipe, recipe.dpo.stage_list()[0], str(tiny_model_dir), rows[:2], 0.1, 1.0, ModelRun(tmp_path / "c3"),
                       show_progress=False)
 
 
@@ -126,8 +127,8 @@ def test_second_stage_reference_is_the_first_stage_result(tiny_model_dir, tmp_pa
     seen = {}
     real = dpo_module.build_trainer
 
-    def spy(recipe, stage, start, rows, beta, weight, output_dir, show_progress=True):
-        trainer, extra = real(recipe, stage, start, rows, beta, weight, output_dir, show_progress)
+    def spy(recipe, stage, start, rows, beta, weight, run, show_progress=True, label="dpo"):
+        trainer, extra = real(recipe, stage, start, rows, beta, weight, run, show_progress, label)
         with torch.no_grad():
             if trainer.ref_model is not None:
                 seen[stage.name] = trainer.ref_model(input_ids=probe).logits.clone()

@@ -74,7 +74,7 @@ def test_stage_sft_without_a_trained_model_is_a_clear_error(tiny_model_dir, tmp_
 
 def test_a_model_is_loaded_once_for_all_its_benchmarks_and_not_at_all_when_cached(tiny_model_dir, tmp_path,
                                                                                    monkeypatch):
-    import deliberate.services.models as models
+    import deliberate.stages.evaluate as models
 
     prompts = tmp_path / "mine.jsonl"
     prompts.write_text('{"prompt": "Hello?", "expected": "comply"}\n')

@@ -4,7 +4,7 @@ from contextlib import nullcontext
 
 import pytest
 
-from deliberate.config import GenerationConfig, ModelConfig
+from deliberate.config import ModelConfig, SamplingConfig
 from deliberate.services.generation import generate, render_prompt
 from deliberate.services.models import load_model
 
@@ -25,7 +25,7 @@ def tiny(tiny_model_dir):
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny):
-    settings = GenerationConfig(max_new_tokens=12, batch_size=len(PROMPTS))
+    settings = SamplingConfig(max_new_tokens=12, batch_size=len(PROMPTS))
     batched = generate(tiny.model, tiny.tokenizer, PROMPTS, settings, show_progress=False)
     single = [generate(tiny.model, tiny.tokenizer, [p], settings.model_copy(update={"batch_size": 1}),
                        show_progress=False)[0] for p in PROMPTS]
@@ -34,14 +34,14 @@ def test_batched_greedy_equals_one_at_a_time(tiny):
 
 
 def test_results_come_back_in_the_callers_order_whatever_the_batching(tiny):
-    settings = GenerationConfig(max_new_tokens=6, batch_size=2)
+    settings = SamplingConfig(max_new_tokens=6, batch_size=2)
     forward = generate(tiny.model, tiny.tokenizer, PROMPTS, settings, show_progress=False)
     backward = generate(tiny.model, tiny.tokenizer, PROMPTS[::-1], settings, show_progress=False)
     assert [g.text for g in forward] == [g.text for g in backward[::-1]]
 
 
 def test_only_new_tokens_are_returned_and_max_new_tokens_is_respected(tiny):
-    out = generate(tiny.model, tiny.tokenizer, PROMPTS, GenerationConfig(max_new_tokens=5), show_progress=False)
+    out = generate(tiny.model, tiny.tokenizer, PROMPTS, SamplingConfig(max_new_tokens=5), show_progress=False)
     for g in out:
         assert g.num_tokens <= 5
         assert "<|im_start|>" not in g.text and "user" not in g.text[:5]
@@ -50,7 +50,7 @@ def test_only_new_tokens_are_returned_and_max_new_tokens_is_respected(tiny):
 
 
 def test_generation_stops_at_any_end_of_sequence_token(tiny):
-    settings = GenerationConfig(max_new_tokens=8)
+    settings = SamplingConfig(max_new_tokens=8)
     [free] = generate(tiny.model, tiny.tokenizer, ["Hi"], settings, show_progress=False)
     first = tiny.tokenizer(free.text, add_special_tokens=False)["input_ids"][0]
     original = tiny.model.generation_config.eos_token_id
@@ -71,24 +71,24 @@ def test_a_prefilled_assistant_turn_is_continued_not_closed(tiny):
 def test_a_continued_turn_keeps_the_leading_space_a_fresh_answer_does_not(tiny, monkeypatch):
     monkeypatch.setattr(tiny.tokenizer, "decode", lambda *a, **k: " The policy says so. \n")
     continued = [{"role": "user", "content": "Is this safe?"}, {"role": "assistant", "content": "Category: x."}]
-    fresh, cont = generate(tiny.model, tiny.tokenizer, ["Is this safe?", continued], GenerationConfig(max_new_tokens=2),
+    fresh, cont = generate(tiny.model, tiny.tokenizer, ["Is this safe?", continued], SamplingConfig(max_new_tokens=2),
                            show_progress=False)
     assert fresh.text == "The policy says so."
     assert cont.text == " The policy says so."  # so that "Category: x." + text reads "Category: x. The policy ..."
 
 
 def test_sampling_is_reproducible_with_a_seed_and_varies_across_seeds(tiny):
-    settings = GenerationConfig(max_new_tokens=10, temperature=1.0, seed=3)
-    a = generate(tiny.model, tiny.tokenizer, PROMPTS, settings, show_progress=False)
-    b = generate(tiny.model, tiny.tokenizer, PROMPTS, settings, show_progress=False)
-    c = generate(tiny.model, tiny.tokenizer, PROMPTS, settings.model_copy(update={"seed": 4}), show_progress=False)
+    settings = SamplingConfig(max_new_tokens=10, temperature=1.0)
+    a = generate(tiny.model, tiny.tokenizer, PROMPTS, settings, seed=3, show_progress=False)
+    b = generate(tiny.model, tiny.tokenizer, PROMPTS, settings, seed=3, show_progress=False)
+    c = generate(tiny.model, tiny.tokenizer, PROMPTS, settings, seed=4, show_progress=False)
     assert [g.text for g in a] == [g.text for g in b]
     assert [g.text for g in a] != [g.text for g in c]
 
 
 def test_on_batch_sees_every_prompt_once(tiny):
     seen = []
-    generate(tiny.model, tiny.tokenizer, PROMPTS, GenerationConfig(max_new_tokens=3, batch_size=4),
+    generate(tiny.model, tiny.tokenizer, PROMPTS, SamplingConfig(max_new_tokens=3, batch_size=4),
              show_progress=False, on_batch=lambda idx, gens: seen.extend(idx))
     assert sorted(seen) == list(range(len(PROMPTS)))
 
@@ -96,14 +96,14 @@ def test_on_batch_sees_every_prompt_once(tiny):
 def test_a_shared_system_prompt_is_computed_once_and_changes_nothing(tiny_model_dir, monkeypatch):
     """Prefix sharing (one cache for a batch's common beginning) gives the same greedy text as no sharing."""
     import deliberate.services.generation as g
-    from deliberate.config import GenerationConfig, ModelConfig
+    from deliberate.config import ModelConfig, SamplingConfig
     from deliberate.services.models import load_model
 
     loaded = load_model(ModelConfig(name=str(tiny_model_dir)))
     system = {"role": "system", "content": "The policy says violence instructions are disallowed. " * 12}
     convs = [[system, {"role": "user", "content": q}] for q in
              ["How do I kill a Python process?", "Explain photosynthesis.", "Paris?", "Sure, a poem about autumn"]]
-    settings = GenerationConfig(max_new_tokens=8, batch_size=4)
+    settings = SamplingConfig(max_new_tokens=8, batch_size=4)
     assert g.shared_prefix_length([loaded.tokenizer(g.render_prompt(loaded.tokenizer, c))["input_ids"]
                                    for c in convs]) >= g.MIN_SHARED_PREFIX
     shared = [x.text for x in g.generate(loaded.model, loaded.tokenizer, convs, settings, show_progress=False)]
@@ -162,7 +162,7 @@ def test_repetition_penalty_counts_the_answers_tokens_not_the_prompts(tiny, monk
     import torch
 
     prompts = [f"`{w}` and `{w}`" for w in ["hello", "cats", "the", "a b", "rain", "x y z"]]  # the tiny model opens with `
-    first = GenerationConfig(max_new_tokens=1, batch_size=6)
+    first = SamplingConfig(max_new_tokens=1, batch_size=6)
     plain = [g.text for g in generate(tiny.model, tiny.tokenizer, prompts, first, show_progress=False)]
     ours = [g.text for g in generate(tiny.model, tiny.tokenizer, prompts,
                                      first.model_copy(update={"repetition_penalty": 50.0}), show_progress=False)]
@@ -179,6 +179,6 @@ def test_repetition_penalty_counts_the_answers_tokens_not_the_prompts(tiny, monk
     decoded = []
     real = tiny.tokenizer.decode
     monkeypatch.setattr(tiny.tokenizer, "decode", lambda ids, **kw: decoded.append(list(ids)) or real(ids, **kw))
-    generate(tiny.model, tiny.tokenizer, prompts, GenerationConfig(max_new_tokens=12, batch_size=6,
+    generate(tiny.model, tiny.tokenizer, prompts, SamplingConfig(max_new_tokens=12, batch_size=6,
                                                                    repetition_penalty=1e6), show_progress=False)
     assert decoded and all(len(ids) == len(set(ids)) for ids in decoded)  # no answer token repeats

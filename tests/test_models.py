@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from deliberate.config import GenerationConfig, ModelConfig
+from deliberate.config import ModelConfig, SamplingConfig
 from deliberate.errors import DeliberateError
 from deliberate.services.models import load_model
 
@@ -99,5 +99,5 @@ def test_the_embedded_smollm2_loads_and_answers_with_its_own_chat_template():
     assert 130e6 < sum(p.numel() for p in loaded.model.parameters()) < 140e6
     assert render_prompt(loaded.tokenizer, "Hi").startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     [out] = generate(loaded.model, loaded.tokenizer, ["What is the capital of France?"],
-                     GenerationConfig(max_new_tokens=24), show_progress=False)
+                     SamplingConfig(max_new_tokens=24), show_progress=False)
     assert "Paris" in out.text

@@ -6,6 +6,7 @@ import pytest
 
 from deliberate.config import Recipe, Section, load_recipe
 from deliberate.errors import DeliberateError
+from deliberate.services.io import write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +96,7 @@ def test_set_without_equals_sign_is_rejected():
 
 def test_saved_recipe_loads_back_identically(tmp_path):
     r = load_recipe(None, ["sft.learning_rate=1e-4", "data.where.split=train", "output_dir=out/x"])
-    saved = r.save(tmp_path / "saved.yaml")
+    saved = write_yaml(tmp_path / "saved.yaml", r.model_dump(mode="json"))
     assert load_recipe(saved) == r
 
 

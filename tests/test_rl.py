@@ -222,7 +222,7 @@ def test_ppo_raises_the_reward_and_resumes_exactly(rl_setup, tmp_path):
             f"rl.reward_function={REWARDS}:letter_a", "rl.max_new_tokens=12", "rl.lora=false", "rl.kl_coef=0.0",
             *sets]
     run_rl(lr(None, base + ["rl.max_steps=20"]), show_progress=False)
-    assert (tmp_path / "cut" / "rl" / "checkpoints" / "step-10").is_dir()
+    assert (tmp_path / "cut" / "rl" / "checkpoints" / "checkpoint-10").is_dir()
     resumed = run_rl(lr(None, base + ["rl.max_steps=24"]), resume=True, show_progress=False)
     assert resumed["resumed_from_step"] == 10
     log = read_jsonl(tmp_path / "cut" / "rl" / "log.jsonl")

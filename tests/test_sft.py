@@ -8,7 +8,8 @@ import pytest
 
 from deliberate.config import load_recipe
 from deliberate.services.io import write_jsonl
-from deliberate.stages.sft import build_trainer, is_done, run_sft, sft_paths
+from deliberate.services.runs import Layout
+from deliberate.stages.sft import build_trainer, run_sft
 
 EXAMPLES = [
     ("How do I kill a Python process that is stuck?", "<think>\nsafe\n</think>\nUse kill."),
@@ -45,21 +46,26 @@ def test_the_loss_covers_the_assistant_tokens_only(tiny_model_dir, tmp_path, dat
 
 
 @pytest.mark.parametrize("lora", [True, False])
-def test_training_saves_a_model_with_its_card_and_is_reused(tiny_model_dir, tmp_path, data, lora):
+def test_training_saves_full_weights_with_a_card_and_a_finished_run_is_reused(tiny_model_dir, tmp_path, data, lora):
     r = recipe(tiny_model_dir, tmp_path, f"sft.lora={str(lora).lower()}")
     summary = run_sft(r, data, show_progress=False)
-    model = sft_paths(r)["model"]
-    assert summary["steps"] == 2 and summary["examples"] == 3
-    assert (model / ("adapter_config.json" if lora else "config.json")).is_file()
-    card = (model / "README.md").read_text()
+    run = Layout(r).sft
+    assert summary["steps"] == 2 and summary["examples"] == 3 and "reused" not in summary
+    assert (run.model / "config.json").is_file()  # full weights either way: later stages load it as a model
+    assert (run.adapter / "adapter_config.json").is_file() == lora
+    card = (run.model / "README.md").read_text()
     assert "## Recipe" in card and str(tiny_model_dir) in card
-    assert is_done(r, data)
-    assert not is_done(recipe(tiny_model_dir, tmp_path, f"sft.lora={str(lora).lower()}", "sft.learning_rate=1e-3"),
-                       data)
+    mtime = (run.model / "model.safetensors").stat().st_mtime_ns
+    again = run_sft(r, data, show_progress=False)  # `deliberate sft` twice: the second run trains nothing
+    assert again["reused"] and again["fingerprint"] == summary["fingerprint"]
+    assert (run.model / "model.safetensors").stat().st_mtime_ns == mtime
+    changed = run_sft(recipe(tiny_model_dir, tmp_path, f"sft.lora={str(lora).lower()}", "sft.learning_rate=1e-3"),
+                      data, show_progress=False)
+    assert "reused" not in changed and changed["fingerprint"] != summary["fingerprint"]
     from deliberate.services.models import load_model
 
-    loaded = load_model(r.model.model_copy(update={"name": str(model)}))  # loads back (adapter on its base)
-    assert loaded.model is not None
+    loaded = load_model(r.model.model_copy(update={"name": str(run.model)}))
+    assert loaded.model is not None and loaded.base_path is None
 
 
 def test_resume_continues_from_the_last_checkpoint(tiny_model_dir, tmp_path, data):
@@ -69,7 +75,7 @@ def test_resume_continues_from_the_last_checkpoint(tiny_model_dir, tmp_path, dat
     summary = run_sft(longer, data, resume=True, show_progress=False)
     assert summary["resumed_from"].endswith("checkpoint-2")
     assert summary["steps"] == 3
-    state = json.loads((sft_paths(r)["checkpoints"] / "checkpoint-3" / "trainer_state.json").read_text())
+    state = json.loads((Layout(r).sft.checkpoints / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
 
 

@@ -5,20 +5,46 @@ One module per section (`model`, `data`, `judge`, `generation`, `generate` and `
 docstrings are the reference: `deliberate recipe fields` prints them.
 """
 
-from deliberate.config.base import Expected, Section
+from deliberate.config.base import Dtype, Expected, Section
 from deliberate.config.data import ColumnMap, DataConfig
-from deliberate.config.eval import EvalConfig
+from deliberate.config.eval import CRITERIA, Benchmark, EvalConfig, Mirror
 from deliberate.config.generate import FilterConfig, GenerateConfig
 from deliberate.config.judge import JudgeConfig
 from deliberate.config.merge import MergeConfig, MergeSpec
 from deliberate.config.model import ModelConfig
-from deliberate.config.preferences import DPOConfig, DPOStage, MarginConfig, PairsConfig, PreferenceData
+from deliberate.config.preferences import DPOOptions, DPOStage, MarginConfig, PairsConfig, PreferenceData
 from deliberate.config.recipe import Recipe, load_recipe
-from deliberate.config.rl import RLConfig
-from deliberate.config.sampling import GenerationConfig
-from deliberate.config.training import SFTConfig, TrainingOptions
+from deliberate.config.rl import RLOptions
+from deliberate.config.sampling import ApiConfig, SamplingConfig
+from deliberate.config.training import DatasetTrainingOptions, SFTOptions, TrainingOptions
 
-__all__ = ["ColumnMap", "DPOConfig", "DPOStage", "DataConfig", "EvalConfig", "Expected", "FilterConfig",
-           "GenerateConfig", "GenerationConfig", "JudgeConfig", "MarginConfig", "MergeConfig", "MergeSpec",
-           "ModelConfig", "PairsConfig", "PreferenceData", "RLConfig", "Recipe", "SFTConfig", "Section",
-           "TrainingOptions", "load_recipe"]
+__all__ = [
+    "ApiConfig",
+    "Benchmark",
+    "CRITERIA",
+    "ColumnMap",
+    "DPOOptions",
+    "DPOStage",
+    "DataConfig",
+    "DatasetTrainingOptions",
+    "Dtype",
+    "EvalConfig",
+    "Expected",
+    "FilterConfig",
+    "GenerateConfig",
+    "JudgeConfig",
+    "MarginConfig",
+    "MergeConfig",
+    "MergeSpec",
+    "Mirror",
+    "ModelConfig",
+    "PairsConfig",
+    "PreferenceData",
+    "RLOptions",
+    "Recipe",
+    "SFTOptions",
+    "SamplingConfig",
+    "Section",
+    "TrainingOptions",
+    "load_recipe",
+]

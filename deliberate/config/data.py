@@ -23,9 +23,10 @@ class DataConfig(Section):
     """`builtin:demo` (the project's demo prompts), a local .csv/.json/.jsonl/.parquet file (optionally .gz),
     an http(s) URL of such a file (downloaded once into the cache), or a Hugging Face dataset id."""
     subset: str | None = None
-    """Dataset configuration name, for Hub datasets that have several."""
-    split: str = "train"
-    """Split to read from a Hub dataset."""
+    """Hub datasets only: the configuration name, for datasets that have several."""
+    split: str | None = None
+    """Hub datasets only: the split to read (`train` when unset). To pick rows of a file or of `builtin:demo` by
+    a column, use `where` (e.g. `where: {split: heldout}`)."""
     columns: ColumnMap = Field(default_factory=ColumnMap)
     """Which columns hold what. For `builtin:demo` and files with the standard names this can stay unset."""
     category: str | None = None

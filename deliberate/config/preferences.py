@@ -7,26 +7,22 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from deliberate.config.base import Section, check_name
-from deliberate.config.training import TrainingOptions
+from deliberate.config.sampling import SamplingConfig
+from deliberate.config.training import DatasetTrainingOptions
+from deliberate.config.yamlio import describe_errors
 
 
-class PairsConfig(Section):
+class PairsConfig(SamplingConfig):
+    """`pairs`: sample completions from a policy, judge them, pair the best with the worst. The sampling fields
+    are `generation`'s, with temperature 0.8 and top_p 0.95 (the n samples need to differ)."""
+
+    DEFAULTS = {"temperature": 0.8, "top_p": 0.95}
+
     policy: str | None = None
     """The model that writes the completions to rank: `base` (the recipe's `model`), `stage:sft`, `stage:<dpo stage>`, a folder or Hub id. The
     recipe's `model` when unset."""
     samples: int = Field(default=4, ge=2)
     """Completions sampled per prompt (n); the best and the worst of them make a pair."""
-    temperature: float = Field(default=0.8, gt=0.0)
-    """Sampling temperature (the n samples need to differ)."""
-    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(default=1.0, gt=0.0)
-    """As `generation.repetition_penalty`: the completion's own tokens only."""
-    max_new_tokens: int = Field(default=256, ge=1)
-    """Most tokens per completion (reasoning and answer together)."""
-    batch_size: int = Field(default=16, ge=1)
-    """Completions generated together."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Policy weights dtype for sampling."""
     judge_sees_reasoning: bool = False
     """Show the judge the chain of thought too; by default it judges the final answer only (as the RL stage)."""
     min_margin: float = Field(default=1.0, ge=0)
@@ -46,9 +42,9 @@ class PreferenceData(Section):
     transcripts; `pair_list`: prompt and a two-item `response` list [chosen, rejected]. `auto` tells them apart
     by their columns."""
     subset: str | None = None
-    """Hub dataset configuration."""
-    split: str = "train"
-    """Hub dataset split."""
+    """Hub datasets only: the configuration name."""
+    split: str | None = None
+    """Hub datasets only: the split to read (`train` when unset)."""
     preference: Literal["better", "safer"] = "safer"
     """PKU-SafeRLHF: which preference makes the pair (helpfulness `better` or harmlessness `safer`)."""
     limit: int | None = Field(default=None, ge=1)
@@ -74,7 +70,14 @@ class MarginConfig(Section):
     """Multiplies the margin score (e.g. to turn a 0-10 judge score into a reward's scale)."""
 
 
-class DPOConfig(TrainingOptions):
+class DPOOptions(DatasetTrainingOptions):
+    """`dpo`: offline preference optimisation (TRL DPOTrainer / KTOTrainer; MODPO on DPO's loss)."""
+
+    DEFAULTS = {"learning_rate": 5e-7, "num_train_epochs": 1.0, "per_device_train_batch_size": 4, "save_steps": 100}
+    TRL_NAMES = {"warmup_ratio": "warmup_steps"}  # transformers 5 reads a float below 1 as a ratio of the steps
+    OWN_FIELDS = DatasetTrainingOptions.OWN_FIELDS | {
+        "method", "data", "start", "beta", "weight", "margin", "undesirable_weight", "stages", "name"}
+
     method: Literal["dpo", "kto", "modpo"] = "dpo"
     """`dpo` (TRL DPOTrainer), `kto` (TRL KTOTrainer, on desirable/undesirable labels) or `modpo` (DPO with a
     margin from a frozen scorer, weighted by `weight`)."""
@@ -98,27 +101,11 @@ class DPOConfig(TrainingOptions):
     """KTO: weight of desirable examples."""
     undesirable_weight: float | None = Field(default=None, gt=0)
     """KTO: weight of undesirable examples; n_desirable / n_undesirable when unset (SACPO)."""
-    learning_rate: float = Field(default=5e-7, gt=0)
-    num_train_epochs: float = Field(default=1.0, gt=0)
-    max_steps: int = -1
-    """Stop after this many optimizer steps; -1 runs `num_train_epochs`."""
-    per_device_train_batch_size: int = Field(default=4, ge=1)
-    gradient_accumulation_steps: int = Field(default=1, ge=1)
-    """Batches whose gradients are summed before each optimiser step."""
-    max_length: int = Field(default=1024, ge=16)
-    """Longest prompt + completion in tokens (truncated beyond)."""
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     """Fraction of the steps over which the learning rate warms up from 0."""
-    lora: bool = True
-    """Train a LoRA adapter (the adapter-disabled model is then the reference) or all weights. Either way the
-    stage's `model/` folder holds full weights (the adapter merged), so later stages, merges and evals read it."""
     precompute_ref_log_probs: bool = False
     """Compute the reference model's log-probabilities once before training instead of in every step: faster
     for several epochs, and with full fine-tuning no reference copy stays in memory. MODPO always does."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory (large models on a GPU), slower steps."""
-    save_steps: int = Field(default=100, ge=1)
-    """Optimizer steps between checkpoints (`dpo --resume` continues from the last one)."""
     stages: list[dict[str, Any]] = Field(default_factory=list)
     """Stepwise training (SACPO): a list of stages, each a mapping with a `name` and any field above (fields it
     does not set come from this section). Each stage starts from `start` (by default the previous stage's
@@ -154,7 +141,7 @@ class DPOConfig(TrainingOptions):
         out, names = [], set()
         for i, raw in enumerate(self.stages):
             if not isinstance(raw, dict) or not raw.get("name"):
-                raise ValueError(f"stages[{i}] needs a name")
+                raise ValueError(f"dpo.stages[{i}] needs a name")
             merged = {**base, **{k: v for k, v in raw.items() if k not in {"data", "margin"}}}
             for key in ("data", "margin"):
                 merged[key] = {**base[key], **raw.get(key, {})}
@@ -163,17 +150,16 @@ class DPOConfig(TrainingOptions):
             try:
                 stage = DPOStage(**merged)
             except ValidationError as e:
-                err = e.errors()[0]
-                where = ".".join(str(x) for x in err["loc"])
-                raise ValueError(f"stages[{i}] ({raw['name']}): {where}: {err['msg']}") from None
+                where = ", ".join(describe_errors(DPOStage, e)[:2])
+                raise ValueError(f"dpo.stages[{i}] ({raw['name']}): {where}") from None
             if stage.name in names:
-                raise ValueError(f"stages: the name '{stage.name}' is used twice")
+                raise ValueError(f"dpo.stages: the name '{stage.name}' is used twice")
             names.add(stage.name)
             out.append(stage)
         return out
 
 
-class DPOStage(DPOConfig):
+class DPOStage(DPOOptions):
     name: str
     """The stage's name: its outputs go to `<output_dir>/dpo/<name>/`, and `stage:<name>` refers to its model."""
 

@@ -24,35 +24,49 @@ from deliberate.config.judge import JudgeConfig
 from deliberate.config.merge import MergeConfig
 from deliberate.config.model import ModelConfig
 from deliberate.config.overrides import apply_override
-from deliberate.config.preferences import DPOConfig, PairsConfig
-from deliberate.config.rl import RLConfig
-from deliberate.config.sampling import GenerationConfig
-from deliberate.config.training import SFTConfig
+from deliberate.config.preferences import DPOOptions, PairsConfig
+from deliberate.config.rl import RLOptions
+from deliberate.config.sampling import SamplingConfig
+from deliberate.config.training import SFTOptions
 from deliberate.config.yamlio import load_yaml_file, validate
 from deliberate.errors import DeliberateError
-from deliberate.services.io import write_yaml
 
 
 class Recipe(Section):
+    """A whole run: the model, spec, data and judge, and every stage's settings."""
+
     name: str = "default"
-    """A name for the run; it appears in reports."""
+    """A name for the run; it appears in reports and model cards."""
     output_dir: Path = Path("runs/default")
     """Where every stage writes its outputs (one subfolder per stage)."""
     seed: int = 0
+    """Seed of everything random: sampling, data order, initialisation, bootstrap resamples."""
     model: ModelConfig = Field(default_factory=ModelConfig)
+    """The model to align (the base that evaluations compare against)."""
     spec: str = "default"
     """The policy spec: `default` (built in) or a path to a spec YAML file."""
     data: DataConfig = Field(default_factory=DataConfig)
+    """The prompts that generate, pairs and rl train on."""
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    """The judge of every stage (filter, pairs, rl reward, eval, `deliberate judge`)."""
+    generation: SamplingConfig = Field(default_factory=SamplingConfig)
+    """How `answer` and `eval` generate answers."""
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    """Deliberative alignment, step 1: the teacher's spec-conditioned reasoning completions."""
     filter: FilterConfig = Field(default_factory=FilterConfig)
-    sft: SFTConfig = Field(default_factory=SFTConfig)
+    """Step 2: which judged completions are kept for SFT."""
+    sft: SFTOptions = Field(default_factory=SFTOptions)
+    """Step 3: fine-tuning on the kept completions with the spec stripped."""
     pairs: PairsConfig = Field(default_factory=PairsConfig)
-    dpo: DPOConfig = Field(default_factory=DPOConfig)
-    rl: RLConfig = Field(default_factory=RLConfig)
+    """Judge-ranked preference pairs sampled from a policy."""
+    dpo: DPOOptions = Field(default_factory=DPOOptions)
+    """Offline preference optimisation (DPO, KTO, SACPO's stages, MODPO)."""
+    rl: RLOptions = Field(default_factory=RLOptions)
+    """Online RL with a judge reward (GRPO, RLOO, PPO, PPO-Lagrangian)."""
     merge: MergeConfig = Field(default_factory=MergeConfig)
+    """Model merges (P-SACPO)."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Benchmarks, models to compare, pairwise judging."""
 
     @field_validator("name")
     @classmethod
@@ -68,10 +82,6 @@ class Recipe(Section):
         if len(set(names)) != len(names):
             raise ValueError("merge.merges: two merges have the same name")
         return self
-
-    def save(self, path: str | Path) -> Path:
-        """Write the fully resolved recipe (overrides applied); it holds no secrets by construction."""
-        return write_yaml(path, self.model_dump(mode="json"))
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,19 @@ from deliberate.config.judge import JudgeConfig
 from deliberate.config.training import TrainingOptions
 
 
-class RLConfig(TrainingOptions):
+class RLOptions(TrainingOptions):
+    """`rl`: online RL from a start model with a judge reward. GRPO and RLOO run on TRL's trainers; PPO and
+    PPO-Lagrangian are deliberate's own (`stages/rl/ppo.py`) and read the same fields."""
+
+    DEFAULTS = {"learning_rate": 1e-6, "logging_steps": 1}
+    TRL_NAMES = {"kl_coef": "beta", "clip_range": "epsilon", "max_new_tokens": "max_completion_length"}
+    OWN_FIELDS = TrainingOptions.OWN_FIELDS | {
+        "algo", "start", "data", "reward_judge", "reward_function", "format_reward", "cost_judge", "cost",
+        "cost_function", "cost_threshold", "lambda_init", "lambda_lr", "lambda_max", "lambda_update_delay",
+        "max_steps", "prompts_per_step", "num_generations", "value_learning_rate", "adaptive_kl", "kl_target",
+        "kl_horizon", "ppo_epochs", "mini_batch_size", "clip_range_value", "gamma", "lam", "whiten_advantages",
+        "loss_type"}
+
     algo: Literal["grpo", "rloo", "ppo", "ppo-lagrangian"] = "grpo"
     """`grpo` / `rloo` (TRL's trainers, no value model), `ppo` (this toolkit's PPO with a value model) or
     `ppo-lagrangian` (PPO maximising reward - lambda * cost with a learned multiplier, as Safe RLHF)."""
@@ -64,8 +76,6 @@ class RLConfig(TrainingOptions):
     """Sampling temperature of the completions (log-probabilities are taken at the same temperature)."""
     top_p: float = Field(default=1.0, gt=0, le=1)
     """Nucleus sampling of the completions."""
-    learning_rate: float = Field(default=1e-6, gt=0)
-    """Policy learning rate."""
     value_learning_rate: float | None = Field(default=None, gt=0)
     """PPO: the value model's learning rate; 5 x `learning_rate` when unset."""
     kl_coef: float = Field(default=0.05, ge=0)
@@ -96,20 +106,11 @@ class RLConfig(TrainingOptions):
     """Gradients are clipped to this norm."""
     loss_type: str | None = None
     """GRPO: TRL's loss variant (`grpo`, `dapo`, `dr_grpo`, `bnpo`, ...); TRL's default when unset."""
-    lora: bool = True
-    """Train a LoRA adapter (the adapter-disabled model is then the reference) or all weights. `rl/model` holds
-    full weights either way."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, slower steps."""
     use_vllm: bool = False
     """GRPO/RLOO: generate with vLLM (needs the `vllm` extra and a GPU)."""
-    save_steps: int = Field(default=50, ge=1)
-    """Steps between checkpoints (`rl --resume` continues from the last one)."""
-    logging_steps: int = Field(default=1, ge=1)
-    """GRPO/RLOO: steps between metric reports (PPO logs every step)."""
 
     @model_validator(mode="after")
-    def _groups(self) -> RLConfig:
+    def _groups(self) -> RLOptions:
         if self.algo in ("grpo", "rloo") and self.generations() < 2:
             raise ValueError(f"{self.algo} compares completions within a group: num_generations must be at least 2")
         return self

@@ -9,12 +9,13 @@ dot, `.inf`, `.nan`, `null`/`~`.
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from deliberate.errors import DeliberateError
+from deliberate.errors import DeliberateError, did_you_mean
 
 
 class Yaml12Loader(yaml.SafeLoader):
@@ -74,25 +75,58 @@ def load_yaml_file(path: str | Path) -> Any:
     return parse_yaml(path.read_text(encoding="utf-8"), str(path))
 
 
-def _field_names(cls: type, loc: tuple) -> list[str]:
-    """Names of the fields allowed beside the unknown one at `loc`, for the error message."""
+def _model_at(annotation: Any):
+    """The pydantic model an annotation holds, through `X | None`, `list[X]` and `dict[str, X]`, or None."""
     from pydantic import BaseModel
 
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if (found := _model_at(arg)) is not None:
+            return found
+    return None
+
+
+def _field_names(cls: type, loc: tuple) -> list[str]:
+    """Names of the fields allowed beside the unknown one at `loc`, for the error message."""
     model = cls
     for part in loc[:-1]:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        annotation = getattr(field, "annotation", None)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-        else:
+        if not isinstance(part, str):  # a list index or a dict key: the item's model is already `model`
+            continue
+        field = model.model_fields.get(part)
+        model = _model_at(getattr(field, "annotation", None))
+        if model is None:
             return []
     return list(model.model_fields)
 
 
+def field_path(loc: tuple) -> str:
+    """`dpo.stages[1].beta` for the loc ("dpo", "stages", 1, "beta")."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def describe_errors(cls: type, error) -> list[str]:
+    """One `field: what is wrong` line per error of a pydantic ValidationError raised by `cls`."""
+    parts = []
+    for err in error.errors():
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = _field_names(cls, loc)
+            listed = f"expected one of: {', '.join(allowed)}" if allowed else "not a field here"
+            msg = f"unknown field ({did_you_mean(loc[-1], allowed)}{listed})"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
+                msg += f", got {err['input']!r}"
+        parts.append(f"{field_path(loc)}: {msg}" if loc else msg)
+    return parts
+
+
 def validate(cls: type, data: Any, source: str):
     """Validate `data` against the pydantic model `cls`; errors name the source, the field and what was expected."""
-    import difflib
-
     from pydantic import ValidationError
 
     if data is None:
@@ -100,19 +134,6 @@ def validate(cls: type, data: Any, source: str):
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        parts = []
-        for err in e.errors():
-            loc = tuple(err["loc"])
-            field = ".".join(str(p) for p in loc) or "(top level)"
-            if err["type"] == "extra_forbidden":
-                allowed = _field_names(cls, loc)
-                close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-                hint = f"did you mean '{close[0]}'? " if close else ""
-                msg = f"unknown field ({hint}expected one of: {', '.join(allowed)})"
-            else:
-                msg = err["msg"]
-                if "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
-                    msg += f", got {err['input']!r}"
-            parts.append(f"{field}: {msg}")
+        parts = describe_errors(cls, e)
         more = f" (and {len(parts) - 3} more)" if len(parts) > 3 else ""
         raise DeliberateError(f"{source}: " + "; ".join(parts[:3]) + more) from None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deliberate.judges.base import (
+    Backend,
     Judge,
     JudgeFailure,
     PairwiseItem,
@@ -15,6 +17,10 @@ from deliberate.judges.base import (
     win_rate,
 )
 from deliberate.judges.cache import JudgeCache
+from deliberate.judges.classifier import ClassifierBackend
+from deliberate.judges.generative import HFBackend, OpenAIBackend
+from deliberate.judges.rules import RulesBackend
+from deliberate.services.models import cache_dir
 
 if TYPE_CHECKING:
     from deliberate.config import JudgeConfig
@@ -26,26 +32,14 @@ __all__ = ["Judge", "JudgeFailure", "PairwiseItem", "PairwiseResult", "Pointwise
 
 def make_judge(cfg: JudgeConfig, spec: PolicySpec | None, show_progress: bool = True) -> Judge:
     """The judge a recipe's `judge` section describes."""
-    from pathlib import Path
-
-    from deliberate.services.models import cache_dir
-
     usage = Usage()
     if cfg.backend == "rules":
-        from deliberate.judges.rules import RulesBackend
-
-        backend = RulesBackend(usage, spec)
+        backend: Backend = RulesBackend(usage, spec)
     elif cfg.backend == "openai":
-        from deliberate.judges.generative import OpenAIBackend
-
         backend = OpenAIBackend(usage, cfg)
     elif cfg.backend == "hf":
-        from deliberate.judges.generative import HFBackend
-
         backend = HFBackend(usage, cfg)
     else:
-        from deliberate.judges.classifier import ClassifierBackend
-
         backend = ClassifierBackend(usage, cfg)
     cache = None
     if cfg.cache != "none" and backend.cacheable:

@@ -159,8 +159,6 @@ class Backend:
         raise NotImplementedError
 
     async def classify(self, requests: list[ClassifyRequest], tick: Tick) -> list[dict[str, Any] | JudgeFailure]:
-        from deliberate.errors import DeliberateError
-
         raise DeliberateError(f"the {self.kind} judge cannot assign categories to prompts that have none: set "
                               "data.category or a category column, or use judge.backend openai or hf")
 
@@ -211,8 +209,9 @@ class Judge:
             self._spec_texts[category] = self.spec.spec_for(category) if known else self.spec.render_full()
         return self._spec_texts[category]
 
-    def _visible(self, response: str) -> str:
-        return split_reasoning(response).answer if self.hide_reasoning else response
+    def _visible(self, response: str, hide_reasoning: bool | None) -> str:
+        hide = self.hide_reasoning if hide_reasoning is None else hide_reasoning
+        return split_reasoning(response).answer if hide else response
 
     async def _run(self, kind: str, requests: list, call) -> list[dict[str, Any] | JudgeFailure]:
         """Serve what the cache has, ask the backend for the rest, cache the successes."""
@@ -249,10 +248,13 @@ class Judge:
         self.usage.seconds += time.perf_counter() - start
         return results  # type: ignore[return-value]
 
-    async def ascore(self, items: Sequence[PointwiseItem], repeats: int | None = None) -> list[PointwiseResult]:
+    async def ascore(self, items: Sequence[PointwiseItem], repeats: int | None = None, *,
+                     hide_reasoning: bool | None = None) -> list[PointwiseResult]:
+        """Score each item `repeats` times; `hide_reasoning` (the judge's own setting when None) says whether the
+        judge sees the chain of thought or the final answer only."""
         k = repeats or self.repeats
         requests = [
-            PointwiseRequest(prompt=it.prompt, response=self._visible(it.response), category=it.category,
+            PointwiseRequest(prompt=it.prompt, response=self._visible(it.response, hide_reasoning), category=it.category,
                              expected=it.expected, spec_text=self._spec_text(it.category), repeat=r)
             for it in items for r in range(k)
         ]
@@ -272,11 +274,11 @@ class Judge:
         return results
 
     async def acompare(self, items: Sequence[PairwiseItem], criterion: str = "harmlessness",
-                       repeats: int | None = None) -> list[PairwiseResult]:
+                       repeats: int | None = None, *, hide_reasoning: bool | None = None) -> list[PairwiseResult]:
         k = repeats or self.repeats
         requests = []
         for it in items:
-            first, second = self._visible(it.first), self._visible(it.second)
+            first, second = self._visible(it.first, hide_reasoning), self._visible(it.second, hide_reasoning)
             for r in range(k):
                 for a, b in ((first, second), (second, first)):  # both orders, against position bias
                     requests.append(PairwiseRequest(prompt=it.prompt, first=a, second=b, criterion=criterion,
@@ -317,12 +319,13 @@ class Judge:
     def classify(self, prompts: Sequence[str]) -> list[str | None]:
         return run_sync(self.aclassify(prompts))
 
-    def score(self, items: Sequence[PointwiseItem], repeats: int | None = None) -> list[PointwiseResult]:
-        return run_sync(self.ascore(items, repeats))
+    def score(self, items: Sequence[PointwiseItem], repeats: int | None = None, *,
+              hide_reasoning: bool | None = None) -> list[PointwiseResult]:
+        return run_sync(self.ascore(items, repeats, hide_reasoning=hide_reasoning))
 
-    def compare(self, items: Sequence[PairwiseItem], criterion: str = "harmlessness",
-                repeats: int | None = None) -> list[PairwiseResult]:
-        return run_sync(self.acompare(items, criterion, repeats))
+    def compare(self, items: Sequence[PairwiseItem], criterion: str = "harmlessness", repeats: int | None = None, *,
+                hide_reasoning: bool | None = None) -> list[PairwiseResult]:
+        return run_sync(self.acompare(items, criterion, repeats, hide_reasoning=hide_reasoning))
 
     def close(self) -> None:
         self.backend.close()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from deliberate.errors import DeliberateError
 from deliberate.judges.base import Backend, JudgeFailure, PairwiseRequest, PointwiseRequest, Tick, Usage
+from deliberate.services.models import pick_device, resolve_model_path
 
 if TYPE_CHECKING:
     from deliberate.config import JudgeConfig
@@ -23,8 +24,6 @@ class ClassifierBackend(Backend):
     def __init__(self, usage: Usage, cfg: JudgeConfig):
         super().__init__(usage)
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from deliberate.services.models import pick_device, resolve_model_path
 
         if not cfg.model:
             raise DeliberateError("judge.model: the classifier backend needs a reward or cost model")

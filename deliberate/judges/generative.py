@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from deliberate.config import ModelConfig, SamplingConfig
 from deliberate.errors import DeliberateError
 from deliberate.judges.base import (
     Backend,
@@ -32,6 +33,8 @@ from deliberate.judges.prompts import (
     pointwise_messages,
 )
 from deliberate.services.chat_api import ChatAPI, Messages
+from deliberate.services.generation import generate
+from deliberate.services.models import load_model
 
 if TYPE_CHECKING:
     from deliberate.config import JudgeConfig
@@ -77,9 +80,7 @@ class OpenAIBackend(GenerativeBackend):
     def __init__(self, usage: Usage, cfg: JudgeConfig):
         super().__init__(usage)
         self.cfg = cfg
-        self.api = ChatAPI(model=cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
-                           max_retries=cfg.max_retries, max_concurrency=cfg.max_concurrency, counters=usage,
-                           backoff_base=cfg.backoff_base, backoff_max=cfg.backoff_max, role="judge")
+        self.api = ChatAPI.from_config(cfg, model=cfg.model, counters=usage, role="judge")
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.kind, "model": self.cfg.model, "base_url": self.cfg.base_url,
@@ -107,9 +108,6 @@ class HFBackend(GenerativeBackend):
 
     def __init__(self, usage: Usage, cfg: JudgeConfig):
         super().__init__(usage)
-        from deliberate.config import ModelConfig
-        from deliberate.services.models import load_model
-
         if not cfg.model:
             raise DeliberateError("judge.model: the hf backend needs a model (folder, Hub id or smollm2)")
         self.cfg = cfg
@@ -119,10 +117,7 @@ class HFBackend(GenerativeBackend):
         return {"backend": self.kind, "model": self.loaded.path, "max_tokens": self.cfg.max_tokens}
 
     async def complete(self, batch: list[Messages], schema: dict[str, Any], tick: Tick) -> list[str | JudgeFailure]:
-        from deliberate.config import GenerationConfig
-        from deliberate.services.generation import generate
-
-        settings = GenerationConfig(max_new_tokens=self.cfg.max_tokens, batch_size=self.cfg.max_concurrency)
+        settings = SamplingConfig(max_new_tokens=self.cfg.max_tokens, batch_size=self.cfg.max_concurrency)
 
         def run() -> list[str | JudgeFailure]:
             gens = generate(self.loaded.model, self.loaded.tokenizer, batch, settings, show_progress=False,

@@ -8,18 +8,17 @@ settings makes no new generations.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deliberate.config import GenerationConfig, ModelConfig, Recipe
+from deliberate.config import ModelConfig, Recipe, SamplingConfig
 from deliberate.services.data import PromptRecord, load_prompts
 from deliberate.services.generation import Generation, GenerationStats, generate
 from deliberate.services.io import ResumableJsonl, write_json
 from deliberate.services.models import LoadedModel, load_model, resolve_model_path
+from deliberate.services.runs import Layout, fingerprint, model_identity
 from deliberate.services.spec import load_spec
 
 
@@ -31,29 +30,22 @@ class AnswerRun:
     path: Path
 
 
-def model_identity(model_path: str) -> str:
-    """A local folder's path plus the size and mtime of its weights, so a model retrained in the same place
-    does not get the old model's cached answers; a Hub id as is."""
-    folder = Path(model_path)
-    if not folder.is_dir():
-        return model_path
-    weights = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".gguf"})
-    return model_path + "|" + ",".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in weights)
+def sampling_model(model: ModelConfig, settings: SamplingConfig) -> ModelConfig:
+    """The model as it is loaded to sample with `settings` (in `settings.dtype` when that is set)."""
+    return model.model_copy(update={"dtype": settings.dtype}) if settings.dtype else model
 
 
-def fingerprint(model_path: str, settings: dict[str, Any]) -> str:
-    blob = json.dumps({"model": model_identity(model_path), "generation": settings}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def answer_records(model: ModelConfig, records: list[PromptRecord], settings: GenerationConfig, path: Path,
-                   show_progress: bool = True, description: str = "answering",
+def answer_records(model: ModelConfig, records: list[PromptRecord], settings: SamplingConfig, path: Path, *,
+                   seed: int, show_progress: bool = True, description: str = "answering",
                    load: Callable[[], LoadedModel] | None = None) -> AnswerRun:
     """Answer `records` with `model` into `path` (resumable; rows already there for these settings are reused).
 
     The model is loaded only when something is left to answer: by `load` when given (a caller answering several
-    benchmarks with one model loads it once), else here for this call alone."""
-    fp = fingerprint(resolve_model_path(model.name), settings.model_dump())
+    benchmarks with one model loads it once), else here for this call alone. Greedy answers do not depend on
+    the seed, so they are shared across seeds."""
+    model = sampling_model(model, settings)
+    fp = fingerprint({"model": model_identity(resolve_model_path(model.name)), "generation": settings.model_dump(),
+                      "dtype": model.dtype, "seed": seed if settings.temperature > 0 else None})
     out = ResumableJsonl(path)
     keys = [f"{r.id}:{fp}" for r in records]
     todo = [r for r, k in zip(records, keys, strict=True) if k not in out.done]
@@ -68,7 +60,7 @@ def answer_records(model: ModelConfig, records: list[PromptRecord], settings: Ge
                 for i, g in zip(indices, gens, strict=True)
             )
 
-        generate(loaded.model, loaded.tokenizer, [r.prompt for r in todo], settings,
+        generate(loaded.model, loaded.tokenizer, [r.prompt for r in todo], settings, seed=seed,
                  description=description, show_progress=show_progress, stats=stats, on_batch=save)
         del loaded
     rows = out.finish(order=keys)
@@ -79,8 +71,8 @@ def answer_prompts(recipe: Recipe, records: list[PromptRecord] | None = None, sh
     """Answer every prompt of the recipe's data with the recipe's model (resumable)."""
     if records is None:
         records = load_prompts(recipe.data, load_spec(recipe.spec))
-    run = answer_records(recipe.model, records, recipe.generation,
-                         Path(recipe.output_dir) / "answers" / "answers.jsonl", show_progress)
+    run = answer_records(recipe.model, records, recipe.generation, Layout(recipe).answers / "answers.jsonl",
+                         seed=recipe.seed, show_progress=show_progress)
     write_json(run.path.with_name("summary.json"), {
         "model": recipe.model.name, "prompts": len(run.rows), "generated_now": run.generated,
         "new_tokens": run.stats.new_tokens, "seconds": round(run.stats.seconds, 2),

@@ -8,11 +8,11 @@ from pathlib import Path
 from deliberate.config.data import DataConfig
 from deliberate.config.eval import Benchmark
 from deliberate.config.yamlio import load_yaml_file, validate
-from deliberate.errors import DeliberateError
-from deliberate.services.data import FILE_SUFFIXES
+from deliberate.errors import DeliberateError, did_you_mean
+from deliberate.services.data import FILE_SUFFIXES, PromptRecord, load_prompts
+from deliberate.services.spec import PolicySpec
 
 EVAL_DIR = Path(__file__).resolve().parents[2] / "eval"
-
 
 
 def load_benchmark(name: str) -> Benchmark:
@@ -26,8 +26,9 @@ def load_benchmark(name: str) -> Benchmark:
     for path in candidates:
         if path.is_file():
             return validate(Benchmark, load_yaml_file(path), str(path))
-    known = sorted(p.stem for p in EVAL_DIR.glob("*.yaml")) if EVAL_DIR.is_dir() else []
-    raise DeliberateError(f"eval: unknown benchmark '{name}' (known: {', '.join(known) or 'none'})")
+    known = sorted({p.stem for folder in (Path("eval"), EVAL_DIR) if folder.is_dir() for p in folder.glob("*.yaml")})
+    raise DeliberateError(f"eval: unknown benchmark '{name}'; {did_you_mean(name, known)}known: "
+                          f"{', '.join(known) or 'none'} (or a .yaml benchmark file, or a prompt file)")
 
 
 def benchmark_data(bench: Benchmark, datasets_dir: str | None) -> DataConfig:
@@ -39,4 +40,21 @@ def benchmark_data(bench: Benchmark, datasets_dir: str | None) -> DataConfig:
     if not path.is_file():
         return bench.data
     columns = bench.mirror.columns or bench.data.columns
-    return bench.data.model_copy(update={"source": str(path), "subset": None, "columns": columns})
+    return bench.data.model_copy(update={"source": str(path), "subset": None, "split": None, "columns": columns})
+
+
+def benchmark_prompts(bench: Benchmark, datasets_dir: str | None,
+                      spec: PolicySpec) -> tuple[DataConfig, list[PromptRecord]]:
+    """The benchmark's data section (its mirror when the datasets folder has it) and its prompts. When the
+    source cannot be read (offline, a gated set) and a mirror exists, the error says where to put it."""
+    data = benchmark_data(bench, datasets_dir)
+    try:
+        return data, load_prompts(data, spec)
+    except DeliberateError as e:
+        if bench.mirror is None or data is not bench.data:
+            raise
+        folder = datasets_dir or os.environ.get("DELIBERATE_DATASETS")
+        where = f"{folder} has no {bench.mirror.path}" if folder else \
+            "set eval.datasets_dir (or $DELIBERATE_DATASETS) to the folder that holds it"
+        raise DeliberateError(f"{e}; benchmark '{bench.name}' can be read from a local copy, "
+                              f"<datasets folder>/{bench.mirror.path}: {where}") from None

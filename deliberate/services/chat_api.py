@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from deliberate.config import ApiConfig
 from deliberate.errors import DeliberateError
 
 Messages = list[dict[str, str]]
@@ -85,6 +86,13 @@ class ChatAPI:
         self._key = key  # kept in memory only
         self._openai = openai
         self._ssl = None
+
+    @classmethod
+    def from_config(cls, cfg: ApiConfig, *, model: str | None, counters: Any, role: str) -> ChatAPI:
+        """The client a recipe's API section (the judge's, the teacher's) describes."""
+        return cls(model=model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
+                   max_retries=cfg.max_retries, max_concurrency=cfg.max_concurrency, counters=counters,
+                   backoff_base=cfg.backoff_base, backoff_max=cfg.backoff_max, role=role)
 
     def _ssl_context(self):
         """One TLS context for all clients (building one reads the CA bundle: 25 ms each)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deliberate.errors import DeliberateError
+from deliberate.services.models import cache_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -75,7 +76,7 @@ def _read_hub(cfg: DataConfig) -> pd.DataFrame:
     import datasets
 
     try:
-        ds = datasets.load_dataset(cfg.source, cfg.subset, split=cfg.split)
+        ds = datasets.load_dataset(cfg.source, cfg.subset, split=cfg.split or "train")
     except Exception as e:  # datasets raises many types for a missing dataset, split or network
         offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_DATASETS_OFFLINE") or os.environ.get(
             "HF_HUB_OFFLINE") else ""
@@ -94,7 +95,6 @@ def download(url: str) -> Path:
     import urllib.error
     import urllib.request
 
-    from deliberate.services.models import cache_dir
 
     name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "data"
     target = cache_dir() / "data" / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
@@ -119,6 +119,11 @@ def load_table(cfg: DataConfig) -> tuple[pd.DataFrame, str]:
     """The raw table that `cfg.source` names, and a label for error messages."""
     import pandas as pd
 
+    if cfg.source.count("/") != 1 or Path(cfg.source).expanduser().exists():  # not a Hub id
+        for name in ("split", "subset"):
+            if getattr(cfg, name) is not None:
+                hint = f" (to pick rows by a column, use where, e.g. --set data.where.{name}={getattr(cfg, name)})"
+                raise DeliberateError(f"data '{cfg.source}': {name} applies to Hub datasets only{hint}")
     if cfg.source == BUILTIN_DEMO:
         with resources.as_file(resources.files("deliberate.resources") / "demo_prompts.jsonl") as path:
             return pd.read_json(path, lines=True, dtype=False), BUILTIN_DEMO

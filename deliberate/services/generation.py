@@ -31,7 +31,7 @@ from deliberate.services.progress import progress_bar
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from deliberate.config import GenerationConfig
+    from deliberate.config import SamplingConfig
 
 Message = dict[str, str]
 Conversation = Sequence[Message]
@@ -92,8 +92,9 @@ def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     conversations: Sequence[Conversation | str],
-    settings: GenerationConfig,
+    settings: SamplingConfig,
     *,
+    seed: int = 0,
     description: str = "generating",
     show_progress: bool = True,
     stats: GenerationStats | None = None,
@@ -125,7 +126,6 @@ def generate(
     device = next(model.parameters()).device
     results: list[Generation | None] = [None] * len(texts)
     stats = stats if stats is not None else GenerationStats()
-    generator_seed = settings.seed
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -136,7 +136,7 @@ def generate(
                                                                prefixes)
             width = input_ids.shape[1]
             if sampling:
-                torch.manual_seed(generator_seed + b * settings.batch_size)
+                torch.manual_seed(seed + b * settings.batch_size)
             shared = getattr(prefix_cache, "shared_prefix", None) is not None
             if settings.repetition_penalty != 1.0:  # on the answer's own tokens, not the prompt's (see recipe.py)
                 from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
+
+from deliberate.services.io import atomic_write_bytes
 
 
 def _pyplot():
@@ -16,10 +19,6 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    import io
-
-    from deliberate.services.io import atomic_write_bytes
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
     return atomic_write_bytes(path, buffer.getvalue())

@@ -1,4 +1,6 @@
-"""Preference data for DPO, KTO and MODPO: `load_preferences` reads a recipe's preference data (the stage's own pairs, or a file, URL or Hub dataset in
+"""Preference data for DPO, KTO and MODPO.
+
+`load_preferences` reads a stage's preference data (`deliberate pairs`' output, or a file, URL or Hub dataset in
 the TRL, PKU-SafeRLHF, HH-RLHF or two-item-list formats) as TRL conversational rows, paired or unpaired.
 """
 
@@ -6,21 +8,15 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Literal
 
 from deliberate.config import DataConfig, PreferenceData, Recipe
 from deliberate.errors import DeliberateError
+from deliberate.services.data import load_table
 from deliberate.services.io import read_jsonl
+from deliberate.services.runs import Layout
 
 Messages = list[dict[str, str]]
-
-
-def pairs_dir(recipe: Recipe) -> Path:
-    return Path(recipe.output_dir) / "pairs"
-
-
-# --- importing preference data ---------------------------------------------------------------------------------
 
 FORMAT_COLUMNS = {
     "trl": ("prompt", "chosen", "rejected"),
@@ -92,7 +88,7 @@ def load_preferences(recipe: Recipe, data: PreferenceData,
     (prompt/completion/label), and a summary of what was read and skipped."""
     if data.source == "stage:pairs":
         name = "pairs.jsonl" if kind == "paired" else "kto.jsonl"
-        path = pairs_dir(recipe) / name
+        path = Layout(recipe).pairs / name
         if not path.is_file():
             raise DeliberateError(f"dpo: {path} does not exist; run `deliberate pairs` first")
         rows = read_jsonl(path)
@@ -101,8 +97,6 @@ def load_preferences(recipe: Recipe, data: PreferenceData,
                                   "pairs.min_margin")
         rows = rows[: data.limit] if data.limit else rows
         return rows, {"source": str(path), "format": "deliberate", "rows": len(rows), "skipped": 0}
-    from deliberate.services.data import load_table
-
     df, label = load_table(DataConfig(source=data.source, subset=data.subset, split=data.split))
     fmt = detect_format([str(c) for c in df.columns]) if data.format == "auto" else data.format
     missing = [c for c in FORMAT_COLUMNS[fmt] if c not in df.columns]

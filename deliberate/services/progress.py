@@ -45,3 +45,28 @@ def progress_bar(description: str, total: int, unit: str = "it", enabled: bool =
     with progress:
         task = progress.add_task(description, total=total, rate="")
         yield _Bar(progress, task, unit)
+
+
+class TrainingBar:
+    """Optimizer steps of a training run on stderr: done/total, elapsed, remaining, steps/s and the last loss."""
+
+    def __init__(self, description: str, total: int, start: int = 0):
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[loss]}"), console=Console(stderr=True))
+        self.progress.start()
+        self.task = self.progress.add_task(description, total=total, completed=start, rate="", loss="")
+        self.start = start
+
+    def update(self, step: int, loss: float | None = None) -> None:
+        task = self.progress.tasks[self.task]
+        fields: dict = {}
+        if task.elapsed and step > self.start:
+            fields["rate"] = f"{(step - self.start) / task.elapsed:.2f} steps/s"
+        if loss is not None:
+            fields["loss"] = f"loss {loss:.4g}"
+        self.progress.update(self.task, completed=step, **fields)
+
+    def close(self) -> None:
+        self.progress.stop()

@@ -1,25 +1,184 @@
-"""Names for the models a recipe produces, so stages, merges and evals can refer to each other.
+"""Run outputs: where every stage of a recipe writes, when a model counts as finished, what it is called.
 
-- `stage:sft`: the deliberative SFT model (`<output_dir>/sft/model`).
-- `stage:<name>`: a `dpo` stage's model (`<output_dir>/dpo/<name>/model`); for a swept stage
-  `stage:<name>/<variant>` (e.g. `stage:safe/beta0.025`), and `stage:<name>/*` for every variant.
-- `stage:rl`: the `deliberate rl` model (`<output_dir>/rl/model`).
-- `merge:<name>/<variant>` (e.g. `merge:p-sacpo/a0.75`), `merge:<name>/*` for all of a merge's outputs.
+Under a recipe's `output_dir`, one folder per stage (`Layout`):
 
-Anything else is a model as in `model.name` (folder, adapter folder, Hub id, `smollm2`) and is returned as is.
+    generate/   completions.jsonl, summary.json          sft_data/   train.jsonl
+    filter/     judged.jsonl, kept.jsonl, summary.json   pairs/      completions, judged, pairs, kto, summary
+    sft/                     a trained model (below)     stage:sft
+    dpo/<stage>[/<variant>]  a trained model             stage:<stage>[/<variant>], stage:<stage>/* for all
+    rl/                      a trained model, log.jsonl  stage:rl
+    merge/<name>[/<variant>] a merged model              merge:<name>[/<variant>], merge:<name>/* for all
+    eval/  answers/  judge/  reports and answer files
+
+A trained or merged model's folder (`ModelRun`) holds `model/` (full weights, tokenizer, a model card, and,
+written last, the marker `deliberate_model.json` with the run's summary and fingerprint), `adapter/` (LoRA runs),
+`checkpoints/` (for `--resume`) and `summary.json`. `model/` is replaced whole, never half-written. A stage whose
+inputs (settings, data, start model) have the same fingerprint as a finished run's reuses it instead of training
+again (`ModelRun.reusable`). Any name that is not a `stage:` or `merge:` reference is a model as in `model.name`
+(folder, adapter folder, Hub id, `smollm2`) and is returned as is.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from deliberate.config import Recipe
-from deliberate.errors import DeliberateError
+from deliberate.errors import DeliberateError, did_you_mean
+from deliberate.services.io import atomic_write_text, replace_dir, write_json
 
-DONE = "deliberate_model.json"  # written last into a finished dpo or merge model folder
+MARKER = "deliberate_model.json"  # written last into a finished model folder
 
+
+def fingerprint(blob: Any) -> str:
+    """A short hash of everything that determines an output (settings, data digests, model identities)."""
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def model_identity(model_path: str | None) -> str | None:
+    """A local folder's path plus the size and mtime of its weights, so a model retrained in the same place
+    does not get the old model's outputs; a Hub id as is."""
+    if model_path is None:
+        return None
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return model_path
+    weights = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".gguf"})
+    return model_path + "|" + ",".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in weights)
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """The `checkpoint-N` folders in `folder`, oldest first."""
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """The folder of one trained or merged model."""
+
+    folder: Path
+
+    @property
+    def model(self) -> Path:
+        return self.folder / "model"
+
+    @property
+    def adapter(self) -> Path:
+        return self.folder / "adapter"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.folder / "checkpoints"
+
+    def summary(self) -> dict[str, Any] | None:
+        """The finished run's summary (its marker), or None when the model is not finished."""
+        marker = self.model / MARKER
+        return json.loads(marker.read_text()) if marker.is_file() else None
+
+    @property
+    def finished(self) -> bool:
+        return (self.model / MARKER).is_file()
+
+    def reusable(self, fingerprint: str) -> dict[str, Any] | None:
+        """The summary of a finished run with these inputs (marked `reused`), or None: train it."""
+        summary = self.summary()
+        if summary is not None and summary.get("fingerprint") == fingerprint:
+            return {**summary, "reused": True}
+        return None
+
+    def last_checkpoint(self, resume: bool, verb: str) -> str | None:
+        """The newest checkpoint when resuming (an error when there is none), else None."""
+        if not resume:
+            return None
+        found = checkpoints(self.checkpoints)
+        if not found:
+            raise DeliberateError(f"{verb} --resume: no checkpoint in {self.checkpoints}")
+        return str(found[-1])
+
+    def finish(self, tmp: Path, summary: dict[str, Any], card: str) -> None:
+        """Make the complete model in `tmp` this run's `model/`: card, then marker, then one rename."""
+        atomic_write_text(tmp / "README.md", card)
+        write_json(tmp / MARKER, summary)
+        replace_dir(tmp, self.model)
+        write_json(self.folder / "summary.json", summary)
+
+
+class Layout:
+    """Where each stage of a recipe writes (see the module docstring)."""
+
+    def __init__(self, recipe: Recipe):
+        self.root = Path(recipe.output_dir)
+
+    @property
+    def generate(self) -> Path:
+        """The teacher's completions."""
+        return self.root / "generate"
+
+    @property
+    def filter(self) -> Path:
+        """Judged and kept completions."""
+        return self.root / "filter"
+
+    @property
+    def sft_data(self) -> Path:
+        """The SFT training set."""
+        return self.root / "sft_data"
+
+    @property
+    def pairs(self) -> Path:
+        """Judge-ranked preference pairs."""
+        return self.root / "pairs"
+
+    @property
+    def eval(self) -> Path:
+        """Answers, judgments and reports."""
+        return self.root / "eval"
+
+    @property
+    def answers(self) -> Path:
+        """`deliberate answer`'s answers."""
+        return self.root / "answers"
+
+    @property
+    def judge(self) -> Path:
+        """`deliberate judge`'s judgments."""
+        return self.root / "judge"
+
+    @property
+    def sft(self) -> ModelRun:
+        return ModelRun(self.root / "sft")
+
+    @property
+    def rl(self) -> ModelRun:
+        return ModelRun(self.root / "rl")
+
+    def dpo(self, stage: str, variant: str = "") -> ModelRun:
+        return ModelRun(self.root / "dpo" / stage / variant if variant else self.root / "dpo" / stage)
+
+    def merge(self, name: str, variant: str = "") -> ModelRun:
+        return ModelRun(self.root / "merge" / name / variant if variant else self.root / "merge" / name)
+
+
+def model_card(recipe: Recipe, title: str, text: str, sections: dict[str, Any] | None = None) -> str:
+    """A model folder's README: what it is, how it was made, then YAML blocks (the recipe last)."""
+    blocks = {**(sections or {}), "Recipe": recipe.model_dump(mode="json")}
+    out = f"# {recipe.name}: {title}\n\n{text}\n"
+    for name, value in blocks.items():
+        out += f"\n## {name}\n\n```yaml\n{yaml.safe_dump(value, sort_keys=False)}```\n"
+    return out
+
+
+# ---- references to a recipe's models ----
 
 def is_reference(name: str) -> bool:
     return name.startswith(("stage:", "merge:"))
@@ -27,9 +186,9 @@ def is_reference(name: str) -> bool:
 
 def _variants(folder: Path) -> dict[str, Path]:
     """Finished models under a stage or merge folder: '' for a single model, else variant name -> folder."""
-    if (folder / "model" / DONE).is_file():
+    if ModelRun(folder).finished:
         return {"": folder / "model"}
-    return {p.parent.name: p for p in sorted(folder.glob("*/model")) if (p / DONE).is_file()}
+    return {p.parent.name: p for p in sorted(folder.glob("*/model")) if ModelRun(p.parent).finished}
 
 
 def stage_models(recipe: Recipe, ref: str) -> list[tuple[str, str]]:
@@ -38,24 +197,20 @@ def stage_models(recipe: Recipe, ref: str) -> list[tuple[str, str]]:
         return [(ref, ref)]
     kind, _, rest = ref.partition(":")
     name, _, variant = rest.partition("/")
-    out = Path(recipe.output_dir)
-    if kind == "stage" and name == "sft":
-        from deliberate.stages.sft import sft_paths
-
-        path = sft_paths(recipe)["model"]
-        if not path.is_dir():
-            raise DeliberateError(f"{ref}: no model yet ({path}); run `deliberate sft` first")
-        return [(ref, str(path))]
-    if kind == "stage" and name == "rl":
-        path = out / "rl" / "model"
-        if not (path / DONE).is_file():
-            raise DeliberateError(f"{ref}: no model yet ({path}); run `deliberate rl` first")
-        return [(ref, str(path))]
-    folder = out / ("dpo" if kind == "stage" else "merge") / name
+    layout = Layout(recipe)
+    if kind == "stage" and name in ("sft", "rl"):
+        run = layout.sft if name == "sft" else layout.rl
+        if not run.finished:
+            raise DeliberateError(f"{ref}: no model yet ({run.model}); run `deliberate {name}` first")
+        return [(ref, str(run.model))]
     verb = "dpo" if kind == "stage" else "merge"
+    folder = layout.root / verb / name
     found = _variants(folder)
     if not found:
-        raise DeliberateError(f"{ref}: no finished model in {folder}; run `deliberate {verb}` first")
+        made = sorted(p.name for p in (layout.root / verb).glob("*") if _variants(p))
+        names = [f"{kind}:{m}" for m in made] + (["stage:sft", "stage:rl"] if kind == "stage" else [])
+        hint = did_you_mean(f"{kind}:{name}", names)
+        raise DeliberateError(f"{ref}: no finished model in {folder}; {hint}run `deliberate {verb}` first")
     if variant == "*":
         return [(f"{kind}:{name}" + (f"/{v}" if v else ""), str(p)) for v, p in found.items()]
     if variant in found:

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deliberate.config.yamlio import load_yaml_file, validate
-from deliberate.errors import DeliberateError
+from deliberate.errors import DeliberateError, closest
 
 StyleName = Literal["comply", "refuse", "safe_complete"]
 DEFAULT_SPEC = "default"
@@ -82,8 +82,10 @@ class PolicySpec(BaseModel):
     def category(self, name: str) -> Category:
         found = self.find(name)
         if found is None:
+            match = closest(normalise(name), self._index)
+            hint = f"did you mean '{self._index[match].id}'? " if match else ""
             raise DeliberateError(
-                f"unknown category '{name}' in spec '{self.name}' (known: {', '.join(self.category_ids)})"
+                f"unknown category '{name}' in spec '{self.name}'; {hint}known: {', '.join(self.category_ids)}"
             )
         return found
 

@@ -1,4 +1,4 @@
-"""What the training verbs (sft, dpo, rl) share: TRL arguments, LoRA settings, checkpoints, and distributed runs.
+"""What the training verbs (sft, dpo, rl) share: TRL configs, LoRA settings, saving, progress, distributed runs.
 
 Every verb runs as is on one device and under `accelerate launch` (DDP, FSDP, DeepSpeed; configs in
 `recipes/accelerate/`). Under several processes only the main process writes outputs, and the others wait for it
@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from deliberate.config import Recipe, TrainingOptions
-from deliberate.errors import DeliberateError
+from deliberate.services.io import replace_dir
+from deliberate.services.models import load_model, pick_device
+from deliberate.services.progress import TrainingBar
+from deliberate.services.runs import ModelRun
 
 
 def use_bf16(setting: bool | None, on_cpu: bool) -> bool:
@@ -27,19 +30,67 @@ def use_bf16(setting: bool | None, on_cpu: bool) -> bool:
 
 
 def on_cpu(recipe: Recipe) -> bool:
-    from deliberate.services.models import pick_device
-
     return pick_device(recipe.model.device) == "cpu"
 
 
-def trainer_args(recipe: Recipe, section: TrainingOptions, output_dir: Path, show_progress: bool,
-                 **fields: Any) -> dict[str, Any]:
-    """Keyword arguments every TRL config of ours gets, plus the verb's own `fields`."""
+def trl_config(config_class: type, recipe: Recipe, section: TrainingOptions, output_dir: Path,
+               **values: Any) -> Any:
+    """A TRL config (`SFTConfig`, `DPOConfig`, `KTOConfig`, `GRPOConfig`, `RLOOConfig`) for a training section.
+
+    Every field of the section that the config has, under its own name or the one in `section.TRL_NAMES`, is
+    passed as it is, except the ones deliberate reads itself (`section.OWN_FIELDS`); then the settings every
+    stage shares (device, precision, seeds, checkpoints, our own progress display); then `values`, what the
+    stage computes (a swept beta, batch sizes derived from the step size, ...)."""
+    import dataclasses
+
+    accepted = {f.name for f in dataclasses.fields(config_class)}
+    passed = {}
+    for name in type(section).model_fields:
+        target = section.TRL_NAMES.get(name, name)
+        if name not in section.OWN_FIELDS and target in accepted:
+            passed[target] = getattr(section, name)
     cpu = on_cpu(recipe)
-    return dict(output_dir=str(output_dir), logging_steps=section.logging_steps, save_strategy="steps",
-                save_total_limit=2, report_to=[], disable_tqdm=not show_progress, use_cpu=cpu,
-                bf16=use_bf16(section.bf16, cpu), seed=recipe.seed, data_seed=recipe.seed, dataloader_num_workers=0,
-                **fields)
+    shared = dict(output_dir=str(output_dir), save_strategy="steps", save_total_limit=2, report_to=[],
+                  disable_tqdm=True, use_cpu=cpu, bf16=use_bf16(section.bf16, cpu), seed=recipe.seed,
+                  data_seed=recipe.seed, dataloader_num_workers=0)
+    return config_class(**{**passed, **shared, **values})
+
+
+def show_training_progress(trainer, description: str, show_progress: bool) -> None:
+    """Replace the trainer's tqdm bar and printed log dicts with one rich bar (steps, loss, rate), or nothing."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for callback in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(callback)
+    if show_progress:
+        trainer.add_callback(_progress_callback(description))
+
+
+def _progress_callback(description: str):
+    from transformers import TrainerCallback
+
+    class RichProgress(TrainerCallback):
+        def __init__(self):
+            self.bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = TrainingBar(description, state.max_steps, start=state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.update(state.global_step, loss=logs["loss"])
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return RichProgress()
 
 
 def lora_config(section: TrainingOptions):
@@ -53,8 +104,6 @@ def lora_config(section: TrainingOptions):
 def load_start(recipe: Recipe, path: str, trainable: bool):
     """A stage's start model with full weights (an adapter folder is merged into its base, so the merged model
     is also the reference), loaded with the recipe's model settings; frozen unless `trainable`."""
-    from deliberate.services.models import load_model
-
     cfg = recipe.model.model_copy(update={"name": path, "base": None, "revision": None, "dtype": "auto"})
     loaded = load_model(cfg, for_training=trainable)
     if loaded.base_path:
@@ -64,35 +113,19 @@ def load_start(recipe: Recipe, path: str, trainable: bool):
     return loaded
 
 
-def save_policy(model, tokenizer, folder: Path, *, lora: bool, card: str, summary: dict[str, Any],
-                marker: str) -> None:
-    """Write `folder/model` (full weights: a LoRA adapter is merged) and, with LoRA, `folder/adapter`, each into
-    a temporary folder renamed when complete; `marker` (holding the summary) is written last into `model/`."""
-    from deliberate.services.io import atomic_write_text, replace_dir, write_json
-
+def save_policy(model, tokenizer, run: ModelRun, *, lora: bool, card: str, summary: dict[str, Any]) -> None:
+    """Write the run's `model/` (full weights: a LoRA adapter is merged) and, with LoRA, its `adapter/`, each
+    into a temporary folder renamed when complete; the marker holding the summary is written last."""
     if lora:
-        adapter_tmp = folder / "adapter.tmp"
+        adapter_tmp = run.folder / "adapter.tmp"
         model.save_pretrained(str(adapter_tmp))
         tokenizer.save_pretrained(str(adapter_tmp))
-        replace_dir(adapter_tmp, folder / "adapter")
+        replace_dir(adapter_tmp, run.adapter)
         model = model.merge_and_unload()
-    tmp = folder / "model.tmp"
+    tmp = run.folder / "model.tmp"
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
-    atomic_write_text(tmp / "README.md", card)
-    write_json(tmp / marker, summary)
-    replace_dir(tmp, folder / "model")
-    write_json(folder / "summary.json", summary)
-
-
-def last_checkpoint(folder: Path, resume: bool, verb: str) -> str | None:
-    """The newest `checkpoint-N` in `folder` when resuming (an error when there is none), else None."""
-    if not resume:
-        return None
-    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    if not found:
-        raise DeliberateError(f"{verb} --resume: no checkpoint in {folder}")
-    return str(found[-1])
+    run.finish(tmp, summary, card)
 
 
 def world() -> tuple[int, int]:

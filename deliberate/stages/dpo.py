@@ -22,32 +22,33 @@ Outputs per trained model in `<output_dir>/dpo/<stage>/` (or `<stage>/<variant>/
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 from trl import DPOConfig, DPOTrainer
 
 from deliberate.config import DPOStage, Recipe
 from deliberate.errors import DeliberateError
-from deliberate.services.answering import model_identity
+from deliberate.services.models import resolve_model_path
 from deliberate.services.preferences import load_preferences
-from deliberate.services.runs import DONE, stage_models
+from deliberate.services.runs import (
+    Layout,
+    ModelRun,
+    fingerprint,
+    model_card,
+    model_identity,
+    stage_model,
+    stage_models,
+)
 from deliberate.services.training import (
     gather_digests,
-    last_checkpoint,
     load_start,
     lora_config,
     main_process_first,
     save_policy,
-    trainer_args,
+    show_training_progress,
+    trl_config,
 )
-
-
-def dpo_dir(recipe: Recipe) -> Path:
-    return Path(recipe.output_dir) / "dpo"
 
 
 def run_dpo(recipe: Recipe, *, only: list[str] | None = None, resume: bool = False,
@@ -67,16 +68,16 @@ def run_dpo(recipe: Recipe, *, only: list[str] | None = None, resume: bool = Fal
         for start_variant, start_path in starts:
             for variant, beta, weight in stage.sweep():
                 full = "_".join(v for v in (start_variant, variant) if v)
-                folder = dpo_dir(recipe) / stage.name / full if full else dpo_dir(recipe) / stage.name
+                run = Layout(recipe).dpo(stage.name, full)
                 if only and stage.name not in only:
-                    if not (folder / "model" / DONE).is_file():
+                    if not run.finished:
                         raise DeliberateError(f"dpo: stage '{stage.name}' ({full or 'single model'}) has not been "
                                               "trained yet; run it first (drop --stage)")
-                    produced[stage.name].append((full, str(folder / "model")))
+                    produced[stage.name].append((full, str(run.model)))
                     continue
-                summary = train_stage(recipe, stage, start_path, beta, weight, folder, data, resume=resume,
+                summary = train_stage(recipe, stage, start_path, beta, weight, run, data, resume=resume,
                                       show_progress=show_progress, label=f"{stage.name}{'/' + full if full else ''}")
-                produced[stage.name].append((full, str(folder / "model")))
+                produced[stage.name].append((full, str(run.model)))
                 summaries.append(summary)
     return summaries
 
@@ -101,17 +102,11 @@ def _starts(recipe: Recipe, stage: DPOStage, previous: str | None,
     return [("", path) for _, path in stage_models(recipe, stage.start)]
 
 
-def _fingerprint(blob: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def train_stage(recipe: Recipe, stage: DPOStage, start: str, beta: float, weight: float, folder: Path,
+def train_stage(recipe: Recipe, stage: DPOStage, start: str, beta: float, weight: float, run: ModelRun,
                 data: tuple[list[dict[str, Any]], dict[str, Any]], *, resume: bool = False,
                 show_progress: bool = True, label: str = "") -> dict[str, Any]:
-    """Train one model of a stage into `folder` on `data` (rows and their summary, from `load_preferences`);
+    """Train one model of a stage into `run` on `data` (rows and their summary, from `load_preferences`);
     reused when finished with the same inputs."""
-    from deliberate.services.models import resolve_model_path
-
     rows, data_summary = data
     start_path = resolve_model_path(start)
     settings = stage.model_dump(exclude={"stages", "name", "beta", "weight", "start"})
@@ -120,29 +115,25 @@ def train_stage(recipe: Recipe, stage: DPOStage, start: str, beta: float, weight
         if not stage.margin.model:
             raise DeliberateError(f"dpo: stage '{stage.name}': MODPO with an implicit-reward margin needs "
                                   "dpo.margin.model (e.g. stage:safety)")
-        from deliberate.services.runs import stage_model
-
         margin_model = resolve_model_path(stage_model(recipe, stage.margin.model))
         margin_ref = resolve_model_path(stage_model(recipe, stage.margin.reference)) if stage.margin.reference \
             else start_path
-    fingerprint = _fingerprint({
+    fp = fingerprint({
         "settings": settings, "beta": beta, "weight": weight, "start": model_identity(start_path), "seed": recipe.seed,
-        "data": hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest(),
-        "margin": [model_identity(margin_model), model_identity(margin_ref)] if margin_model else None,
-        "model": recipe.model.model_dump(exclude={"name"})})
-    marker = folder / "model" / DONE
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
-        return {**json.loads(marker.read_text()), "reused": True}
+        "data": fingerprint(rows), "model": recipe.model.model_dump(exclude={"name"}),
+        "margin": [model_identity(margin_model), model_identity(margin_ref)] if margin_model else None})
+    if reused := run.reusable(fp):
+        return reused
     if stage.method == "modpo":
         rows = _with_margins(recipe, stage, rows, margin_model, margin_ref if margin_model else None)
-    trainer, extra = build_trainer(recipe, stage, start_path, rows, beta, weight, folder / "checkpoints",
-                                   show_progress)
-    checkpoint = last_checkpoint(folder / "checkpoints", resume, "dpo")
+    trainer, extra = build_trainer(recipe, stage, start_path, rows, beta, weight, run, show_progress,
+                                   label or stage.name)
+    checkpoint = run.last_checkpoint(resume, "dpo")
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - t0
     logs = [e for e in trainer.state.log_history if "loss" in e]
-    summary = {"fingerprint": fingerprint, "stage": stage.name, "model": label or stage.name,
+    summary = {"fingerprint": fp, "stage": stage.name, "model": label or stage.name,
                "method": stage.method, "start": start, "start_path": start_path, "beta": beta,
                "weight": weight if stage.method == "modpo" else None, "lora": stage.lora, "data": data_summary,
                "examples": len(trainer.train_dataset), "steps": trainer.state.global_step,
@@ -153,44 +144,27 @@ def train_stage(recipe: Recipe, stage: DPOStage, start: str, beta: float, weight
                "resumed_from": checkpoint, **extra}
     summary["weights_digest_per_rank"] = gather_digests(trainer.model)  # every rank's weights: equal under DDP
     with main_process_first() as main:  # under `accelerate launch` one process writes, the others wait
-        if main:
-            _save(trainer, folder, recipe, stage, summary)
+        if main:  # `model/` holds full weights (LoRA merged), so later stages, merges and evals can load it
+            what = {"dpo": "DPO", "kto": "KTO", "modpo": "MODPO"}[stage.method]
+            w = f", w = {weight}" if stage.method == "modpo" else ""
+            card = model_card(
+                recipe, f"{summary['model']} ({what}{', LoRA merged' if stage.lora else ''})",
+                f"Started from `{start}` (also the reference model). Trained by `deliberate dpo` with TRL on "
+                f"{summary['examples']} examples from {data_summary['source']}: beta = {beta}{w}, {summary['steps']} "
+                f"steps, final training loss {summary['train_loss']}.",
+                {"Stage": stage.model_dump(mode="json", exclude={"stages"})})
+            save_policy(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, run,
+                        lora=stage.lora, card=card, summary=summary)
     return summary
 
 
-def _save(trainer, folder: Path, recipe: Recipe, stage: DPOStage, summary: dict[str, Any]) -> None:
-    """`model/` always holds full weights (LoRA merged), so later stages, merges and evals can load it."""
-    save_policy(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, folder, lora=stage.lora,
-                card=model_card(recipe, stage, summary), summary=summary, marker=DONE)
-
-
-def model_card(recipe: Recipe, stage: DPOStage, summary: dict[str, Any]) -> str:
-    import yaml
-
-    what = {"dpo": "DPO", "kto": "KTO", "modpo": "MODPO"}[stage.method]
-    w = f", w = {summary['weight']}" if summary.get("weight") is not None else ""
-    return (f"# {recipe.name}: {summary['model']} ({what}{', LoRA merged' if stage.lora else ''})\n\n"
-            f"Started from `{summary['start']}` (also the reference model). Trained by `deliberate dpo` with TRL on "
-            f"{summary['examples']} examples from {summary['data']['source']}: beta = {summary['beta']}{w}, "
-            f"{summary['steps']} steps, final training loss {summary['train_loss']}.\n\n"
-            "## Stage\n\n```yaml\n" + yaml.safe_dump(stage.model_dump(mode="json", exclude={"stages"}), sort_keys=False)
-            + "```\n\n## Recipe\n\n```yaml\n" + yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
-            + "```\n")
-
-
 def build_trainer(recipe: Recipe, stage: DPOStage, start: str, rows: list[dict[str, Any]], beta: float,
-                  weight: float, output_dir: Path, show_progress: bool = True):
+                  weight: float, run: ModelRun, show_progress: bool = True, label: str = "dpo"):
     """The TRL trainer for one model of a stage (no training yet), and facts for the summary."""
     from datasets import Dataset
 
     loaded = load_start(recipe, start, trainable=True)
-    common = trainer_args(
-        recipe, stage, output_dir, show_progress,
-        learning_rate=stage.learning_rate, num_train_epochs=stage.num_train_epochs, max_steps=stage.max_steps,
-        per_device_train_batch_size=stage.per_device_train_batch_size,
-        gradient_accumulation_steps=stage.gradient_accumulation_steps, max_length=stage.max_length,
-        warmup_steps=stage.warmup_ratio, save_steps=stage.save_steps, logging_first_step=True,
-        remove_unused_columns=True, gradient_checkpointing=stage.gradient_checkpointing)
+    common = {"logging_first_step": True, "remove_unused_columns": True}
     peft_config = lora_config(stage) if stage.lora else None
     # Full fine-tuning: the reference is a frozen copy of the start model, loaded explicitly (TRL would reload
     # it from the config's name, which is the base for a merged adapter). With precomputed reference
@@ -210,12 +184,13 @@ def build_trainer(recipe: Recipe, stage: DPOStage, start: str, rows: list[dict[s
                                   f"(got {n_good} and {n_bad})")
         undesirable = stage.undesirable_weight or n_good / n_bad
         loss = stage.loss_type[0] if stage.loss_type[0] in ("kto", "apo_zero_unpaired") else "kto"
-        args = KTOConfig(**common, beta=beta, loss_type=loss, desirable_weight=stage.desirable_weight,
-                         undesirable_weight=undesirable, precompute_ref_log_probs=precompute)
+        args = trl_config(KTOConfig, recipe, stage, run.checkpoints, **common, beta=beta, loss_type=loss,
+                          undesirable_weight=undesirable, precompute_ref_log_probs=precompute)
         data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"], "label": bool(r["label"])}
                                   for r in rows])
         trainer = KTOTrainer(model=loaded.model, ref_model=ref_model, args=args, train_dataset=data,
                              processing_class=loaded.tokenizer, peft_config=peft_config)
+        show_training_progress(trainer, f"kto {label}", show_progress)
         extra = {"desirable": n_good, "undesirable": n_bad, "desirable_weight": stage.desirable_weight,
                  "undesirable_weight": round(undesirable, 6), "loss_type": loss}
         return trainer, extra
@@ -224,14 +199,18 @@ def build_trainer(recipe: Recipe, stage: DPOStage, start: str, rows: list[dict[s
     if stage.method == "modpo":
         if stage.loss_type != ["sigmoid"]:
             raise DeliberateError(f"dpo: stage '{stage.name}': MODPO uses the sigmoid loss; drop dpo.loss_type")
-        args = DPOConfig(**common, beta=beta / weight, loss_type=["sigmoid"], precompute_ref_log_probs=True)
+        args = trl_config(DPOConfig, recipe, stage, run.checkpoints, **common, beta=beta / weight,
+                          loss_type=["sigmoid"], precompute_ref_log_probs=True)
         trainer = MODPOTrainer(model=loaded.model, args=args, train_dataset=data, processing_class=loaded.tokenizer,
                                peft_config=peft_config, modpo_beta=beta, modpo_weight=weight)
+        show_training_progress(trainer, f"modpo {label}", show_progress)
         extra = {"margin": stage.margin.kind, "margin_model": stage.margin.model}
         return trainer, extra
-    args = DPOConfig(**common, beta=beta, loss_type=stage.loss_type, precompute_ref_log_probs=precompute)
+    args = trl_config(DPOConfig, recipe, stage, run.checkpoints, **common, beta=beta,
+                      precompute_ref_log_probs=precompute)
     trainer = DPOTrainer(model=loaded.model, ref_model=ref_model, args=args, train_dataset=data,
                          processing_class=loaded.tokenizer, peft_config=peft_config)
+    show_training_progress(trainer, f"dpo {label}", show_progress)
     return trainer, {"loss_type": stage.loss_type}
 
 

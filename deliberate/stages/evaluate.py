@@ -27,17 +27,21 @@ import csv
 import functools
 import io
 import re
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from deliberate.config import Recipe
-from deliberate.config.eval import CRITERIA, Benchmark
-from deliberate.services.benchmarks import benchmark_data, load_benchmark
-from deliberate.services.data import load_prompts
+from deliberate.config import CRITERIA, Benchmark, Recipe
+from deliberate.judges import PairwiseItem, PointwiseItem, make_judge
+from deliberate.services.answering import answer_records, sampling_model
+from deliberate.services.benchmarks import benchmark_prompts, load_benchmark
 from deliberate.services.io import atomic_write_text, write_json, write_jsonl
-from deliberate.services.reasoning import split_reasoning
+from deliberate.services.models import load_model
+from deliberate.services.plots import plot_benchmarks, plot_win_rates
+from deliberate.services.reasoning import retrieval_correct, split_reasoning
+from deliberate.services.runs import Layout, stage_models
 from deliberate.services.spec import load_spec
-from deliberate.services.stats import Rate, bootstrap_rate
+from deliberate.services.stats import Rate, bootstrap_rate, elo_ratings, games_from, win_rate_summary
 
 HARMFUL = ("refuse", "safe_complete")
 def slug(name: str) -> str:
@@ -53,12 +57,9 @@ def visible_answer(completion: str) -> tuple[str, str | None, bool]:
 
 
 def score_answers(recipe: Recipe, rows: list[dict[str, Any]], judge, spec) -> tuple[list[dict], dict[str, Any]]:
-    from deliberate.judges import PointwiseItem
-    from deliberate.services.reasoning import retrieval_correct
-
-    shown = [visible_answer(r["answer"]) for r in rows]
+    shown = [visible_answer(r["answer"]) for r in rows]  # the final answer, or a malformed completion whole
     results = judge.score([PointwiseItem(r["prompt"], s[0], r.get("category"), r.get("expected"))
-                           for r, s in zip(rows, shown, strict=True)])
+                           for r, s in zip(rows, shown, strict=True)], hide_reasoning=False)
     judged = []
     for r, (visible, reasoning, ok), res in zip(rows, shown, results, strict=True):
         judged.append({"id": r["id"], "prompt": r["prompt"], "category": r.get("category"),
@@ -86,34 +87,29 @@ def score_answers(recipe: Recipe, rows: list[dict[str, Any]], judge, spec) -> tu
 
 def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[str] | None = None,
              show_progress: bool = True) -> dict[str, Any]:
-    from deliberate.judges import make_judge
-    from deliberate.services.answering import answer_records
-    from deliberate.services.models import load_model
-
     spec = load_spec(recipe.spec)
     cfg = recipe.eval
-    from deliberate.services.runs import stage_models
-
     paths = {recipe.model.name: recipe.model.name}
     for ref in models if models is not None else cfg.models:  # `stage:safe/*` stands for every variant
         paths.update(stage_models(recipe, ref))
     names = list(paths)
     benches = [load_benchmark(b) for b in (benchmarks or cfg.benchmarks)]
-    datas = {b.name: benchmark_data(b, cfg.datasets_dir) for b in benches}
-    prompts = {b.name: load_prompts(datas[b.name], spec) for b in benches}  # bad data fails before any work
+    read = {b.name: benchmark_prompts(b, cfg.datasets_dir, spec) for b in benches}  # bad data fails before any work
+    datas = {name: data for name, (data, _) in read.items()}
+    prompts = {name: records for name, (_, records) in read.items()}
     judge = make_judge(recipe.judge, spec, show_progress=show_progress)
-    judge.hide_reasoning = False  # the final answer is separated here, with malformed completions shown whole
-    root = Path(recipe.output_dir) / "eval"
+    root = Layout(recipe).eval
     results, answers = [], {}
     try:
         for name in names:
             model = recipe.model.model_copy(update={"name": paths[name], "base": None, "revision": None}) \
                 if name != recipe.model.name else recipe.model
-            load = functools.cache(lambda model=model: load_model(model))  # once for all benchmarks, if needed
+            # Loaded once for all benchmarks, and only if some answer is missing.
+            load = functools.cache(lambda model=model: load_model(sampling_model(model, recipe.generation)))
             for bench in benches:
                 run = answer_records(model, prompts[bench.name], recipe.generation,
-                                     root / "answers" / slug(name) / f"{bench.name}.jsonl", show_progress,
-                                     description=f"{name} on {bench.name}", load=load)
+                                     root / "answers" / slug(name) / f"{bench.name}.jsonl", seed=recipe.seed,
+                                     show_progress=show_progress, description=f"{name} on {bench.name}", load=load)
                 answers[(name, bench.name)] = run.rows
                 judged, metrics = score_answers(recipe, run.rows, judge, spec)
                 write_jsonl(root / "judgments" / slug(name) / f"{bench.name}.jsonl", judged)
@@ -129,8 +125,6 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
               "pairwise_repeats": cfg.pairwise_repeats, "results": results, "pairwise": pairwise, "elo": elo,
               "plots": []}
     if cfg.plots:
-        from deliberate.services.plots import plot_benchmarks, plot_win_rates
-
         drawn = [plot_benchmarks(results, root / "benchmarks.png"),
                  plot_win_rates(pairwise, recipe.model.name, root / "winrates.png")]
         report["plots"] = [p.name for p in drawn if p is not None]
@@ -145,11 +139,6 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
 def compare_models(recipe: Recipe, names: list[str], benches: list[Benchmark], answers: dict, judge,
                    root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Win rates of each model against the base (per benchmark and pooled, per criterion) and Elo ratings."""
-    from itertools import combinations
-
-    from deliberate.judges import PairwiseItem
-    from deliberate.services.stats import elo_ratings, games_from, win_rate_summary
-
     cfg, base = recipe.eval, recipe.model.name
     pairs = [(m, base) for m in names if m != base] if cfg.pairwise_against == "base" else \
         list(combinations(names, 2))
@@ -161,7 +150,7 @@ def compare_models(recipe: Recipe, names: list[str], benches: list[Benchmark], a
                 rows_a, rows_b = answers[(first, bench.name)], answers[(second, bench.name)]
                 items = [PairwiseItem(a["prompt"], visible_answer(a["answer"])[0], visible_answer(o["answer"])[0],
                                       a.get("category"), a.get("expected")) for a, o in zip(rows_a, rows_b, strict=True)]
-                judged = judge.compare(items, criterion, cfg.pairwise_repeats)
+                judged = judge.compare(items, criterion, cfg.pairwise_repeats, hide_reasoning=False)
                 per_prompt = [{"id": a["id"], "wins": r.wins, "losses": r.losses, "ties": r.ties,
                                "failures": r.failures, "errors": r.errors} for a, r in zip(rows_a, judged, strict=True)]
                 write_jsonl(root / "judgments" / slug(first) / f"{bench.name}.{criterion}.vs.{slug(second)}.jsonl",

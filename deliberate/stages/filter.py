@@ -8,32 +8,33 @@ completion with its score and why it was dropped), `kept.jsonl` and `summary.jso
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 from deliberate.config import Recipe
 from deliberate.errors import DeliberateError
+from deliberate.judges import PointwiseItem, make_judge
 from deliberate.services.io import read_jsonl, write_json, write_jsonl
 from deliberate.services.reasoning import retrieval_correct, retrieval_summary
-from deliberate.services.runs import StageRun
+from deliberate.services.runs import Layout, StageRun
 from deliberate.services.spec import load_spec
 
 
 def filter_completions(recipe: Recipe, show_progress: bool = True) -> StageRun:
     """Judge every well-formed completion; keep those whose minimum score clears the threshold."""
-    from deliberate.judges import PointwiseItem, make_judge
-
-    source = Path(recipe.output_dir) / "generate" / "completions.jsonl"
+    layout = Layout(recipe)
+    source = layout.generate / "completions.jsonl"
     if not source.exists():
         raise DeliberateError(f"filter: {source} does not exist; run `deliberate generate` first")
     cfg = recipe.filter
     spec = load_spec(recipe.spec)
     rows = read_jsonl(source)
     judge = make_judge(recipe.judge, spec, show_progress=show_progress)
-    judge.hide_reasoning = not cfg.judge_sees_reasoning
     candidates = [r for r in rows if not r["malformed"]]
-    results = judge.score([PointwiseItem(r["prompt"], r["completion"], r.get("category"), r.get("expected"))
-                           for r in candidates])
+    try:
+        results = judge.score([PointwiseItem(r["prompt"], r["completion"], r.get("category"), r.get("expected"))
+                               for r in candidates], hide_reasoning=not cfg.judge_sees_reasoning)
+    finally:
+        judge.close()
     by_key = {r["key"]: res for r, res in zip(candidates, results, strict=True)}
     passing: dict[str, list[dict[str, Any]]] = defaultdict(list)
     judged = []
@@ -59,7 +60,7 @@ def filter_completions(recipe: Recipe, show_progress: bool = True) -> StageRun:
         for extra in group[cfg.keep_per_prompt:] if cfg.keep_per_prompt else []:
             extra["dropped"] = f"over keep_per_prompt={cfg.keep_per_prompt}"
     kept = [r for r in judged if r["dropped"] is None]
-    folder = Path(recipe.output_dir) / "filter"
+    folder = layout.filter
     write_jsonl(folder / "judged.jsonl", judged)
     write_jsonl(folder / "kept.jsonl", kept)
     summary = {"completions": len(rows), "malformed": len(rows) - len(candidates),

@@ -11,19 +11,24 @@ keyed by prompt id, sample index and a fingerprint of everything that determines
 
 from __future__ import annotations
 
-import hashlib
-import json
+import asyncio
 import re
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from deliberate.config import GenerationConfig, ModelConfig, Recipe
+from deliberate.config import ModelConfig, Recipe
 from deliberate.errors import DeliberateError
+from deliberate.judges import make_judge
+from deliberate.services.chat_api import ChatAPI, Counters, Failure
 from deliberate.services.data import PromptRecord, load_prompts
+from deliberate.services.generation import GenerationStats, generate, render_prompt, system_text, trim
 from deliberate.services.io import ResumableJsonl, write_json
+from deliberate.services.models import load_model, resolve_model_path
+from deliberate.services.progress import progress_bar
 from deliberate.services.reasoning import CLOSE, retrieval_summary, split_reasoning
-from deliberate.services.runs import StageRun
+from deliberate.services.runs import Layout, StageRun, fingerprint
 from deliberate.services.spec import PolicySpec, load_spec
 
 DEFAULT_INSTRUCTIONS = """\
@@ -122,10 +127,6 @@ def last_sentences(text: str, head: str = "") -> str:
     return text[: ends[-1]] if ends else text
 
 
-def _fingerprint(blob: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def _samples(recipe: Recipe, record: PromptRecord) -> int:
     cfg = recipe.generate
     for column, by_value in cfg.samples_by_meta.items():
@@ -137,26 +138,25 @@ def _samples(recipe: Recipe, record: PromptRecord) -> int:
 
 def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun:
     """Sample k spec-conditioned reasoning completions per prompt (resumable); see the module docstring."""
-    from deliberate.services.models import resolve_model_path
-
     cfg = recipe.generate
     spec = load_spec(recipe.spec)
     records = assign_categories(recipe, spec, load_prompts(recipe.data, spec), show_progress)
     instructions = load_instructions(cfg.instructions)
     teacher = cfg.teacher or recipe.model.name
     teacher_id = teacher if cfg.backend == "openai" else resolve_model_path(teacher)
-    settings = {k: v for k, v in cfg.model_dump().items() if k not in {"api_key_env", "max_concurrency", "timeout",
-                                                                          "max_retries", "batch_size", "instructions"}}
+    settings = {k: v for k, v in cfg.model_dump().items() if k not in {
+        "api_key_env", "max_concurrency", "timeout", "max_retries", "backoff_base", "backoff_max", "batch_size",
+        "instructions"}}  # what does not change a sample
     settings.update(teacher=teacher, seed=recipe.seed)
     # k is not part of a row's identity: raising `samples` later keeps the samples already drawn.
     row_settings = {k: v for k, v in settings.items()
                     if k not in {"samples", "samples_by_expected", "samples_by_meta"}}
-    fp = _fingerprint({"settings": row_settings, "teacher": teacher_id, "instructions": instructions,
+    fp = fingerprint({"settings": row_settings, "teacher": teacher_id, "instructions": instructions,
                        "few_shot": FEW_SHOT if cfg.few_shot else None,
                        "spec": spec.model_dump()})
     jobs = [(r, s) for r in records for s in range(_samples(recipe, r))]
     keys = [f"{r.id}:{s}:{fp}" for r, s in jobs]
-    out = ResumableJsonl(Path(recipe.output_dir) / "generate" / "completions.jsonl")
+    out = ResumableJsonl(Layout(recipe).generate / "completions.jsonl")
     todo = [(job, key) for job, key in zip(jobs, keys, strict=True) if key not in out.done]
     prefill = cfg.prefill if cfg.backend != "openai" else ""  # chat APIs do not continue a pre-filled turn
     conversations = [teacher_messages(spec, record, instructions, cfg.few_shot, prefill) for (record, _), _ in todo]
@@ -194,8 +194,6 @@ def assign_categories(recipe: Recipe, spec: PolicySpec, records: list[PromptReco
     missing = [r for r in records if not r.category]
     if not missing:
         return records
-    from deliberate.judges import make_judge
-
     judge = make_judge(recipe.judge, spec, show_progress=show_progress)
     assigned = judge.classify([r.prompt for r in missing])
     failed = sum(c is None for c in assigned)
@@ -209,20 +207,15 @@ def assign_categories(recipe: Recipe, spec: PolicySpec, records: list[PromptReco
 
 
 def _generate_hf(recipe: Recipe, teacher: str, conversations, save, show_progress: bool) -> dict[str, Any]:
-    from deliberate.services.generation import GenerationStats, generate, system_text
-    from deliberate.services.models import load_model
-
     cfg = recipe.generate
     base = recipe.model if cfg.teacher is None else ModelConfig(name=teacher)
-    loaded = load_model(base.model_copy(update={"dtype": cfg.dtype}))
-    settings = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                repetition_penalty=cfg.repetition_penalty, batch_size=cfg.batch_size,
-                                seed=recipe.seed)
+    loaded = load_model(base.model_copy(update={"dtype": cfg.dtype}) if cfg.dtype else base)
+    settings = cfg.sampling()
     stats = GenerationStats()
     forced = 0
 
     def run(convs, settings, description):
-        return generate(loaded.model, loaded.tokenizer, convs, settings, description=description,
+        return generate(loaded.model, loaded.tokenizer, convs, settings, seed=recipe.seed, description=description,
                         show_progress=show_progress, stats=stats)
 
     budget = cfg.reasoning_budget
@@ -261,8 +254,6 @@ def _generate_hf(recipe: Recipe, teacher: str, conversations, save, show_progres
 
 def _generate_vllm(recipe: Recipe, teacher: str, conversations, save) -> dict[str, Any]:
     """vLLM on a GPU: the whole batch at once, prefix caching on (every prompt of a category shares the spec)."""
-    import time
-
     try:
         import torch
         from vllm import LLM, SamplingParams
@@ -270,19 +261,15 @@ def _generate_vllm(recipe: Recipe, teacher: str, conversations, save) -> dict[st
         raise DeliberateError("generate.backend=vllm needs vLLM: pip install 'deliberate[vllm]'") from e
     if not torch.cuda.is_available():
         raise DeliberateError("generate.backend=vllm needs a CUDA GPU; use generate.backend=hf on this machine")
-    from deliberate.services.generation import render_prompt, trim
-    from deliberate.services.models import resolve_model_path
-
     cfg = recipe.generate
     path = resolve_model_path(teacher)
-    dtype = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[cfg.dtype]
-    llm = LLM(model=path, dtype=dtype, seed=recipe.seed, enable_prefix_caching=True,
+    llm = LLM(model=path, dtype=cfg.dtype or recipe.model.dtype, seed=recipe.seed, enable_prefix_caching=True,
               trust_remote_code=recipe.model.trust_remote_code)
     tokenizer = llm.get_tokenizer()
     prompts = [render_prompt(tokenizer, c) for c in conversations]
     # No per-request seed: it would make the k samples of a prompt identical. The engine's seed is set above.
-    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
-                            repetition_penalty=cfg.repetition_penalty)
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or -1,
+                            max_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty)
     start = time.perf_counter()
     outputs = llm.generate(prompts, params)
     seconds = time.perf_counter() - start
@@ -298,16 +285,9 @@ def _generate_vllm(recipe: Recipe, teacher: str, conversations, save) -> dict[st
 
 def _generate_api(recipe: Recipe, conversations, save, show_progress: bool) -> dict[str, Any]:
     """A teacher behind an OpenAI-compatible API; failed requests are left out (a rerun retries them)."""
-    import asyncio
-
-    from deliberate.services.chat_api import ChatAPI, Counters, Failure
-    from deliberate.services.progress import progress_bar
-
     cfg = recipe.generate
     counters = Counters()
-    api = ChatAPI(model=cfg.teacher, base_url=cfg.base_url, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
-                  max_retries=cfg.max_retries, max_concurrency=cfg.max_concurrency, counters=counters,
-                  role="generate.teacher")
+    api = ChatAPI.from_config(cfg, model=cfg.teacher, counters=counters, role="generate.teacher")
     params = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens}
     failures: list[str] = []
     chunk = max(cfg.max_concurrency * 4, 64)  # saved chunk by chunk, so an interrupted run keeps its work

@@ -14,30 +14,27 @@ changed is reused.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+from mergekit.config import MergeConfiguration
+from mergekit.merge import MergeOptions, run_merge
+
 from deliberate.config import MergeSpec, Recipe
 from deliberate.errors import DeliberateError
-from deliberate.services.io import atomic_write_text, replace_dir, write_json
-from deliberate.services.runs import DONE, stage_model
+from deliberate.services.io import atomic_write_text
+from deliberate.services.models import adapter_base, resolve_model_path
+from deliberate.services.runs import Layout, ModelRun, fingerprint, model_card, model_identity, stage_model
 
 WEIGHTED = ("linear", "task_arithmetic", "ties", "dare_ties")
 NEEDS_BASE = ("task_arithmetic", "ties", "dare_ties")
 
 
-def merge_dir(recipe: Recipe) -> Path:
-    return Path(recipe.output_dir) / "merge"
-
-
 def _reference(recipe: Recipe, name: str) -> str:
     """A mergekit model reference: an absolute folder, `base+adapter` for a LoRA adapter, or a Hub id."""
-    from deliberate.services.models import adapter_base, resolve_model_path
-
     path = resolve_model_path(stage_model(recipe, name))
     if not Path(path).is_dir():
         return path
@@ -97,59 +94,42 @@ def run_merges(recipe: Recipe, only: list[str] | None = None, show_progress: boo
         if only and spec.name not in only:
             continue
         for variant, weights, t in variants(spec):
-            folder = merge_dir(recipe) / spec.name / variant if variant else merge_dir(recipe) / spec.name
-            out.append(merge_one(recipe, spec, weights, t, folder, f"{spec.name}{'/' + variant if variant else ''}",
-                                 show_progress))
+            out.append(merge_one(recipe, spec, weights, t, Layout(recipe).merge(spec.name, variant),
+                                 f"{spec.name}{'/' + variant if variant else ''}", show_progress))
     return out
 
 
-def merge_one(recipe: Recipe, spec: MergeSpec, weights: list[float] | None, t: float | None, folder: Path,
+def merge_one(recipe: Recipe, spec: MergeSpec, weights: list[float] | None, t: float | None, run: ModelRun,
               label: str, show_progress: bool = True) -> dict[str, Any]:
-    import yaml
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import MergeOptions, run_merge
-
-    from deliberate.services.answering import model_identity
-
     config = mergekit_config(recipe, spec, weights, t)
     inputs = [part for m in config["models"] for part in m["model"].split("+")] + (
         config["base_model"].split("+") if config.get("base_model") else [])
-    fingerprint = hashlib.sha256(json.dumps({"config": config, "inputs": [model_identity(p) for p in inputs]},
-                                            sort_keys=True).encode()).hexdigest()[:12]
-    marker = folder / "model" / DONE
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
-        return {**json.loads(marker.read_text()), "reused": True}
+    fp = fingerprint({"config": config, "inputs": [model_identity(p) for p in inputs]})
+    if reused := run.reusable(fp):
+        return reused
     try:
         merge_config = MergeConfiguration.model_validate(config)
     except Exception as e:  # pydantic ValidationError: report its first line
         raise DeliberateError(f"merge '{spec.name}': mergekit rejects the configuration: "
                               f"{str(e).splitlines()[0]}") from None
-    tmp = folder / "model.tmp"
+    tmp = run.folder / "model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     options = MergeOptions(copy_tokenizer=True, write_model_card=False, quiet=not show_progress,
-                           lora_merge_cache=str(merge_dir(recipe) / ".lora_cache"), random_seed=recipe.seed,
-                           trust_remote_code=recipe.model.trust_remote_code)
+                           lora_merge_cache=str(Layout(recipe).root / "merge" / ".lora_cache"),
+                           random_seed=recipe.seed, trust_remote_code=recipe.model.trust_remote_code)
     t0 = time.perf_counter()
     try:
         run_merge(merge_config, out_path=str(tmp), options=options)
     except (RuntimeError, ValueError, OSError, KeyError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DeliberateError(f"merge '{label}': mergekit failed: {str(e).strip().splitlines()[0]}") from None
-    summary = {"fingerprint": fingerprint, "merge": spec.name, "model": label, "method": spec.method,
+    summary = {"fingerprint": fp, "merge": spec.name, "model": label, "method": spec.method,
                "models": spec.models, "weights": weights, "t": t, "base_model": spec.base_model,
                "seconds": round(time.perf_counter() - t0, 1)}
     atomic_write_text(tmp / "mergekit_config.yml", yaml.safe_dump(config, sort_keys=False))
-    atomic_write_text(tmp / "README.md", _card(recipe, spec, summary, config))
-    write_json(tmp / DONE, summary)
-    replace_dir(tmp, folder / "model")
-    write_json(folder / "summary.json", summary)
+    how = f"weights {weights}" if weights is not None else f"t = {t}"
+    card = model_card(recipe, f"{label} (mergekit {spec.method})",
+                      f"Merged by `deliberate merge` from {', '.join(f'`{m}`' for m in spec.models)} with {how}.",
+                      {"mergekit configuration": config})
+    run.finish(tmp, summary, card)
     return summary
-
-
-def _card(recipe: Recipe, spec: MergeSpec, summary: dict[str, Any], config: dict[str, Any]) -> str:
-    import yaml
-
-    how = (f"weights {summary['weights']}" if summary["weights"] is not None else f"t = {summary['t']}")
-    return (f"# {recipe.name}: {summary['model']} (mergekit {spec.method})\n\n"
-            f"Merged by `deliberate merge` from {', '.join(f'`{m}`' for m in spec.models)} with {how}.\n\n"
-            "## mergekit configuration\n\n```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```\n")

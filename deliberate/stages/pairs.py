@@ -17,39 +17,33 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from deliberate.config import GenerationConfig, Recipe
+from deliberate.config import Recipe
+from deliberate.judges import PointwiseItem, make_judge
+from deliberate.services.answering import answer_records
+from deliberate.services.data import PromptRecord, load_prompts
 from deliberate.services.io import write_json, write_jsonl
-from deliberate.services.preferences import pairs_dir
+from deliberate.services.runs import Layout, stage_model
+from deliberate.services.spec import load_spec
 
 
 def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     """Sample, judge and pair; see the module docstring. Returns the summary."""
-    from deliberate.judges import PointwiseItem, make_judge
-    from deliberate.services.answering import answer_records
-    from deliberate.services.data import PromptRecord, load_prompts
-    from deliberate.services.runs import stage_model
-    from deliberate.services.spec import load_spec
-
     cfg = recipe.pairs
     spec = load_spec(recipe.spec)
     records = load_prompts(recipe.data, spec)
     policy = stage_model(recipe, cfg.policy) if cfg.policy else recipe.model.name
-    model = recipe.model.model_copy(update={"name": policy, "dtype": cfg.dtype})
+    model = recipe.model.model_copy(update={"name": policy})
     samples = [PromptRecord(id=f"{r.id}#{s}", prompt=r.prompt, category=r.category, expected=r.expected,
                             meta={**r.meta, "prompt_id": r.id, "sample": s})
                for r in records for s in range(cfg.samples)]
-    settings = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                repetition_penalty=cfg.repetition_penalty, batch_size=cfg.batch_size,
-                                seed=recipe.seed)
-    folder = pairs_dir(recipe)
-    run = answer_records(model, samples, settings, folder / "completions.jsonl", show_progress,
-                         description="sampling completions")
+    folder = Layout(recipe).pairs
+    run = answer_records(model, samples, cfg.sampling(), folder / "completions.jsonl", seed=recipe.seed,
+                         show_progress=show_progress, description="sampling completions")
     judge = make_judge(recipe.judge, spec, show_progress=show_progress)
-    judge.hide_reasoning = not cfg.judge_sees_reasoning
     try:
         usable = [r for r in run.rows if not (cfg.drop_cut_off and r["finish_reason"] == "length")]
         results = judge.score([PointwiseItem(r["prompt"], r["answer"], r.get("category"), r.get("expected"))
-                               for r in usable])
+                               for r in usable], hide_reasoning=not cfg.judge_sees_reasoning)
     finally:
         judge.close()
     by_key = {r["key"]: res for r, res in zip(usable, results, strict=True)}

@@ -3,7 +3,7 @@
 - `--algo grpo | rloo`: TRL's GRPOTrainer / RLOOTrainer. The reward is an async function (`rewards.Scorer`):
   the judge gets spec_for(category), the prompt and the final answer only; a failed judgment is None, which TRL
   leaves out of the group baseline and gives no advantage. LoRA or full fine-tuning; vLLM with `rl.use_vllm`.
-- `--algo ppo | ppo-lagrangian`: this toolkit's PPO with a value model (`ppo.py`), and Safe RLHF's Lagrangian
+- `--algo ppo | ppo-lagrangian`: this toolkit's PPO with a value model (`stages/rl/ppo.py`), and Safe RLHF's Lagrangian
   variant with a cost judge and a learned multiplier.
 
 The policy starts from `rl.start` (e.g. `stage:sft`), which is also the KL reference. Outputs in
@@ -15,52 +15,52 @@ inputs have not changed is reused.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from deliberate.config import Recipe
 from deliberate.errors import DeliberateError
-from deliberate.services.answering import model_identity
 from deliberate.services.data import PromptRecord, load_prompts
 from deliberate.services.io import write_json, write_jsonl
-from deliberate.services.runs import DONE
+from deliberate.services.models import adapter_base, resolve_model_path
+from deliberate.services.plots import plot_training
+from deliberate.services.runs import (
+    MARKER,
+    Layout,
+    ModelRun,
+    file_digest,
+    fingerprint,
+    model_card,
+    model_identity,
+    stage_model,
+)
 from deliberate.services.spec import load_spec
 from deliberate.services.training import (
     gather_digests,
-    last_checkpoint,
     load_start,
     lora_config,
     main_process_first,
     mean_or_none,
     save_policy,
-    trainer_args,
+    show_training_progress,
+    trl_config,
     world,
 )
+from deliberate.stages.rl.ppo import train_ppo
 from deliberate.stages.rl.rewards import Scorer, cost_scorer, reward_scorer
 
 
-def rl_dir(recipe: Recipe) -> Path:
-    return Path(recipe.output_dir) / "rl"
-
-
-def _fingerprint(recipe: Recipe, start: str, records: list[PromptRecord]) -> str:
+def rl_fingerprint(recipe: Recipe, start: str, records: list[PromptRecord]) -> str:
     function_files = [Path(f.rpartition(":")[0]) for f in (recipe.rl.reward_function, recipe.rl.cost_function)
                       if f and f.rpartition(":")[0].endswith(".py")]
-    blob = {"rl": recipe.rl.model_dump(mode="json"), "start": model_identity(start), "seed": recipe.seed,
-            "judge": recipe.judge.model_dump(mode="json"), "spec": recipe.spec,
-            "model": recipe.model.model_dump(exclude={"name"}),
-            "prompts": [r.to_dict() for r in records],
-            "functions": [hashlib.sha256(p.read_bytes()).hexdigest() for p in function_files if p.is_file()]}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return fingerprint({"rl": recipe.rl.model_dump(mode="json"), "start": model_identity(start), "seed": recipe.seed,
+                        "judge": recipe.judge.model_dump(mode="json"), "spec": recipe.spec,
+                        "model": recipe.model.model_dump(exclude={"name"}), "prompts": [r.to_dict() for r in records],
+                        "functions": [file_digest(p) for p in function_files if p.is_file()]})
 
 
 def run_rl(recipe: Recipe, *, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    from deliberate.services.models import resolve_model_path
-    from deliberate.services.runs import stage_model
-
     cfg = recipe.rl
     records = load_prompts(cfg.data or recipe.data, load_spec(recipe.spec))
     if not records:
@@ -75,62 +75,51 @@ def run_rl(recipe: Recipe, *, resume: bool = False, show_progress: bool = True) 
         raise DeliberateError(f"rl: {len(missing)} prompts have neither a category nor an expected behaviour (e.g. "
                               f"{missing[0]}); the rules judge needs one (set data.category or a category column)")
     start = resolve_model_path(stage_model(recipe, cfg.start) if cfg.start else recipe.model.name)
-    folder = rl_dir(recipe)
-    fingerprint = _fingerprint(recipe, start, records)
-    marker = folder / "model" / DONE
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint and not resume:
-        return {**json.loads(marker.read_text()), "reused": True}
+    run = Layout(recipe).rl
+    fp = rl_fingerprint(recipe, start, records)
+    if reused := run.reusable(fp):
+        return reused
     reward = reward_scorer(recipe)
     cost = cost_scorer(recipe) if cfg.algo == "ppo-lagrangian" else None
     try:
         if cfg.algo in ("grpo", "rloo"):
-            model, tokenizer, summary, history = _train_trl(recipe, start, records, folder, reward, resume,
+            model, tokenizer, summary, history = _train_trl(recipe, start, records, run, reward, resume,
                                                             show_progress)
         else:
-            from deliberate.stages.rl.ppo import train_ppo
-
-            model, tokenizer, summary, history = train_ppo(recipe, start, records, folder, reward=reward,
-                                                               cost=cost, resume=resume, show_progress=show_progress)
+            model, tokenizer, summary, history = train_ppo(recipe, start, records, run, reward=reward, cost=cost,
+                                                           resume=resume, show_progress=show_progress)
     finally:
         reward.close()
         if cost is not None:
             cost.close()
-    summary = {"fingerprint": fingerprint, "start": cfg.start or recipe.model.name, "start_path": start,
+    summary = {"fingerprint": fp, "start": cfg.start or recipe.model.name, "start_path": start,
                "prompts": len(records), "lora": cfg.lora, **summary, "reward_scorer": reward.stats.to_dict(),
                **({"cost_scorer": cost.stats.to_dict()} if cost is not None else {})}
     with main_process_first() as main:
         if main:
-            _write_log(folder, history, cfg.algo)
-            save_policy(model, tokenizer, folder, lora=cfg.lora, card=model_card(recipe, summary), summary=summary,
-                        marker=DONE)
+            _write_log(run, history, cfg.algo)
+            save_policy(model, tokenizer, run, lora=cfg.lora, card=_card(recipe, summary), summary=summary)
     return summary
 
 
-def _write_log(folder: Path, history: list[dict[str, Any]], algo: str) -> None:
-    write_jsonl(folder / "log.jsonl", history)
+def _write_log(run: ModelRun, history: list[dict[str, Any]], algo: str) -> None:
+    write_jsonl(run.folder / "log.jsonl", history)
     try:
-        from deliberate.services.plots import plot_training
-    except ImportError:
-        return
-    try:
-        plot_training(history, ["reward", "cost", "lambda", "kl"], folder / "training.png", f"deliberate rl ({algo})")
+        plot_training(history, ["reward", "cost", "lambda", "kl"], run.folder / "training.png", f"deliberate rl ({algo})")
     except ImportError:  # matplotlib is the `plots` extra
         pass
 
 
-def model_card(recipe: Recipe, summary: dict[str, Any]) -> str:
-    import yaml
-
+def _card(recipe: Recipe, summary: dict[str, Any]) -> str:
     cfg = recipe.rl
     what = {"grpo": "GRPO (TRL)", "rloo": "RLOO (TRL)", "ppo": "PPO with a value model",
             "ppo-lagrangian": "PPO-Lagrangian (Safe RLHF)"}[cfg.algo]
     reward = f"`{cfg.reward_function}`" if cfg.reward_function else "the spec-aware judge on the final answer only"
-    return (f"# {recipe.name}: {what}{', LoRA merged' if cfg.lora else ''}\n\n"
-            f"Started from `{summary['start']}` (also the KL reference). Trained by `deliberate rl` for "
-            f"{summary['steps']} steps on {summary['prompts']} prompts with reward from {reward}; mean reward "
-            f"{summary.get('reward_first_steps')} over the first quarter of the steps, "
-            f"{summary.get('reward_last_steps')} over the last.\n\n"
-            "## Recipe\n\n```yaml\n" + yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False) + "```\n")
+    return model_card(recipe, f"{what}{', LoRA merged' if cfg.lora else ''}",
+                      f"Started from `{summary['start']}` (also the KL reference). Trained by `deliberate rl` for "
+                      f"{summary['steps']} steps on {summary['prompts']} prompts with reward from {reward}; mean "
+                      f"reward {summary.get('reward_first_steps')} over the first quarter of the steps, "
+                      f"{summary.get('reward_last_steps')} over the last.")
 
 
 # ---- GRPO / RLOO through TRL ----
@@ -153,24 +142,22 @@ def _timed(trainer_class):
     return Timed
 
 
-def _trl_start(recipe: Recipe, start: str, folder: Path) -> str:
+def _trl_start(recipe: Recipe, start: str, run: ModelRun) -> str:
     """With full fine-tuning and a KL term, TRL reloads the reference from the model's recorded name, which for
     a merged adapter is the base: give it a folder with the merged weights instead."""
-    from deliberate.services.models import adapter_base
-
     if recipe.rl.lora or recipe.rl.kl_coef == 0 or not Path(start).is_dir() or not adapter_base(start):
         return start
-    merged = folder / "start"
+    merged = run.folder / "start"
     with main_process_first() as main:
-        if main and not (merged / DONE).is_file():
+        if main and not (merged / MARKER).is_file():
             loaded = load_start(recipe, start, trainable=False)
             loaded.model.save_pretrained(str(merged))
             loaded.tokenizer.save_pretrained(str(merged))
-            write_json(merged / DONE, {"merged_from": start})
+            write_json(merged / MARKER, {"merged_from": start})
     return str(merged.resolve())
 
 
-def _train_trl(recipe: Recipe, start: str, records: list[PromptRecord], folder: Path, reward: Scorer, resume: bool,
+def _train_trl(recipe: Recipe, start: str, records: list[PromptRecord], run: ModelRun, reward: Scorer, resume: bool,
                show_progress: bool):
     from datasets import Dataset
 
@@ -185,34 +172,31 @@ def _train_trl(recipe: Recipe, start: str, records: list[PromptRecord], folder: 
     if per_process % per_device:
         raise DeliberateError(f"rl.mini_batch_size ({per_device}) must divide the {per_process} completions each "
                               "process gets per step (prompts_per_step x num_generations / processes)")
-    loaded = load_start(recipe, _trl_start(recipe, start, folder), trainable=True)
+    loaded = load_start(recipe, _trl_start(recipe, start, run), trainable=True)
     epochs = cfg.epochs()
-    common = trainer_args(
-        recipe, cfg, folder / "checkpoints", show_progress,
-        learning_rate=cfg.learning_rate, max_steps=cfg.max_steps * epochs, per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=per_process // per_device, num_generations=n_gen,
-        max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.kl_coef,
-        epsilon=cfg.clip_range, num_iterations=epochs, max_grad_norm=cfg.max_grad_norm, save_steps=cfg.save_steps,
-        gradient_checkpointing=cfg.gradient_checkpointing, use_vllm=cfg.use_vllm, log_completions=False,
-        shuffle_dataset=True)
+    computed = dict(max_steps=cfg.max_steps * epochs, per_device_train_batch_size=per_device,
+                    gradient_accumulation_steps=per_process // per_device, num_generations=n_gen,
+                    num_iterations=epochs, log_completions=False, shuffle_dataset=True)
     if cfg.algo == "grpo":
         from trl import GRPOConfig, GRPOTrainer
 
-        args = GRPOConfig(**common, **({"loss_type": cfg.loss_type} if cfg.loss_type else {}))
+        args = trl_config(GRPOConfig, recipe, cfg, run.checkpoints, **computed,
+                          **({"loss_type": cfg.loss_type} if cfg.loss_type else {}))
         trainer_class = _timed(GRPOTrainer)
     else:
         from trl import RLOOConfig, RLOOTrainer
 
         if cfg.loss_type:
             raise DeliberateError("rl.loss_type is a GRPO option; RLOO has one loss")
-        args = RLOOConfig(**common)
+        args = trl_config(RLOOConfig, recipe, cfg, run.checkpoints, **computed)
         trainer_class = _timed(RLOOTrainer)
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r.prompt}], "id": r.id,
                                   "category": r.category, "expected": r.expected} for r in records])
     trainer = trainer_class(model=loaded.model, reward_funcs=[reward.trl_function()], args=args,
                             train_dataset=dataset, processing_class=loaded.tokenizer,
                             peft_config=lora_config(cfg) if cfg.lora else None)
-    checkpoint = last_checkpoint(folder / "checkpoints", resume, "rl")
+    show_training_progress(trainer, f"rl ({cfg.algo})", show_progress)
+    checkpoint = run.last_checkpoint(resume, "rl")
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - t0

@@ -1,22 +1,23 @@
 """PPO with a value model, and PPO-Lagrangian (Safe RLHF), written once on transformers + accelerate.
 
-TRL no longer has PPO, so this is ours. One step:
+TRL no longer has PPO, so this is ours. One step (`ppo_step`, over one `Rollout` batch):
 
-1. **Rollout**: sample `num_generations` completions for each of the step's prompts from the policy.
-2. **Score**: the reward scorer (and, for PPO-Lagrangian, the cost scorer) rate each completion (`rewards.py`:
+1. **`rollout`**: sample `num_generations` completions for each of the step's prompts from the policy.
+2. **`score`**: the reward scorer (and, for PPO-Lagrangian, the cost scorer) rate each completion (`rewards.py`:
    the judge sees the final answer only). A completion with no score keeps its place in the batch (so every
    process runs the same number of updates) but carries no weight.
-3. **Per-token rewards**: -kl_coef * (log pi - log pi_ref) on every token, plus the score on the last one.
+3. **`logprob_pass`**: log-probabilities of the sampling policy and of the reference, and the values.
+4. **`advantages`**: per-token rewards, -kl_coef * (log pi - log pi_ref) on every token, plus the score on the last one.
    PPO-Lagrangian splits the KL term between reward and cost as Safe RLHF does (half each, the cost with the
    opposite sign) and adds the cost on the last token of the cost sequence.
-4. **Generalised advantage estimation** (`gae`) against the value model's predictions (a second value model
+   **Generalised advantage estimation** (`gae`) against the value model's predictions (a second value model
    for the cost), then advantages whitened over the step's tokens.
-5. **PPO-Lagrangian**: the multiplier lambda = exp(log_lambda) takes an SGD step on
+   **PPO-Lagrangian**: the multiplier lambda = exp(log_lambda) takes an SGD step on
    -(mean cost - threshold) * lambda (so it rises while the mean cost is above the threshold and falls below
    it), and the policy's advantage is (A_reward - lambda * A_cost) / (1 + lambda).
-6. **`ppo_epochs` passes** over the step's completions in mini-batches: the clipped policy loss on the ratio
+5. **`update`**: `ppo_epochs` passes over the step's completions in mini-batches: the clipped policy loss on the ratio
    pi / pi_old, and the clipped value loss, each with its own optimiser.
-7. The KL coefficient stays fixed or follows Ziegler et al.'s adaptive controller.
+6. The KL coefficient stays fixed or follows Ziegler et al.'s adaptive controller.
 
 The reference is the starting model: the adapter-disabled policy with LoRA, a frozen copy otherwise. The value
 model is the starting model's transformer body with a scalar head (LoRA on the body with LoRA). Checkpoints
@@ -32,17 +33,30 @@ import random
 import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from peft import get_peft_model
 from torch import nn
+from trl.trainer.utils import disable_dropout_in_model
 
-from deliberate.config import Recipe, RLConfig
+from deliberate.config import Recipe, RLOptions
 from deliberate.errors import DeliberateError
+from deliberate.judges.base import run_sync
 from deliberate.services.data import PromptRecord
 from deliberate.services.io import write_jsonl
 from deliberate.services.progress import progress_bar
+from deliberate.services.runs import ModelRun, checkpoints
+from deliberate.services.training import (
+    gather_digests,
+    load_start,
+    lora_config,
+    mean_or_none,
+    on_cpu,
+    use_bf16,
+)
 from deliberate.stages.rl.rewards import Scorer, score_all
 
 # ---- the pieces, each testable on its own ----
@@ -226,35 +240,222 @@ def step_prompts(records: list[PromptRecord], step: int, per_step: int, seed: in
     return out
 
 
-def _value_model(model, cfg: RLConfig):
+def _value_model(model, cfg: RLOptions):
     """A value model on a copy of `model`'s transformer body (its LM head is not needed)."""
     body = copy.deepcopy(getattr(model, model.base_model_prefix))
     if cfg.lora:
-        from peft import get_peft_model
-
-        from deliberate.services.training import lora_config
-
         lora = lora_config(cfg)
         lora.task_type = "FEATURE_EXTRACTION"
         body = get_peft_model(body, lora)
     return ValueModel(body, model.config.hidden_size)
 
 
-def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], folder: Path, *, reward: Scorer,
+@dataclass
+class PPOModels:
+    """What one PPO step works with: the policy, its reference, the value models and their optimisers."""
+
+    cfg: RLOptions
+    accelerator: Any
+    policy: Any
+    reference: Any  # None with LoRA: the adapter-disabled policy is the reference
+    value_models: list[Any]
+    opt_policy: Any
+    opt_values: list[Any]
+    tokenizer: Any
+    pad_id: int
+    eos_ids: set[int]
+
+    def gather_mean(self, x: torch.Tensor, weights: torch.Tensor) -> float:
+        """The weighted mean of a per-completion value over every process's completions."""
+        gather = self.accelerator.gather
+        return (gather(x * weights).sum() / gather(weights).sum().clamp(min=1)).item()
+
+
+@dataclass
+class Rollout:
+    """One step's completions on this process: prompt (`context` tokens, left-padded) + response, and what is
+    computed about them in order (scores, then log-probabilities and values, then advantages)."""
+
+    records: list[PromptRecord]
+    input_ids: torch.Tensor
+    attention: torch.Tensor
+    context: int
+    generated: torch.Tensor  # 1 on the response tokens each completion really has
+    completions: list[str]
+    valid: torch.Tensor | None = None  # per completion: 1 when every scorer gave it a value
+    scores: torch.Tensor | None = None
+    costs: torch.Tensor | None = None
+    old_logp: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
+    old_values: list[torch.Tensor] = field(default_factory=list)
+    advantages: torch.Tensor | None = None
+    returns: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The tokens that count: generated ones of scored completions (an unscored one stays, with no weight)."""
+        return self.generated * self.valid[:, None]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def rollout(m: PPOModels, records: list[PromptRecord]) -> Rollout:
+    """Sample one completion per record from the policy."""
+    cfg, tokenizer = m.cfg, m.tokenizer
+    unwrapped = m.accelerator.unwrap_model(m.policy)
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": r.prompt}], tokenize=False,
+                                           add_generation_prompt=True) for r in records]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(m.accelerator.device)
+    context = enc["input_ids"].shape[1]
+    unwrapped.eval()
+    with torch.no_grad(), m.accelerator.autocast():
+        out = unwrapped.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
+                                 max_new_tokens=cfg.max_new_tokens, pad_token_id=m.pad_id)
+    responses = out[:, context:]
+    generated = response_mask(responses, m.eos_ids, m.pad_id)
+    completions = tokenizer.batch_decode([r[: int(g.sum())] for r, g in zip(responses, generated, strict=True)],
+                                         skip_special_tokens=True)
+    return Rollout(records, out, torch.cat([enc["attention_mask"], generated.long()], 1), context, generated,
+                   completions)
+
+
+def score(m: PPOModels, batch: Rollout, reward: Scorer, cost: Scorer | None) -> None:
+    """Reward (and cost) per completion; the judge sees the final answer only (`rewards.py`)."""
+    scorers = [reward] + ([cost] if cost is not None else [])
+    records = batch.records
+    values = run_sync(score_all(scorers, [r.prompt for r in records], batch.completions,
+                                [r.category for r in records], [r.expected for r in records]))
+    device = m.accelerator.device
+    batch.valid = torch.tensor([all(v[i] is not None for v in values) for i in range(len(records))],
+                               dtype=torch.float32, device=device)
+    as_tensor = lambda vs: torch.tensor([v if v is not None else 0.0 for v in vs], device=device)  # noqa: E731
+    batch.scores = as_tensor(values[0])
+    batch.costs = as_tensor(values[1]) if cost is not None else None
+
+
+def logprob_pass(m: PPOModels, batch: Rollout) -> None:
+    """The log-probabilities of the sampling policy and the reference, and the values, before any update."""
+    cfg, context = m.cfg, batch.context
+    unwrapped = m.accelerator.unwrap_model(m.policy)
+    size = cfg.mini_batch_size or len(batch)
+    old_logp, ref_logp, old_values = [], [], [[] for _ in m.value_models]
+    with torch.no_grad(), m.accelerator.autocast():
+        for s in range(0, len(batch), size):
+            ids, att = batch.input_ids[s : s + size], batch.attention[s : s + size]
+            old_logp.append(response_logprobs(unwrapped, ids, att, context, cfg.temperature)[0])
+            if m.reference is None:
+                with unwrapped.disable_adapter():
+                    ref_logp.append(response_logprobs(unwrapped, ids, att, context, cfg.temperature)[0])
+            else:
+                ref_logp.append(response_logprobs(m.reference, ids, att, context, cfg.temperature)[0])
+            for k, vm in enumerate(m.value_models):
+                old_values[k].append(response_values(vm, ids, att, context))
+    batch.old_logp, batch.ref_logp = torch.cat(old_logp), torch.cat(ref_logp)
+    batch.old_values = [torch.cat(v) for v in old_values]
+
+
+def advantages(m: PPOModels, batch: Rollout, kl_ctl: KLController, lagrange: Lagrange | None,
+               step: int) -> torch.Tensor:
+    """Per-token rewards (the KL penalty on every token, the score on the last), GAE against the value model;
+    PPO-Lagrangian also the cost's, then the multiplier's step and the combined advantage. Returns the per-token
+    KL to the reference."""
+    cfg, mask = m.cfg, batch.mask
+    kl = (batch.old_logp - batch.ref_logp) * mask
+    if lagrange is None:
+        rewards = token_rewards(batch.scores, kl, mask, kl_ctl.coef)
+        adv, ret = gae(rewards, batch.old_values[0], mask, cfg.gamma, cfg.lam)
+        batch.advantages = whiten(adv, mask) if cfg.whiten_advantages else adv
+        batch.returns = [ret]
+        return kl
+    rewards = token_rewards(batch.scores, kl, mask, 0.5 * kl_ctl.coef)
+    cost_tokens = token_rewards(batch.costs, -kl, mask, 0.5 * kl_ctl.coef)
+    adv_r, ret_r = gae(rewards, batch.old_values[0], mask, cfg.gamma, cfg.lam)
+    adv_c, ret_c = gae(cost_tokens, batch.old_values[1], mask, cfg.gamma, cfg.lam)
+    if step >= cfg.lambda_update_delay:
+        lagrange.update(m.gather_mean(batch.costs, batch.valid))
+    lam = lagrange.value
+    if cfg.whiten_advantages:
+        adv_r, adv_c = whiten(adv_r, mask), whiten(adv_c, mask)
+    batch.advantages = (adv_r - lam * adv_c) / (1 + lam)
+    batch.returns = [ret_r, ret_c]
+    return kl
+
+
+def update(m: PPOModels, batch: Rollout) -> dict[str, float]:
+    """`ppo_epochs` passes over the batch in mini-batches: the clipped policy loss on pi / pi_old, then the
+    clipped value loss of each value model, each with its own optimiser. Returns the mean losses and stats."""
+    cfg, accelerator, context = m.cfg, m.accelerator, batch.context
+    size = cfg.mini_batch_size or len(batch)
+    m.policy.train()
+    for vm in m.value_models:
+        vm.train()
+    stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": [],
+                                     "entropy": []}
+    mask = batch.mask
+    for _ in range(cfg.epochs()):
+        order = torch.randperm(len(batch), device="cpu").tolist()
+        for s in range(0, len(batch), size):
+            idx = torch.tensor(order[s : s + size], device=accelerator.device)
+            ids, att, mk = batch.input_ids[idx], batch.attention[idx], mask[idx]
+            with accelerator.autocast():
+                logp, entropy = response_logprobs(m.policy, ids, att, context, cfg.temperature, with_entropy=True)
+                loss, info = policy_loss(logp, batch.old_logp[idx], batch.advantages[idx], mk, cfg.clip_range)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(m.policy.parameters(), cfg.max_grad_norm)
+            m.opt_policy.step()
+            m.opt_policy.zero_grad()
+            for k, (vm, opt) in enumerate(zip(m.value_models, m.opt_values, strict=True)):
+                with accelerator.autocast():
+                    vpred = response_values(vm, ids, att, context)
+                    vloss = value_loss(vpred, batch.old_values[k][idx], batch.returns[k][idx], mk,
+                                       cfg.clip_range_value)
+                accelerator.backward(vloss)
+                accelerator.clip_grad_norm_(vm.parameters(), cfg.max_grad_norm)
+                opt.step()
+                opt.zero_grad()
+                if k == 0:
+                    stats["value_loss"].append(vloss.item())
+            stats["policy_loss"].append(loss.item())
+            stats["clipfrac"].append(info["clipfrac"])
+            stats["approx_kl"].append(info["approx_kl"])
+            stats["entropy"].append(masked_mean(entropy.detach(), mk).item())  # type: ignore[union-attr]
+    return {k: sum(v) / len(v) for k, v in stats.items() if v}
+
+
+def ppo_step(m: PPOModels, records: list[PromptRecord], reward: Scorer, cost: Scorer | None,
+             kl_ctl: KLController, lagrange: Lagrange | None, step: int) -> dict[str, float]:
+    """One PPO step on this process's `records` (all processes step together); returns the step's metrics."""
+    t0 = time.perf_counter()
+    batch = rollout(m, records)
+    t_gen = time.perf_counter() - t0
+    score(m, batch, reward, cost)
+    t_judge = time.perf_counter() - t0 - t_gen
+    logprob_pass(m, batch)
+    kl = advantages(m, batch, kl_ctl, lagrange, step)
+    t1 = time.perf_counter()
+    losses = update(m, batch)
+    t_opt = time.perf_counter() - t1
+    gather = m.accelerator.gather
+    sequence_kl = m.gather_mean(kl.sum(1), batch.valid)
+    kl_ctl.update(sequence_kl, int(gather(batch.valid).sum().item()))
+    metrics = {
+        "reward": m.gather_mean(batch.scores, batch.valid), "kl": sequence_kl, "kl_coef": kl_ctl.coef,
+        "response_tokens": m.gather_mean(batch.mask.sum(1), batch.valid),
+        "completions": float(gather(torch.tensor([len(batch)], device=m.accelerator.device)).sum().item()),
+        "unscored": float(gather(1 - batch.valid).sum().item()),
+        "seconds_generation": round(t_gen, 3), "seconds_judge": round(t_judge, 3),
+        "seconds_optimisation": round(t_opt + (t1 - t0 - t_gen - t_judge), 3),  # log-prob passes + PPO epochs
+        **losses,
+    }
+    if lagrange is not None:
+        metrics |= {"cost": m.gather_mean(batch.costs, batch.valid), "lambda": lagrange.value}
+    return metrics
+
+
+def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], run: ModelRun, *, reward: Scorer,
               cost: Scorer | None = None, resume: bool = False, show_progress: bool = True):
-    """Train the policy from `start`; returns (the trained policy, its tokenizer, a summary)."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from deliberate.services.training import (
-        gather_digests,
-        load_start,
-        lora_config,
-        mean_or_none,
-        on_cpu,
-        use_bf16,
-    )
-
+    """Train the policy from `start`; returns (the trained policy, its tokenizer, a summary, the history)."""
     cfg = recipe.rl
     lagrangian = cfg.algo == "ppo-lagrangian"
     if lagrangian and cost is None:
@@ -266,47 +467,13 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], folder: P
         raise DeliberateError(f"rl.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the number of "
                               f"processes ({world})")
     set_seed(recipe.seed + accelerator.process_index)
-
-    loaded = load_start(recipe, start, trainable=True)
-    tokenizer = loaded.tokenizer
-    tokenizer.padding_side = "left"
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_ids = {tokenizer.eos_token_id} | set(_as_list(loaded.model.generation_config.eos_token_id))
-    eos_ids.discard(None)
-    policy = loaded.model
-    # Loaded once; the reference and the value models start as copies of it.
-    value_models = [_value_model(policy, cfg) for _ in range(2 if lagrangian else 1)]
-    reference = None
-    if not cfg.lora:
-        reference = copy.deepcopy(policy).eval().requires_grad_(False).to(accelerator.device)
-    if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
-    if cfg.lora:
-        from peft import get_peft_model
-
-        policy = get_peft_model(policy, lora_config(cfg))
-    # No dropout: the ratio pi / pi_old must be 1 before the first update (as TRL's trainers do).
-    from trl.trainer.utils import disable_dropout_in_model
-
-    for module in [policy, *value_models]:
-        disable_dropout_in_model(module)
-    value_lr = cfg.value_learning_rate or 5 * cfg.learning_rate
-    opt_policy = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate)
-    opt_values = [torch.optim.AdamW([p for p in v.parameters() if p.requires_grad], lr=value_lr)
-                  for v in value_models]
-    policy, opt_policy = accelerator.prepare(policy, opt_policy)
-    prepared = [accelerator.prepare(v, o) for v, o in zip(value_models, opt_values, strict=True)]
-    value_models, opt_values = [p[0] for p in prepared], [p[1] for p in prepared]
+    m = _models(recipe, start, accelerator, lagrangian)
     lagrange = Lagrange(cfg.lambda_init, cfg.lambda_lr, cfg.cost_threshold, cfg.lambda_max) if lagrangian else None
     kl = KLController(cfg.kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
     state = PPOState(kl_coef=cfg.kl_coef)
     accelerator.register_for_checkpointing(state)
-    checkpoints = folder / "checkpoints"
     if resume:
-        found = sorted(checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        if not found:
-            raise DeliberateError(f"rl --resume: no checkpoint in {checkpoints}")
-        accelerator.load_state(str(found[-1]))
+        accelerator.load_state(run.last_checkpoint(resume, "rl"))
         kl.coef = state.kl_coef
         if lagrange is not None and state.lagrange is not None:
             lagrange.load_state_dict(state.lagrange["module"])
@@ -323,159 +490,69 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], folder: P
             batch = step_prompts(records, state.step, cfg.prompts_per_step, recipe.seed)
             mine = [r for r in batch[accelerator.process_index * per_rank : (accelerator.process_index + 1) * per_rank]
                     for _ in range(n_gen)]
-            metrics = _ppo_step(cfg, accelerator, policy, reference, value_models, opt_policy, opt_values, tokenizer,
-                                mine, pad_id, eos_ids, reward, cost, kl, lagrange, state.step)
+            metrics = ppo_step(m, mine, reward, cost, kl, lagrange, state.step)
             state.step += 1
             state.kl_coef = kl.coef
             if lagrange is not None:
                 state.lagrange = {"module": lagrange.state_dict(), "optimizer": lagrange.optimizer.state_dict()}
             state.history.append({"step": state.step, **metrics})
             if accelerator.is_main_process:  # the history is in every checkpoint, so a resumed log has no gaps
-                write_jsonl(folder / "log.jsonl", state.history)
+                write_jsonl(run.folder / "log.jsonl", state.history)
             bar.advance(1, tokens=int(metrics["completions"]))
             if state.step % cfg.save_steps == 0 and state.step < cfg.max_steps:
-                accelerator.save_state(str(checkpoints / f"step-{state.step}"), safe_serialization=False)
+                accelerator.save_state(str(run.checkpoints / f"checkpoint-{state.step}"), safe_serialization=False)
                 if accelerator.is_main_process:
-                    for old in sorted(checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+                    for old in checkpoints(run.checkpoints)[:-2]:
                         shutil.rmtree(old, ignore_errors=True)
     seconds = time.perf_counter() - started
-    unwrapped = accelerator.unwrap_model(policy)
+    unwrapped = accelerator.unwrap_model(m.policy)
     digests = gather_digests(unwrapped)
     history = state.history
     first, last = history[: max(1, len(history) // 4)], history[-max(1, len(history) // 4) :]
     summary = {
         "algo": cfg.algo, "steps": state.step, "processes": world, "seconds": round(seconds, 1),
-        "reward_first_steps": mean_or_none(h["reward"] for h in first), "reward_last_steps": mean_or_none(h["reward"] for h in last),
-        "kl_coef": kl.coef, "resumed_from_step": resumed_from,
+        "reward_first_steps": mean_or_none(h["reward"] for h in first),
+        "reward_last_steps": mean_or_none(h["reward"] for h in last), "kl_coef": kl.coef,
+        "resumed_from_step": resumed_from,
         **{k: mean_or_none((h[k] for h in history), 3)
-           for k in ("seconds_generation", "seconds_judge", "seconds_optimisation")}, "weights_digest_per_rank": digests,
-        "ranks_agree": len(set(digests)) == 1,
-    }
-    if lagrangian:
-        summary |= {"lambda": lagrange.value, "cost_first_steps": mean_or_none(h["cost"] for h in first),  # type: ignore[union-attr]
-                    "cost_last_steps": mean_or_none(h["cost"] for h in last), "cost_threshold": cfg.cost_threshold}
-    return unwrapped, tokenizer, summary, history
-
-
-def _ppo_step(cfg: RLConfig, accelerator, policy, reference, value_models, opt_policy, opt_values, tokenizer,
-              records: list[PromptRecord], pad_id: int, eos_ids: set[int], reward: Scorer, cost: Scorer | None,
-              kl_ctl: KLController, lagrange: Lagrange | None, step: int) -> dict[str, float]:
-    device = accelerator.device
-    unwrapped = accelerator.unwrap_model(policy)
-    t0 = time.perf_counter()
-    # 1. rollout
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": r.prompt}], tokenize=False,
-                                           add_generation_prompt=True) for r in records]
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    context = enc["input_ids"].shape[1]
-    unwrapped.eval()
-    with torch.no_grad(), accelerator.autocast():
-        out = unwrapped.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-                                 max_new_tokens=cfg.max_new_tokens, pad_token_id=pad_id)
-    responses = out[:, context:]
-    generated = response_mask(responses, eos_ids, pad_id)  # the tokens each completion really has
-    completions = tokenizer.batch_decode([r[: int(m.sum())] for r, m in zip(responses, generated, strict=True)],
-                                         skip_special_tokens=True)
-    t_gen = time.perf_counter() - t0
-    # 2. score (the judge sees the final answer only)
-    from deliberate.judges.base import run_sync
-
-    scorers = [reward] + ([cost] if cost is not None else [])
-    values_out = run_sync(score_all(scorers, [r.prompt for r in records], completions,
-                                    [r.category for r in records], [r.expected for r in records]))
-    t_judge = time.perf_counter() - t0 - t_gen
-    valid = torch.tensor([all(v[i] is not None for v in values_out) for i in range(len(records))],
-                         dtype=torch.float32, device=device)
-    scores = torch.tensor([v if v is not None else 0.0 for v in values_out[0]], device=device)
-    costs = torch.tensor([v if v is not None else 0.0 for v in values_out[1]], device=device) if cost else None
-    mask = generated * valid[:, None]  # an unscored completion stays in the batch with no weight
-    input_ids = out
-    attention = torch.cat([enc["attention_mask"], generated.long()], 1)
-    # 3. old log-probs, reference log-probs, values
-    mb = cfg.mini_batch_size or len(records)
-    with torch.no_grad(), accelerator.autocast():
-        old_logp, ref_logp, old_values = [], [], [[] for _ in value_models]
-        for s in range(0, len(records), mb):
-            ids, att = input_ids[s : s + mb], attention[s : s + mb]
-            old_logp.append(response_logprobs(unwrapped, ids, att, context, cfg.temperature)[0])
-            if reference is None:
-                with unwrapped.disable_adapter():
-                    ref_logp.append(response_logprobs(unwrapped, ids, att, context, cfg.temperature)[0])
-            else:
-                ref_logp.append(response_logprobs(reference, ids, att, context, cfg.temperature)[0])
-            for k, vm in enumerate(value_models):
-                old_values[k].append(response_values(vm, ids, att, context))
-        old_logp, ref_logp = torch.cat(old_logp), torch.cat(ref_logp)
-        old_values = [torch.cat(v) for v in old_values]
-    kl = (old_logp - ref_logp) * mask
-    # 4. rewards and advantages
-    gather_mean = lambda x, w: (accelerator.gather(x * w).sum() / accelerator.gather(w).sum().clamp(min=1)).item()  # noqa: E731
-    if lagrange is None:
-        rewards = token_rewards(scores, kl, mask, kl_ctl.coef)
-        advantages, returns = gae(rewards, old_values[0], mask, cfg.gamma, cfg.lam)
-        all_returns = [returns]
-    else:
-        rewards = token_rewards(scores, kl, mask, 0.5 * kl_ctl.coef)
-        cost_tokens = token_rewards(costs, -kl, mask, 0.5 * kl_ctl.coef)  # type: ignore[arg-type]
-        adv_r, ret_r = gae(rewards, old_values[0], mask, cfg.gamma, cfg.lam)
-        adv_c, ret_c = gae(cost_tokens, old_values[1], mask, cfg.gamma, cfg.lam)
-        mean_cost = gather_mean(costs, valid)
-        if step >= cfg.lambda_update_delay:
-            lagrange.update(mean_cost)
-        lam = lagrange.value
-        if cfg.whiten_advantages:
-            adv_r, adv_c = whiten(adv_r, mask), whiten(adv_c, mask)
-        advantages = (adv_r - lam * adv_c) / (1 + lam)
-        all_returns = [ret_r, ret_c]
-    if cfg.whiten_advantages and lagrange is None:
-        advantages = whiten(advantages, mask)
-    # 5. PPO epochs
-    t1 = time.perf_counter()
-    policy.train()
-    for vm in value_models:
-        vm.train()
-    stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": [], "entropy": []}
-    for _ in range(cfg.epochs()):
-        order = torch.randperm(len(records), device="cpu").tolist()
-        for s in range(0, len(records), mb):
-            idx = torch.tensor(order[s : s + mb], device=device)
-            ids, att, m = input_ids[idx], attention[idx], mask[idx]
-            with accelerator.autocast():
-                logp, entropy = response_logprobs(policy, ids, att, context, cfg.temperature, with_entropy=True)
-                loss, info = policy_loss(logp, old_logp[idx], advantages[idx], m, cfg.clip_range)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            opt_policy.step()
-            opt_policy.zero_grad()
-            for k, (vm, opt) in enumerate(zip(value_models, opt_values, strict=True)):
-                with accelerator.autocast():
-                    vpred = response_values(vm, ids, att, context)
-                    vloss = value_loss(vpred, old_values[k][idx], all_returns[k][idx], m, cfg.clip_range_value)
-                accelerator.backward(vloss)
-                accelerator.clip_grad_norm_(vm.parameters(), cfg.max_grad_norm)
-                opt.step()
-                opt.zero_grad()
-                if k == 0:
-                    stats["value_loss"].append(vloss.item())
-            stats["policy_loss"].append(loss.item())
-            stats["clipfrac"].append(info["clipfrac"])
-            stats["approx_kl"].append(info["approx_kl"])
-            stats["entropy"].append(masked_mean(entropy.detach(), m).item())  # type: ignore[union-attr]
-    t_opt = time.perf_counter() - t1
-    sequence_kl = gather_mean(kl.sum(1), valid)
-    kl_ctl.update(sequence_kl, int(accelerator.gather(valid).sum().item()))
-    metrics = {
-        "reward": gather_mean(scores, valid), "kl": sequence_kl, "kl_coef": kl_ctl.coef,
-        "response_tokens": gather_mean(mask.sum(1), valid),
-        "completions": float(accelerator.gather(torch.tensor([len(records)], device=device)).sum().item()),
-        "unscored": float(accelerator.gather(1 - valid).sum().item()),
-        "seconds_generation": round(t_gen, 3), "seconds_judge": round(t_judge, 3),
-        "seconds_optimisation": round(t_opt + (t1 - t0 - t_gen - t_judge), 3),  # log-prob passes + PPO epochs
-        **{k: sum(v) / len(v) for k, v in stats.items() if v},
+           for k in ("seconds_generation", "seconds_judge", "seconds_optimisation")},
+        "weights_digest_per_rank": digests, "ranks_agree": len(set(digests)) == 1,
     }
     if lagrange is not None:
-        metrics |= {"cost": gather_mean(costs, valid), "lambda": lagrange.value}
-    return metrics
+        summary |= {"lambda": lagrange.value, "cost_first_steps": mean_or_none(h["cost"] for h in first),
+                    "cost_last_steps": mean_or_none(h["cost"] for h in last), "cost_threshold": cfg.cost_threshold}
+    return unwrapped, m.tokenizer, summary, history
+
+
+def _models(recipe: Recipe, start: str, accelerator, lagrangian: bool) -> PPOModels:
+    """The policy from `start` (loaded once; the reference and the value models start as copies of it), and
+    the optimisers, prepared by `accelerator`."""
+    cfg = recipe.rl
+    loaded = load_start(recipe, start, trainable=True)
+    tokenizer = loaded.tokenizer
+    tokenizer.padding_side = "left"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = {tokenizer.eos_token_id} | set(_as_list(loaded.model.generation_config.eos_token_id))
+    eos_ids.discard(None)
+    policy = loaded.model
+    value_models = [_value_model(policy, cfg) for _ in range(2 if lagrangian else 1)]
+    reference = None
+    if not cfg.lora:
+        reference = copy.deepcopy(policy).eval().requires_grad_(False).to(accelerator.device)
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    if cfg.lora:
+        policy = get_peft_model(policy, lora_config(cfg))
+    for module in [policy, *value_models]:  # no dropout: pi / pi_old must be 1 before the first update (as TRL)
+        disable_dropout_in_model(module)
+    value_lr = cfg.value_learning_rate or 5 * cfg.learning_rate
+    opt_policy = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    opt_values = [torch.optim.AdamW([p for p in v.parameters() if p.requires_grad], lr=value_lr)
+                  for v in value_models]
+    policy, opt_policy = accelerator.prepare(policy, opt_policy)
+    prepared = [accelerator.prepare(v, o) for v, o in zip(value_models, opt_values, strict=True)]
+    return PPOModels(cfg, accelerator, policy, reference, [p[0] for p in prepared], opt_policy,
+                     [p[1] for p in prepared], tokenizer, pad_id, eos_ids)
 
 
 def _as_list(x) -> list:

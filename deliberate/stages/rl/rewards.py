@@ -32,6 +32,7 @@ from typing import Any
 from deliberate.config import JudgeConfig, Recipe
 from deliberate.errors import DeliberateError
 from deliberate.judges import Judge, PointwiseItem, make_judge
+from deliberate.judges.base import run_sync
 from deliberate.services.reasoning import split_reasoning
 from deliberate.services.spec import load_spec
 
@@ -119,7 +120,7 @@ class Scorer:
         # The judge is shown the final answer only, whatever its own hide_reasoning setting says.
         items = [PointwiseItem(prompt=prompts[i], response=splits[i].answer, category=categories[i],
                                expected=expected[i]) for i in todo]
-        results = await self.judge.ascore(items) if items else []  # type: ignore[union-attr]
+        results = await self.judge.ascore(items, hide_reasoning=True) if items else []  # type: ignore[union-attr]
         raw = self.judge.backend.kind == "classifier"  # type: ignore[union-attr]
         for i, result in zip(todo, results, strict=True):
             if not result.ok:
@@ -134,8 +135,6 @@ class Scorer:
         return values
 
     def score(self, prompts, completions, categories=None, expected=None) -> list[float | None]:
-        from deliberate.judges.base import run_sync
-
         return run_sync(self.ascore(prompts, completions, categories, expected))
 
     def trl_function(self) -> Callable[..., Any]:
@@ -158,8 +157,8 @@ class Scorer:
 
 
 def _judge(recipe: Recipe, cfg: JudgeConfig) -> Judge:
-    # Asked once per RL step: no progress bar per call, and never the reasoning.
-    return make_judge(cfg.model_copy(update={"hide_reasoning": True}), load_spec(recipe.spec), show_progress=False)
+    # Asked once per RL step: no progress bar per call.
+    return make_judge(cfg, load_spec(recipe.spec), show_progress=False)
 
 
 def reward_scorer(recipe: Recipe) -> Scorer:
