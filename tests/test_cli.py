@@ -2,8 +2,11 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args, cwd=None):
@@ -155,3 +158,71 @@ def test_preference_verbs_fail_in_one_line_and_run_end_to_end(tmp_path, tiny_mod
     assert "merge:half/a0.5" in out.stdout and (tmp_path / "merge" / "half" / "a0.5" / "model" / "config.json").is_file()
     out = run("merge", *sets, "--set", "merge.merges=[{name: bad, method: ties, models: [stage:kto, stage:kto]}]")
     assert out.returncode == 2 and "needs base_model" in out.stderr
+
+
+def test_help_texts_keep_angle_and_square_brackets_as_written():
+    assert "<think>reasoning</think> then the answer" in run("generate", "--help").stdout
+    assert "<output_dir>/dpo/<stage>/[<variant>/]model" in run("dpo", "--help").stdout
+    assert "<output_dir>/merge/<name>/[a<alpha>/]model" in run("merge", "--help").stdout
+    text = " ".join(run("sft", "--help").stdout.split())
+    assert "section.list[i].field=value" in text
+
+
+WRITERS = ["generate", "filter", "sft", "pipeline", "pairs", "dpo", "rl", "merge", "eval", "answer", "judge"]
+MODEL_USERS = ["generate", "sft", "pipeline", "pairs", "dpo", "rl", "eval", "answer"]
+
+
+@pytest.mark.parametrize("verb", WRITERS)
+def test_every_verb_that_writes_takes_output_and_the_ones_with_a_model_take_model(verb):
+    text = run(verb, "--help").stdout
+    assert "--output" in text and "-o" in text
+    assert ("--model" in text) == (verb in MODEL_USERS)
+    if verb in MODEL_USERS:
+        assert "The recipe's model (--set model.name=...)" in " ".join(text.split())
+
+
+def test_user_text_is_printed_as_written_never_as_markup(tmp_path):
+    folder = tmp_path / "[bold]odd[red]"
+    folder.mkdir()
+    data = folder / "p.jsonl"
+    data.write_text('{"prompt": "[INST] hello [/INST] [red]x[/]", "expected": "comply"}\n')
+    out = run("data", "--set", f"data.source={data}")
+    assert out.returncode == 0, out.stderr
+    flat = "".join(out.stdout.split())
+    assert "[bold]odd[red]" in flat and "[INST]hello[/INST][red]x[/]" in flat
+    missing = run("data", "--set", f"data.source={folder / '[/y]missing.jsonl'}")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and "[/y]missing.jsonl: no such file" in missing.stderr
+
+
+def test_spec_render_prints_the_exact_prompt_without_wrapping():
+    import os
+
+    from deliberate.services.spec import load_spec
+
+    out = subprocess.run([sys.executable, "-m", "deliberate", "spec", "render", "--category", "violence"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "40"})
+    assert out.returncode == 0 and out.stdout == load_spec().spec_for("violence") + "\n"
+
+
+def test_recipe_show_one_section_and_the_field_reference():
+    import yaml
+
+    out = run("recipe", "show", "--recipe", "recipes/demo.yaml", "--section", "generate", cwd=ROOT)
+    assert out.returncode == 0 and list(yaml.safe_load(out.stdout)) == ["generate"]
+    fields = run("recipe", "fields", "dpo")
+    assert fields.returncode == 0 and "dpo.beta" in fields.stdout and "dpo.stages" in fields.stdout
+    bad = run("recipe", "fields", "dpp")
+    assert bad.returncode == 2 and "did you mean 'dpo'" in bad.stderr
+
+
+def test_a_recipe_output_as_the_model_must_exist_and_says_how_to_make_it(tmp_path):
+    out = run("answer", "--model", "stage:sft", "--output", str(tmp_path))
+    assert out.returncode == 2 and "run `deliberate sft` first" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_typo_in_a_verb_or_a_benchmark_gets_a_suggestion(tmp_path):
+    verb = run("evl")
+    assert verb.returncode == 2 and "Did you mean 'eval'" in verb.stderr
+    bench = run("eval", "--benchmark", "xstset", "--output", str(tmp_path))
+    assert bench.returncode == 2 and "did you mean 'xstest'" in bench.stderr

@@ -166,3 +166,15 @@ def test_a_judge_budget_stops_before_overspending_and_a_rerun_reuses_what_was_ju
         assert server.calls == 8 + 16
     usage = report["judge_usage"]
     assert (usage["requests"], usage["cache_hits"], usage["failures"]) == (16, 8, 0)
+
+
+def test_an_offline_benchmark_says_where_its_local_copy_goes(tmp_path, monkeypatch):
+    from deliberate.services.benchmarks import benchmark_prompts
+    from deliberate.services.spec import load_spec
+
+    monkeypatch.delenv("DELIBERATE_DATASETS", raising=False)
+    xstest = load_benchmark("xstest")
+    with pytest.raises(DeliberateError, match=r"xstest/xstest_prompts\.csv: set eval\.datasets_dir"):
+        benchmark_prompts(xstest, None, load_spec())
+    with pytest.raises(DeliberateError, match=f"{tmp_path} has no xstest/xstest_prompts.csv"):
+        benchmark_prompts(xstest, str(tmp_path), load_spec())

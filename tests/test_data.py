@@ -175,3 +175,13 @@ def test_a_url_source_is_downloaded_once_and_read_from_the_cache_after(tmp_path,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DeliberateError, match="offline"):
         load_prompts(cfg(source=f"{url}/other.json"))
+
+
+def test_a_split_on_a_source_without_splits_is_an_error_that_points_at_where(tmp_path):
+    with pytest.raises(DeliberateError, match=r"split applies to Hub datasets only.*data\.where\.split=heldout"):
+        load_prompts(DataConfig(source="builtin:demo", split="heldout"))
+    path = tmp_path / "p.csv"
+    path.write_text("prompt\nhello\n")
+    with pytest.raises(DeliberateError, match="subset applies to Hub datasets only"):
+        load_prompts(DataConfig(source=str(path), subset="x"))
+    assert len(load_prompts(DataConfig(source="builtin:demo", where={"split": "heldout"}))) == 32

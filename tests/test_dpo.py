@@ -174,6 +174,8 @@ def test_sweep_trains_one_model_per_value_and_stage_names_resolve(tiny_model_dir
         stage_model(recipe, "stage:safe")
     with pytest.raises(DeliberateError, match="run `deliberate dpo` first"):
         stage_model(recipe, "stage:nothing")
+    with pytest.raises(DeliberateError, match="did you mean 'stage:helpful'"):
+        stage_model(recipe, "stage:helpfull")
 
 
 def test_bad_stage_settings_fail_when_the_recipe_loads():

@@ -39,6 +39,8 @@ def test_benchmarks_are_data_and_unknown_ones_are_named():
     assert load_benchmark("demo").data.where == {"split": "heldout"}
     with pytest.raises(DeliberateError, match="known: .*demo"):
         load_benchmark("no-such-benchmark")
+    with pytest.raises(DeliberateError, match="unknown benchmark 'xstset'; did you mean 'xstest'"):
+        load_benchmark("xstset")
 
 
 def test_two_models_compared_with_cached_answers_and_agreeing_reports(tiny_model_dir, tmp_path):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from deliberate.config import Recipe, Section, load_recipe
+from deliberate.config import load_recipe
 from deliberate.errors import DeliberateError
 from deliberate.services.io import write_yaml
 
@@ -100,24 +100,57 @@ def test_saved_recipe_loads_back_identically(tmp_path):
     assert load_recipe(saved) == r
 
 
-def test_every_field_is_documented():
-    undocumented = []
+def test_every_field_is_documented_and_the_reference_page_is_current():
+    from deliberate.config.reference import markdown, reference
 
-    def walk(model, prefix):
-        for name, field in model.model_fields.items():
-            annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, Section):
-                walk(annotation, f"{prefix}{name}.")
-            elif not field.description and name not in DOCUMENTED_BY_NAME:
-                undocumented.append(prefix + name)
-
-    walk(Recipe, "")
-    assert undocumented == []
+    assert [f.path for f in reference() if not f.doc] == []
+    page = ROOT / "docs" / "recipe.md"
+    assert page.read_text() == markdown(), "regenerate: deliberate recipe fields --markdown > docs/recipe.md"
 
 
-# Hyperparameters named exactly as in TRL / transformers are documented there.
-DOCUMENTED_BY_NAME = {"learning_rate", "num_train_epochs", "per_device_train_batch_size", "seed", "lora_r",
-                      "lora_alpha", "lora_dropout", "top_p", "repetition_penalty"}
+def test_one_item_of_a_list_is_reached_by_its_index():
+    r = load_recipe(ROOT / "recipes" / "sacpo-cpu.yaml", ["dpo.stages[1].beta=[0.1,0.05]", "dpo.stages[-1].beta=0.2"])
+    betas = {s.name: s.beta for s in r.dpo.stage_list()}
+    assert betas["helpful-safe"] == [0.1, 0.05] and betas["safe"] == 0.2
+    assert betas["helpful"] == 0.1  # the other items are untouched
+
+
+def test_the_dpo_help_example_is_a_working_override():
+    import re
+
+    from deliberate.cli.stages import dpo
+
+    example = re.search(r'--recipe (\S+) --set "([^"]+)"', dpo.__doc__)
+    r = load_recipe(ROOT / example.group(1), [example.group(2)])
+    assert [s.beta for s in r.dpo.stage_list() if s.name == "helpful-safe"] == [[0.1, 0.05]]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("dpo.stages[9].beta=1", r"dpo\.stages has 4 item\(s\), so \[9\] does not exist"),
+    ("dpo.stages.beta=1", r"dpo\.stages is a list; give an index"),
+    ("dpo.stages[1].betta=1", r"dpo\.stages\[1\] \(helpful-safe\): betta: unknown field \(did you mean 'beta'\?"),
+    ("merge.merges=[{name: m, models: [a], wieghts: [1]}]", r"merge\.merges\[0\]\.wieghts: unknown field \(did you mean 'weights'\?"),
+    ("eval.bench=[demo]", r"eval\.bench: unknown field \(did you mean 'benchmarks'\?"),
+    ("model[0]=x", r"model is not a list"),
+])
+def test_a_wrong_override_is_one_line_that_says_what_to_write(override, message):
+    with pytest.raises(DeliberateError, match=message) as e:
+        load_recipe(ROOT / "recipes" / "sacpo-cpu.yaml", [override])
+    assert "\n" not in str(e.value)
+
+
+def test_one_value_where_a_list_is_expected_is_a_one_item_list():
+    r = load_recipe(None, ["eval.models=stage:sft", "eval.benchmarks=xstest", "sft.lora_target_modules=q_proj"])
+    assert (r.eval.models, r.eval.benchmarks) == (["stage:sft"], ["xstest"])
+    assert r.sft.lora_target_modules == "q_proj"  # a field that takes one value or a list keeps the value
+
+
+def test_an_override_that_is_not_valid_yaml_says_to_quote_it():
+    with pytest.raises(DeliberateError, match=r"malformed YAML.*quote text that holds ': '") as e:
+        load_recipe(None, ["generate.prefill=<think>\nCategory: {category}."])
+    assert "generate.prefill" in str(e.value)
+    quoted = load_recipe(None, ['generate.prefill="<think>\\nCategory: {category}."'])
+    assert quoted.generate.prefill == "<think>\nCategory: {category}."
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)

@@ -44,9 +44,11 @@ def test_categories_are_found_by_title_alias_and_spelling(spec):
     assert spec.category("Violent crimes").id == "violence"
 
 
-def test_unknown_category_lists_the_known_ones(spec):
+def test_unknown_category_lists_the_known_ones_and_the_closest(spec):
     with pytest.raises(DeliberateError, match="unknown category 'gardening'.*known: erotic_content"):
         spec.spec_for("gardening")
+    with pytest.raises(DeliberateError, match="did you mean 'violence'"):
+        spec.spec_for("violnce")
 
 
 def test_a_category_using_an_undefined_style_is_rejected(tmp_path):

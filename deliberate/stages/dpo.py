@@ -190,7 +190,7 @@ def build_trainer(recipe: Recipe, stage: DPOStage, start: str, rows: list[dict[s
                                   for r in rows])
         trainer = KTOTrainer(model=loaded.model, ref_model=ref_model, args=args, train_dataset=data,
                              processing_class=loaded.tokenizer, peft_config=peft_config)
-        show_training_progress(trainer, f"kto {label}", show_progress)
+        show_training_progress(trainer, _description(stage, label), show_progress)
         extra = {"desirable": n_good, "undesirable": n_bad, "desirable_weight": stage.desirable_weight,
                  "undesirable_weight": round(undesirable, 6), "loss_type": loss}
         return trainer, extra
@@ -203,15 +203,19 @@ def build_trainer(recipe: Recipe, stage: DPOStage, start: str, rows: list[dict[s
                           loss_type=["sigmoid"], precompute_ref_log_probs=True)
         trainer = MODPOTrainer(model=loaded.model, args=args, train_dataset=data, processing_class=loaded.tokenizer,
                                peft_config=peft_config, modpo_beta=beta, modpo_weight=weight)
-        show_training_progress(trainer, f"modpo {label}", show_progress)
+        show_training_progress(trainer, _description(stage, label), show_progress)
         extra = {"margin": stage.margin.kind, "margin_model": stage.margin.model}
         return trainer, extra
     args = trl_config(DPOConfig, recipe, stage, run.checkpoints, **common, beta=beta,
                       precompute_ref_log_probs=precompute)
     trainer = DPOTrainer(model=loaded.model, ref_model=ref_model, args=args, train_dataset=data,
                          processing_class=loaded.tokenizer, peft_config=peft_config)
-    show_training_progress(trainer, f"dpo {label}", show_progress)
+    show_training_progress(trainer, _description(stage, label), show_progress)
     return trainer, {"loss_type": stage.loss_type}
+
+
+def _description(stage: DPOStage, label: str) -> str:
+    return stage.method if label == stage.method else f"{stage.method} ({label})"
 
 
 class MODPOTrainer(DPOTrainer):
