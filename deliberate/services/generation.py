@@ -138,7 +138,7 @@ def generate(
             if sampling:
                 torch.manual_seed(seed + b * settings.batch_size)
             shared = getattr(prefix_cache, "shared_prefix", None) is not None
-            if settings.repetition_penalty != 1.0:  # on the answer's own tokens, not the prompt's (see recipe.py)
+            if settings.repetition_penalty != 1.0:  # on the answer's own tokens, not the prompt's (config/sampling.py)
                 from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
                 gen_kwargs["logits_processor"] = LogitsProcessorList(

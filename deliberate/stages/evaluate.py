@@ -1,7 +1,7 @@
 """`deliberate eval`: answer benchmarks with several models, judge the answers, report rates with intervals.
 
 Models are the recipe's `model` (the base) and `eval.models`: folders, Hub ids, or this recipe's outputs
-(`stage:sft`, `stage:<dpo stage>[/<variant>]`, `merge:<name>/<variant>`, `/*` for every variant; see stages.py).
+(`stage:sft`, `stage:<dpo stage>[/<variant>]`, `merge:<name>/<variant>`, `/*` for every variant; see services/runs.py).
 Benchmarks are YAML files in `eval/` (see eval/README.md). Answers are cached per model, benchmark, prompt and
 generation settings, so adding a model to a comparison generates nothing for the others. Answers end at EOS
 only; reasoning (`<think>...</think>`) is split from the final answer, and the judge sees the final answer. A
@@ -15,7 +15,7 @@ malformed completions. Every rate has a bootstrap 95% interval. Judge failures a
 
 Pairwise (`eval.pairwise`): each model's answers are judged against the base model's on each benchmark's
 criteria (helpfulness and/or harmlessness), in both orders, `eval.pairwise_repeats` times: win rates with
-bootstrap intervals per benchmark and pooled, and Elo ratings per criterion (compare.py).
+bootstrap intervals per benchmark and pooled, and Elo ratings per criterion (services/stats.py).
 
 Outputs in `<output_dir>/eval/`: `answers/`, `judgments/`, `report.json` (everything), `report.csv` (one row
 per model and benchmark), `pairwise.csv`, `elo.csv`, `report.md`, and `winrates.png` / `benchmarks.png`.
