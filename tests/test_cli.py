@@ -149,9 +149,13 @@ def test_preference_verbs_fail_in_one_line_and_run_end_to_end(tmp_path, tiny_mod
     data.write_text('{"prompt": "Q", "chosen": "good answer", "rejected": "bad"}\n' * 4)
     sets = ["--set", f"output_dir={tmp_path}", "--set", f"model.name={tiny_model_dir}", "--set",
             f"dpo.data.source={data}", "--set", "dpo.max_steps=1", "--set", "dpo.lora=false"]
-    out = run("dpo", "--method", "kto", *sets)
+    out = run("dpo", "--method", "kto", *sets, "--set", "dpo.logging_steps=1")
     assert out.returncode == 0, out.stderr
     assert "stage:kto" in out.stdout and f"{tmp_path}/dpo" in out.stdout
+    # One rich bar for training, no tqdm bars, no printed log dicts, no library deprecation notices.
+    assert "1/1 steps" in out.stderr and "loss" in out.stderr
+    for noise in ("{'loss'", "it/s]", "examples/s]", "Warning"):
+        assert noise not in out.stdout + out.stderr, noise
     merges = "merge.merges=[{name: half, models: [stage:kto, " + str(tiny_model_dir) + "], alphas: [0.5]}]"
     out = run("merge", *sets, "--set", merges)
     assert out.returncode == 0, out.stderr

@@ -122,9 +122,11 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is first imported
     for name in ("transformers", "trl", "peft", "accelerate", "datasets", "mergekit"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    for category in (FutureWarning, DeprecationWarning, UserWarning):
-        for module in ("transformers", "trl", "peft", "accelerate", "torch", "datasets", "mergekit"):
-            warnings.filterwarnings("ignore", category=category, module=module)
+    # Deprecation notices are for developers (pytest shows them); a library's UserWarnings are not the user's.
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    for module in ("transformers", "trl", "peft", "accelerate", "torch", "datasets", "mergekit"):
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -119,40 +119,14 @@ class Layout:
     def __init__(self, recipe: Recipe):
         self.root = Path(recipe.output_dir)
 
-    @property
-    def generate(self) -> Path:
-        """The teacher's completions."""
-        return self.root / "generate"
-
-    @property
-    def filter(self) -> Path:
-        """Judged and kept completions."""
-        return self.root / "filter"
-
-    @property
-    def sft_data(self) -> Path:
-        """The SFT training set."""
-        return self.root / "sft_data"
-
-    @property
-    def pairs(self) -> Path:
-        """Judge-ranked preference pairs."""
-        return self.root / "pairs"
-
-    @property
-    def eval(self) -> Path:
-        """Answers, judgments and reports."""
-        return self.root / "eval"
-
-    @property
-    def answers(self) -> Path:
-        """`deliberate answer`'s answers."""
-        return self.root / "answers"
-
-    @property
-    def judge(self) -> Path:
-        """`deliberate judge`'s judgments."""
-        return self.root / "judge"
+    # The stages whose outputs are files (what each file holds: the module docstring, and each stage's own).
+    generate = property(lambda self: self.root / "generate")
+    filter = property(lambda self: self.root / "filter")
+    sft_data = property(lambda self: self.root / "sft_data")
+    pairs = property(lambda self: self.root / "pairs")
+    eval = property(lambda self: self.root / "eval")
+    answers = property(lambda self: self.root / "answers")
+    judge = property(lambda self: self.root / "judge")
 
     @property
     def sft(self) -> ModelRun:

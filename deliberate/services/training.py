@@ -7,11 +7,15 @@ Every verb runs as is on one device and under `accelerate launch` (DDP, FSDP, De
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from deliberate.config import Recipe, TrainingOptions
 from deliberate.services.io import replace_dir
@@ -41,8 +45,6 @@ def trl_config(config_class: type, recipe: Recipe, section: TrainingOptions, out
     passed as it is, except the ones deliberate reads itself (`section.OWN_FIELDS`); then the settings every
     stage shares (device, precision, seeds, checkpoints, our own progress display); then `values`, what the
     stage computes (a swept beta, batch sizes derived from the step size, ...)."""
-    import dataclasses
-
     accepted = {f.name for f in dataclasses.fields(config_class)}
     passed = {}
     for name in type(section).model_fields:
@@ -58,39 +60,34 @@ def trl_config(config_class: type, recipe: Recipe, section: TrainingOptions, out
 
 def show_training_progress(trainer, description: str, show_progress: bool) -> None:
     """Replace the trainer's tqdm bar and printed log dicts with one rich bar (steps, loss, rate), or nothing."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     for callback in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(callback)
     if show_progress:
-        trainer.add_callback(_progress_callback(description))
+        trainer.add_callback(RichProgress(description))
 
 
-def _progress_callback(description: str):
-    from transformers import TrainerCallback
+class RichProgress(TrainerCallback):
+    """A TRL trainer's optimizer steps and last loss as a `TrainingBar`, on the main process only."""
 
-    class RichProgress(TrainerCallback):
-        def __init__(self):
+    def __init__(self, description: str):
+        self.description, self.bar = description, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = TrainingBar(self.description, state.max_steps, start=state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.update(state.global_step, loss=logs["loss"])
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
             self.bar = None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                self.bar = TrainingBar(description, state.max_steps, start=state.global_step)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.bar is not None:
-                self.bar.update(state.global_step)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if self.bar is not None and logs and "loss" in logs:
-                self.bar.update(state.global_step, loss=logs["loss"])
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
-
-    return RichProgress()
 
 
 def lora_config(section: TrainingOptions):
