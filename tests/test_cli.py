@@ -182,7 +182,7 @@ def test_every_verb_that_writes_takes_output_and_the_ones_with_a_model_take_mode
     assert "--output" in text and "-o" in text
     assert ("--model" in text) == (verb in MODEL_USERS)
     if verb in MODEL_USERS:
-        assert "The recipe's model (--set model.name=...)" in " ".join(text.split())
+        assert "The recipe's model (model.name)" in " ".join(text.split())
 
 
 def test_user_text_is_printed_as_written_never_as_markup(tmp_path):

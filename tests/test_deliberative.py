@@ -250,3 +250,15 @@ def test_the_rules_judge_cannot_assign_categories(tiny_model_dir, tmp_path):
     recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"output_dir={tmp_path}", f"data.source={prompts}"])
     with pytest.raises(DeliberateError, match="cannot assign categories"):
         generate_completions(recipe, show_progress=False)
+
+
+def test_completions_are_reused_only_for_the_dtype_the_teacher_ran_in(recipe_for, monkeypatch):
+    fake, seen = scripted(lambda c: "</think> ok")
+    monkeypatch.setattr(generate_stage, "generate", fake)
+    first = generate_completions(recipe_for("data.limit=2"), show_progress=False)
+    assert first.summary["generated_now"] == 4
+    again = generate_completions(recipe_for("data.limit=2"), show_progress=False)
+    assert again.summary["generated_now"] == 0  # nothing changed: every completion is reused
+    other = generate_completions(recipe_for("data.limit=2", "model.dtype=bfloat16"), show_progress=False)
+    assert other.summary["generated_now"] == 4  # the teacher now samples in bfloat16: new completions
+    assert other.summary["settings"]["dtype"] == "bfloat16"

@@ -139,6 +139,11 @@ def test_a_wrong_override_is_one_line_that_says_what_to_write(override, message)
     assert "\n" not in str(e.value)
 
 
+def test_mapping_keys_in_overrides_may_be_any_text():
+    r = load_recipe(None, ["data.label_map.0=refuse", "data.category_map.Physical Harm=violence"])
+    assert r.data.label_map == {"0": "refuse"} and r.data.category_map == {"Physical Harm": "violence"}
+
+
 def test_one_value_where_a_list_is_expected_is_a_one_item_list():
     r = load_recipe(None, ["eval.models=stage:sft", "eval.benchmarks=xstest", "sft.lora_target_modules=q_proj"])
     assert (r.eval.models, r.eval.benchmarks) == (["stage:sft"], ["xstest"])

@@ -84,3 +84,15 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tiny_model_dir, tmp_path, 
 
     with pytest.raises(DeliberateError, match="no checkpoint"):
         run_sft(recipe(tiny_model_dir, tmp_path), data, resume=True, show_progress=False)
+
+
+def test_a_base_model_retrained_in_place_is_not_taken_for_the_finished_run(tiny_model_dir, tmp_path, data):
+    import shutil
+
+    base = shutil.copytree(tiny_model_dir, tmp_path / "base")
+    r = recipe(base, tmp_path)
+    first = run_sft(r, data, show_progress=False)
+    weights = base / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # the same path, new weights (a new mtime)
+    again = run_sft(r, data, show_progress=False)
+    assert "reused" not in again and again["fingerprint"] != first["fingerprint"]

@@ -1,8 +1,9 @@
 """The `deliberate` command line: a thin layer over the stages, and what every verb shares.
 
 Every verb takes `--recipe R.yaml` and any number of `--set section.field=value` overrides (`a.b[i].c=value`
-reaches one item of a list); `--model` always sets the recipe's model (`model.name`: what `answer` answers with,
-what training starts from, the base `eval` compares against) and `--output` its `output_dir`. User errors print
+reaches one item of a list). On every verb that uses a model, `--model` sets the recipe's model (`model.name`:
+what `answer` answers with, what training starts from, the base `eval` compares against); on every verb that
+writes, `--output` sets its `output_dir`. The recipe's model may be one of its own outputs (`stage:sft`). User errors print
 one `error:` line and exit 2. User text (prompts, paths, errors) is printed as it is, never read as markup.
 Stage modules are imported inside each command, so that `deliberate --help` does not load torch.
 """
@@ -69,8 +70,8 @@ SetOpt = Annotated[
                  "section.list[i].field=value (repeatable; the value is read as YAML)."), metavar="KEY=VALUE"),
 ]
 ModelOpt = Annotated[
-    str | None, typer.Option("--model", "-m", help="The recipe's model (--set model.name=...): a Hub id, a folder, "
-                             "smollm2, or one of this recipe's outputs such as stage:sft.")
+    str | None, typer.Option("--model", "-m", help="The recipe's model (model.name): a Hub id, a folder, smollm2, "
+                             "or one of this recipe's outputs such as stage:sft.")
 ]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Where outputs go (--set output_dir=...).")]
 ResumeOpt = Annotated[bool, typer.Option(help="Continue from the last checkpoint.")]
@@ -86,8 +87,9 @@ def command(group: typer.Typer = app, name: str | None = None):
 
 
 def load(recipe: Path | None, sets: list[str] | None, model: str | None = None, output: Path | None = None,
-         extra: list[str] | None = None):
-    """The recipe with the overrides and shorthand flags applied; a `stage:`/`merge:` model is resolved."""
+         extra: list[str] | None = None, uses_model: bool = True):
+    """The recipe with the overrides and shorthand flags applied. For a verb that uses the model (`uses_model`), a
+    `stage:`/`merge:` model is resolved to its folder (from `--model` or `model.name` alike)."""
     from deliberate.config import load_recipe
     from deliberate.services.runs import is_reference, stage_model
 
@@ -95,8 +97,10 @@ def load(recipe: Path | None, sets: list[str] | None, model: str | None = None, 
     if output:
         overrides.append(f"output_dir={output}")
     r = load_recipe(recipe, overrides)
-    if model:
-        name = stage_model(r, model) if is_reference(model) else model
+    name = model or r.model.name
+    if uses_model and is_reference(name):
+        name = stage_model(r, name)
+    if name != r.model.name:
         r = r.model_copy(update={"model": r.model.model_copy(update={"name": name})})
     return r
 

@@ -71,7 +71,7 @@ def filter_(recipe: RecipeOpt = None, set_: SetOpt = None, output: OutputOpt = N
     """
     from deliberate.stages.filter import filter_completions
 
-    _print_filter(filter_completions(load(recipe, set_, None, output)).summary)
+    _print_filter(filter_completions(load(recipe, set_, None, output, uses_model=False)).summary)
 
 
 @command()
@@ -209,7 +209,7 @@ def merge(recipe: RecipeOpt = None, set_: SetOpt = None, output: OutputOpt = Non
     """
     from deliberate.stages.merge import run_merges
 
-    r = load(recipe, set_, None, output)
+    r = load(recipe, set_, None, output, uses_model=False)
     if not r.merge.merges:
         say("the recipe lists no merges (merge.merges); nothing to do")
         return

@@ -91,7 +91,7 @@ def judge(
     if criterion not in CRITERIA:
         raise DeliberateError(f"--criterion '{criterion}': {did_you_mean(criterion, CRITERIA)}expected one of "
                               f"{', '.join(CRITERIA)}")
-    r = load(recipe, set_, None, output)
+    r = load(recipe, set_, None, output, uses_model=False)
     j = make_judge(r.judge, load_spec(r.spec))
     out_dir = Layout(r).judge
     try:
@@ -123,7 +123,7 @@ def data(
     from deliberate.services.data import load_prompts
     from deliberate.services.spec import load_spec
 
-    r = load(recipe, set_)
+    r = load(recipe, set_, uses_model=False)
     spec = load_spec(r.spec)
     records = load_prompts(r.data, spec)
     counts = Counter((rec.category or "-", rec.expected or "-") for rec in records)
@@ -191,7 +191,7 @@ def recipe_show(
     """
     from deliberate.config.reference import reference
 
-    r = load(recipe, set_)
+    r = load(recipe, set_, uses_model=False)
     dumped = r.model_dump(mode="json")
     if section is not None:
         reference(section)  # an unknown section is an error with a did-you-mean

@@ -14,16 +14,16 @@ from typing import Any
 from deliberate.config.yamlio import parse_yaml
 from deliberate.errors import DeliberateError
 
-_STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)((?:\[-?\d+\])*)$")
+_STEP = re.compile(r"([^\[\]]+)((?:\[-?\d+\])*)$")  # a field or mapping key, then list indices
 
 
 def override_path(key: str, assignment: str) -> list[str | int]:
     """`dpo.stages[1].beta` -> ["dpo", "stages", 1, "beta"]."""
     path: list[str | int] = []
     for piece in key.split("."):
-        match = _STEP.match(piece.strip())
+        match = _STEP.match(piece)
         if match is None:
-            raise DeliberateError(f"--set '{assignment}': '{piece}' is not a field name (a.b.c or a.b[0].c)")
+            raise DeliberateError(f"--set '{assignment}': '{piece}' is not a field name or key (a.b.c or a.b[0].c)")
         path.append(match.group(1))
         path += [int(i) for i in re.findall(r"\[(-?\d+)\]", match.group(2))]
     return path

@@ -38,8 +38,9 @@ def progress_bar(description: str, total: int, unit: str = "it", enabled: bool =
         yield _Bar(None, None, unit)
         return
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}", markup=False),
         console=Console(stderr=True),
     )
     with progress:
@@ -52,7 +53,8 @@ class TrainingBar:
 
     def __init__(self, description: str, total: int, start: int = 0):
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+            TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+            TextColumn("steps"),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}"),
             TextColumn("{task.fields[loss]}"), console=Console(stderr=True))
         self.progress.start()

@@ -110,6 +110,28 @@ def load_start(recipe: Recipe, path: str, trainable: bool):
     return loaded
 
 
+def save_trained(trainer, run: ModelRun, *, lora: bool, card: str, summary: dict[str, Any]) -> None:
+    """`save_policy` for a TRL trainer, called on every process: `trainer.save_model` runs everywhere (under FSDP
+    or ZeRO-3 it gathers the sharded weights) and the main process writes; the others wait for it. With LoRA
+    the gathered adapter is saved as is, and the merge into full weights happens on the main process."""
+    tokenizer = trainer.processing_class
+    saved = run.folder / ("adapter.tmp" if lora else "model.tmp")
+    trainer.save_model(str(saved))
+    with main_process_first() as main:
+        if not main:
+            return
+        tokenizer.save_pretrained(str(saved))
+        if not lora:
+            run.finish(saved, summary, card)
+            return
+        replace_dir(saved, run.adapter)
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        tmp = run.folder / "model.tmp"
+        merged.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        run.finish(tmp, summary, card)
+
+
 def save_policy(model, tokenizer, run: ModelRun, *, lora: bool, card: str, summary: dict[str, Any]) -> None:
     """Write the run's `model/` (full weights: a LoRA adapter is merged) and, with LoRA, its `adapter/`, each
     into a temporary folder renamed when complete; the marker holding the summary is written last."""

@@ -44,8 +44,7 @@ from deliberate.services.training import (
     gather_digests,
     load_start,
     lora_config,
-    main_process_first,
-    save_policy,
+    save_trained,
     show_training_progress,
     trl_config,
 )
@@ -143,18 +142,15 @@ def train_stage(recipe: Recipe, stage: DPOStage, start: str, beta: float, weight
                "seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(trainer.state.global_step, 1), 3),
                "resumed_from": checkpoint, **extra}
     summary["weights_digest_per_rank"] = gather_digests(trainer.model)  # every rank's weights: equal under DDP
-    with main_process_first() as main:  # under `accelerate launch` one process writes, the others wait
-        if main:  # `model/` holds full weights (LoRA merged), so later stages, merges and evals can load it
-            what = {"dpo": "DPO", "kto": "KTO", "modpo": "MODPO"}[stage.method]
-            w = f", w = {weight}" if stage.method == "modpo" else ""
-            card = model_card(
-                recipe, f"{summary['model']} ({what}{', LoRA merged' if stage.lora else ''})",
-                f"Started from `{start}` (also the reference model). Trained by `deliberate dpo` with TRL on "
-                f"{summary['examples']} examples from {data_summary['source']}: beta = {beta}{w}, {summary['steps']} "
-                f"steps, final training loss {summary['train_loss']}.",
-                {"Stage": stage.model_dump(mode="json", exclude={"stages"})})
-            save_policy(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, run,
-                        lora=stage.lora, card=card, summary=summary)
+    what = {"dpo": "DPO", "kto": "KTO", "modpo": "MODPO"}[stage.method]
+    w = f", w = {weight}" if stage.method == "modpo" else ""
+    card = model_card(recipe, f"{summary['model']} ({what}{', LoRA merged' if stage.lora else ''})",
+                      f"Started from `{start}` (also the reference model). Trained by `deliberate dpo` with TRL on "
+                      f"{summary['examples']} examples from {data_summary['source']}: beta = {beta}{w}, "
+                      f"{summary['steps']} steps, final training loss {summary['train_loss']}.",
+                      {"Stage": stage.model_dump(mode="json", exclude={"stages"})})
+    # `model/` holds full weights (LoRA merged), so later stages, merges and evals can load it.
+    save_trained(trainer, run, lora=stage.lora, card=card, summary=summary)  # every process; the main one writes
     return summary
 
 

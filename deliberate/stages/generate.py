@@ -147,7 +147,7 @@ def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun
     settings = {k: v for k, v in cfg.model_dump().items() if k not in {
         "api_key_env", "max_concurrency", "timeout", "max_retries", "backoff_base", "backoff_max", "batch_size",
         "instructions"}}  # what does not change a sample
-    settings.update(teacher=teacher, seed=recipe.seed)
+    settings.update(teacher=teacher, seed=recipe.seed, dtype=teacher_model(recipe).dtype)  # the dtype it loads in
     # k is not part of a row's identity: raising `samples` later keeps the samples already drawn.
     row_settings = {k: v for k, v in settings.items()
                     if k not in {"samples", "samples_by_expected", "samples_by_meta"}}
@@ -174,7 +174,7 @@ def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun
     stats: dict[str, Any] = {}
     if todo:
         if cfg.backend == "hf":
-            stats = _generate_hf(recipe, teacher, conversations, save, show_progress)
+            stats = _generate_hf(recipe, conversations, save, show_progress)
         elif cfg.backend == "vllm":
             stats = _generate_vllm(recipe, teacher, conversations, save)
         else:
@@ -206,10 +206,17 @@ def assign_categories(recipe: Recipe, spec: PolicySpec, records: list[PromptReco
     return records
 
 
-def _generate_hf(recipe: Recipe, teacher: str, conversations, save, show_progress: bool) -> dict[str, Any]:
+def teacher_model(recipe: Recipe) -> ModelConfig:
+    """The hf or vLLM teacher as it is loaded: the recipe's model (or `generate.teacher`), in `generate.dtype` when
+    that is set."""
     cfg = recipe.generate
-    base = recipe.model if cfg.teacher is None else ModelConfig(name=teacher)
-    loaded = load_model(base.model_copy(update={"dtype": cfg.dtype}) if cfg.dtype else base)
+    base = recipe.model if cfg.teacher is None else ModelConfig(name=cfg.teacher)
+    return base.model_copy(update={"dtype": cfg.dtype}) if cfg.dtype else base
+
+
+def _generate_hf(recipe: Recipe, conversations, save, show_progress: bool) -> dict[str, Any]:
+    cfg = recipe.generate
+    loaded = load_model(teacher_model(recipe))
     settings = cfg.sampling()
     stats = GenerationStats()
     forced = 0
@@ -263,7 +270,7 @@ def _generate_vllm(recipe: Recipe, teacher: str, conversations, save) -> dict[st
         raise DeliberateError("generate.backend=vllm needs a CUDA GPU; use generate.backend=hf on this machine")
     cfg = recipe.generate
     path = resolve_model_path(teacher)
-    llm = LLM(model=path, dtype=cfg.dtype or recipe.model.dtype, seed=recipe.seed, enable_prefix_caching=True,
+    llm = LLM(model=path, dtype=teacher_model(recipe).dtype, seed=recipe.seed, enable_prefix_caching=True,
               trust_remote_code=recipe.model.trust_remote_code)
     tokenizer = llm.get_tokenizer()
     prompts = [render_prompt(tokenizer, c) for c in conversations]

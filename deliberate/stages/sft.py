@@ -20,22 +20,21 @@ from typing import Any
 from deliberate.config import Recipe
 from deliberate.errors import DeliberateError
 from deliberate.services.io import read_jsonl, write_jsonl
-from deliberate.services.models import load_model
+from deliberate.services.models import load_model, resolve_model_path
 from deliberate.services.reasoning import CLOSE, OPEN
-from deliberate.services.runs import Layout, file_digest, fingerprint, model_card
+from deliberate.services.runs import Layout, file_digest, fingerprint, model_card, model_identity
 from deliberate.services.training import (
     gather_digests,
     lora_config,
-    main_process_first,
-    save_policy,
+    save_trained,
     show_training_progress,
     trl_config,
 )
 
 
 def sft_fingerprint(recipe: Recipe, data_path: Path) -> str:
-    return fingerprint({"data": file_digest(data_path), "sft": recipe.sft.model_dump(),
-                        "model": recipe.model.model_dump(), "seed": recipe.seed})
+    return fingerprint({"data": file_digest(data_path), "sft": recipe.sft.model_dump(), "seed": recipe.seed,
+                        "model": recipe.model.model_dump(), "weights": model_identity(resolve_model_path(recipe.model.name))})
 
 
 def build_trainer(recipe: Recipe, data_path: Path, show_progress: bool = True):
@@ -74,15 +73,12 @@ def run_sft(recipe: Recipe, data_path: Path, *, resume: bool = False, show_progr
                "train_loss": round(result.training_loss, 4), "first_loss": losses[0] if losses else None,
                "last_loss": losses[-1] if losses else None, "seconds": round(seconds, 1),
                "resumed_from": checkpoint, "weights_digest_per_rank": gather_digests(trainer.model)}
-    with main_process_first() as main:  # under `accelerate launch` one process writes, the others wait
-        if main:
-            kind = "LoRA, merged" if recipe.sft.lora else "full fine-tune"
-            card = model_card(recipe, f"deliberative SFT ({kind})",
-                              f"Base model: `{recipe.model.name}`. Trained by `deliberate sft` on {summary['examples']} "
-                              "spec-stripped reasoning completions (TRL SFTTrainer, loss on assistant tokens only), "
-                              f"{summary['steps']} steps, final training loss {summary['train_loss']}.")
-            save_policy(trainer.accelerator.unwrap_model(trainer.model), loaded.tokenizer, run,
-                        lora=recipe.sft.lora, card=card, summary=summary)
+    kind = "LoRA, merged" if recipe.sft.lora else "full fine-tune"
+    card = model_card(recipe, f"deliberative SFT ({kind})",
+                      f"Base model: `{recipe.model.name}`. Trained by `deliberate sft` on {summary['examples']} "
+                      "spec-stripped reasoning completions (TRL SFTTrainer, loss on assistant tokens only), "
+                      f"{summary['steps']} steps, final training loss {summary['train_loss']}.")
+    save_trained(trainer, run, lora=recipe.sft.lora, card=card, summary=summary)  # every process; the main one writes
     return summary
 
 

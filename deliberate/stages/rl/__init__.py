@@ -15,6 +15,7 @@ inputs have not changed is reused.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from deliberate.services.training import (
     main_process_first,
     mean_or_none,
     save_policy,
+    save_trained,
     show_training_progress,
     trl_config,
     world,
@@ -83,9 +85,9 @@ def run_rl(recipe: Recipe, *, resume: bool = False, show_progress: bool = True) 
     cost = cost_scorer(recipe) if cfg.algo == "ppo-lagrangian" else None
     try:
         if cfg.algo in ("grpo", "rloo"):
-            model, tokenizer, summary, history = _train_trl(recipe, start, records, run, reward, resume,
-                                                            show_progress)
+            trainer, summary, history = _train_trl(recipe, start, records, run, reward, resume, show_progress)
         else:
+            trainer = None
             model, tokenizer, summary, history = train_ppo(recipe, start, records, run, reward=reward, cost=cost,
                                                            resume=resume, show_progress=show_progress)
     finally:
@@ -95,10 +97,14 @@ def run_rl(recipe: Recipe, *, resume: bool = False, show_progress: bool = True) 
     summary = {"fingerprint": fp, "start": cfg.start or recipe.model.name, "start_path": start,
                "prompts": len(records), "lora": cfg.lora, **summary, "reward_scorer": reward.stats.to_dict(),
                **({"cost_scorer": cost.stats.to_dict()} if cost is not None else {})}
+    card = _card(recipe, summary)
+    if trainer is not None:
+        save_trained(trainer, run, lora=cfg.lora, card=card, summary=summary)  # every process; the main one writes
     with main_process_first() as main:
         if main:
             _write_log(run, history, cfg.algo)
-            save_policy(model, tokenizer, run, lora=cfg.lora, card=_card(recipe, summary), summary=summary)
+            if trainer is None:
+                save_policy(model, tokenizer, run, lora=cfg.lora, card=card, summary=summary)
     return summary
 
 
@@ -148,12 +154,14 @@ def _trl_start(recipe: Recipe, start: str, run: ModelRun) -> str:
     if recipe.rl.lora or recipe.rl.kl_coef == 0 or not Path(start).is_dir() or not adapter_base(start):
         return start
     merged = run.folder / "start"
+    made_from = {"merged_from": start, "identity": model_identity(start)}
     with main_process_first() as main:
-        if main and not (merged / MARKER).is_file():
+        current = (merged / MARKER).is_file() and json.loads((merged / MARKER).read_text()) == made_from
+        if main and not current:  # a start retrained in place, or another start, is merged again
             loaded = load_start(recipe, start, trainable=False)
             loaded.model.save_pretrained(str(merged))
             loaded.tokenizer.save_pretrained(str(merged))
-            write_json(merged / MARKER, {"merged_from": start})
+            write_json(merged / MARKER, made_from)
     return str(merged.resolve())
 
 
@@ -226,4 +234,4 @@ def _train_trl(recipe: Recipe, start: str, records: list[PromptRecord], run: Mod
         "resumed_from": checkpoint, "weights_digest_per_rank": gather_digests(trainer.model),
     }
     summary["ranks_agree"] = len(set(summary["weights_digest_per_rank"])) == 1
-    return trainer.accelerator.unwrap_model(trainer.model), loaded.tokenizer, summary, history
+    return trainer, summary, history
