@@ -53,6 +53,7 @@ def test_training_saves_full_weights_with_a_card_and_a_finished_run_is_reused(ti
     assert summary["steps"] == 2 and summary["examples"] == 3 and "reused" not in summary
     assert (run.model / "config.json").is_file()  # full weights either way: later stages load it as a model
     assert (run.adapter / "adapter_config.json").is_file() == lora
+    assert not list(run.folder.glob("*/training_args.bin"))  # no pickle in a run's model folders
     card = (run.model / "README.md").read_text()
     assert "## Recipe" in card and str(tiny_model_dir) in card
     mtime = (run.model / "model.safetensors").stat().st_mtime_ns

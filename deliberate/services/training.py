@@ -120,6 +120,7 @@ def save_trained(trainer, run: ModelRun, *, lora: bool, card: str, summary: dict
     with main_process_first() as main:
         if not main:
             return
+        (saved / "training_args.bin").unlink(missing_ok=True)  # a pickle: the recipe in the model card says it all
         tokenizer.save_pretrained(str(saved))
         if not lora:
             run.finish(saved, summary, card)
