@@ -1,18 +1,29 @@
 """User-facing errors: one clear line, exit code 2, no traceback.
 
 Anything a user can cause (a bad recipe, a missing column, an unknown model, an unreachable judge) raises
-`DeliberateError`; the CLI prints its message on one line and exits with `EXIT_USAGE`. Any other exception is a
-bug in deliberate and keeps its traceback.
+`DeliberateError`; the CLI prints its message on one line and exits with its `exit_code`: `EXIT_USAGE` (2) for
+bad input or nothing to do, `EXIT_FAILED` (3) when a stage ran but more of its judgments or generations failed
+than the recipe allows (`StageFailed`; what succeeded is kept, the earlier outputs are untouched). Any other
+exception is a bug in deliberate and keeps its traceback.
 """
 
 EXIT_USAGE = 2
+EXIT_FAILED = 3
 
 
 class DeliberateError(Exception):
     """An error caused by the user's input, reported as one line."""
 
+    exit_code = EXIT_USAGE
+
     def __init__(self, message: str):
-        super().__init__(" ".join(message.split()))
+        super().__init__(redact(" ".join(message.split())))
+
+
+class StageFailed(DeliberateError):
+    """A stage ran, but more of its judgments or generations failed than `judge.max_failures` allows."""
+
+    exit_code = EXIT_FAILED
 
 
 def closest(word: str, choices) -> str | None:
@@ -27,3 +38,24 @@ def did_you_mean(word: str, choices) -> str:
     """`did you mean 'x'? ` for the closest of `choices` to a mistyped `word`, or '' when none is close."""
     match = closest(word, choices)
     return f"did you mean '{match}'? " if match else ""
+
+
+_TOKEN = None
+_SECRET_NAME = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
+
+
+def redact(text: str) -> str:
+    """`text` with secrets replaced by `[redacted]`: the values of environment variables whose names say they
+    hold one (`*_API_KEY`, `*TOKEN*`, `*SECRET*`, ...) and anything shaped like an API token (`sk-...`,
+    `hf_...`, `Bearer ...`). Every stored or printed error goes through here: a server may echo the key back."""
+    import os
+    import re
+
+    global _TOKEN
+    if _TOKEN is None:
+        _TOKEN = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-]{8,}|\bhf_[A-Za-z0-9]{16,}|(?<=Bearer )[^\s\"',;]{8,}",
+                            re.IGNORECASE)
+    for name, value in os.environ.items():
+        if len(value) >= 8 and any(part in name.upper() for part in _SECRET_NAME) and value in text:
+            text = text.replace(value, "[redacted]")
+    return _TOKEN.sub("[redacted]", text)

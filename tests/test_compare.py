@@ -88,7 +88,7 @@ def test_a_position_biased_judge_gives_one_half_and_failures_are_counted_not_tie
         recipe = load_recipe(None, eval_sets(tiny_model_dir, tmp_path, f"eval.models=[{other}]",
                                              f"eval.benchmarks=[{prompts}]", "judge.backend=openai",
                                              "judge.model=t", f"judge.base_url={server.base_url}",
-                                             "judge.max_retries=0", "judge.cache=none"))
+                                             "judge.max_retries=0", "judge.cache=none", "judge.max_failures=0.5"))
         report = run_eval(recipe, show_progress=False)
     for r in report["pairwise"]:
         w = r["win_rate"]

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from deliberate.config import JudgeConfig
+from deliberate.errors import DeliberateError
 from deliberate.judges import PairwiseItem, PointwiseItem, make_judge, win_rate
 from deliberate.judges.refusal import is_refusal
 from deliberate.services.reasoning import split_reasoning
@@ -49,9 +50,10 @@ def test_rules_judge_judges_the_answer_not_the_reasoning():
     assert r.verdict == "unsafe"
 
 
-def test_an_item_without_label_or_known_category_is_a_failure():
-    [r] = rules().score([PointwiseItem("Hello", "Hi!", None)])
-    assert not r.ok and "neither an expected behaviour nor a known category" in r.errors[0]
+def test_an_item_without_label_or_known_category_is_refused_before_any_judging():
+    with pytest.raises(DeliberateError, match="1 of 2 items cannot be judged by the rules judge .item 1: it has "
+                       "neither an expected behaviour"):
+        rules().score([PointwiseItem("Hi", "Hi!", "safe"), PointwiseItem("Hello", "Hi!", None)])
 
 
 def test_rules_pairwise_prefers_the_policy_following_answer_in_both_orders():

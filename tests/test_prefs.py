@@ -58,7 +58,7 @@ def test_pairs_are_never_built_from_a_failed_judgment(tiny_model_dir, tmp_path):
                                     f"judge.base_url={server.base_url}", "judge.api_key_env=DELIBERATE_TEST_KEY",
                                     "judge.cache=none", "judge.structured_output=none", "judge.max_retries=0",
                                     "pairs.samples=8", "pairs.max_new_tokens=10", "pairs.drop_cut_off=false",
-                                    "pairs.min_margin=0.5"])
+                                    "pairs.min_margin=0.5", "judge.max_failures=0.9"])
         summary = build_pairs(recipe, show_progress=False)
         calls = server.calls
         again = build_pairs(recipe, show_progress=False)  # resumes: nothing generated again

@@ -22,21 +22,22 @@ from rich.table import Table
 from rich.text import Text
 
 from deliberate import __version__
-from deliberate.errors import EXIT_USAGE, DeliberateError
+from deliberate.errors import DeliberateError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
 class _App(typer.Typer):
-    """Typer app that turns a DeliberateError into one line on stderr and exit code 2."""
+    """Typer app that turns a DeliberateError into one line on stderr and its exit code (2 for bad input, 3 when
+    a stage's judgments or generations failed)."""
 
     def __call__(self, *args, **kwargs):
         try:
             return super().__call__(*args, **kwargs)
         except DeliberateError as e:
             err_console.print(Text.assemble(("error:", "bold red"), f" {e}"), soft_wrap=True)
-            sys.exit(EXIT_USAGE)
+            sys.exit(e.exit_code)
 
 
 app = _App(
@@ -142,6 +143,12 @@ def _quiet_libraries() -> None:
 def say(*parts: str | tuple[str, str]) -> None:
     """One line: plain strings, or (text, style) pairs such as ("sft", "bold")."""
     console.print(Text.assemble(*parts), soft_wrap=True)
+
+
+def warn(summary: dict) -> None:
+    """The stage's failure warning (some judgments failed, within judge.max_failures), when it has one."""
+    if summary.get("warning"):
+        say((summary["warning"], "yellow"))
 
 
 def table(title: str, header: list[str], rows: list[list[Any]]) -> None:

@@ -19,7 +19,9 @@ from deliberate.cli.app import (
     say,
     shorten,
     table,
+    warn,
 )
+from deliberate.errors import DeliberateError
 
 
 def _fraction(d: dict) -> str:
@@ -33,6 +35,7 @@ def _print_generate(s: dict) -> None:
 
 
 def _print_filter(s: dict) -> None:
+    warn(s)
     table(f"filter: kept {s['kept']}/{s['completions']} completions ({s['prompts_with_kept']}/{s['prompts']} prompts)",
           ["category", "completions", "malformed", "kept", "kept fraction", "prompts with kept"],
           [[name, c["completions"], c["malformed"], c["kept"], f"{c['kept_fraction']:.0%}",
@@ -124,6 +127,7 @@ def pairs(recipe: RecipeOpt = None, set_: SetOpt = None, model: ModelOpt = None,
 
     r = load(recipe, set_, model, output)
     s = build_pairs(r)
+    warn(s)
     say(f"{s['completions']} completions from {s['policy']} ({s['generated_now']} new), {s['judged']} judged "
         f"(mean score {num(s['mean_score'])}), {s['judge_failures']} judge failures, {s['cut_off']} cut off")
     say(f"{s['pairs']} pairs ({s['ties']} prompts tied, {s['prompts_without_pair']} of {s['prompts']} prompts "
@@ -211,8 +215,7 @@ def merge(recipe: RecipeOpt = None, set_: SetOpt = None, output: OutputOpt = Non
 
     r = load(recipe, set_, None, output, uses_model=False)
     if not r.merge.merges:
-        say("the recipe lists no merges (merge.merges); nothing to do")
-        return
+        raise DeliberateError("merge: the recipe lists no merges (merge.merges); nothing to do")
     rows = []
     for s in run_merges(r, only=name):
         how = ", ".join(num(w) for w in s["weights"]) if s["weights"] is not None else f"t={num(s['t'])}"
@@ -241,6 +244,7 @@ def eval_(recipe: RecipeOpt = None, set_: SetOpt = None, model: ModelOpt = None,
 
     r = load(recipe, set_, model, output)
     report = run_eval(r, models=compare, benchmarks=benchmark)
+    warn(report)
     table(f"{r.name}: evaluation ({r.judge.backend} judge{f', {r.judge.model}' if r.judge.model else ''})",
           *report_rows(report["results"]))
     if report["pairwise"]:

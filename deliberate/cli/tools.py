@@ -25,6 +25,7 @@ from deliberate.cli.app import (
     shorten,
     spec_app,
     table,
+    warn,
 )
 from deliberate.errors import DeliberateError
 
@@ -77,8 +78,10 @@ def judge(
 ) -> None:
     """Judge a file of responses with the recipe's judge (pointwise), or two files against each other (pairwise).
 
-    Output: <output_dir>/judge/judgments.jsonl or pairwise.jsonl, summary.json and judge_usage.json. Judgments
-    are cached, so a rerun makes no new calls. `judge.hide_reasoning` says whether the judge sees the reasoning.
+    Output: <output_dir>/judge/judgments.jsonl or pairwise.jsonl, summary.json and judge_usage.json. Columns
+    are read with the recipe's data mapping (--set data.columns.expected=label, data.expected=refuse, ...).
+    Judgments are cached as they arrive, so a rerun makes no new calls; when more fail than
+    judge.max_failures allows, the outputs go to judge/incomplete/ and the command exits 3. `judge.hide_reasoning` says whether the judge sees the reasoning.
     Example: deliberate judge runs/demo/answers/answers.jsonl --set judge.backend=openai --set judge.model=gpt-4o
     """
     from deliberate.errors import did_you_mean
@@ -92,20 +95,23 @@ def judge(
         raise DeliberateError(f"--criterion '{criterion}': {did_you_mean(criterion, CRITERIA)}expected one of "
                               f"{', '.join(CRITERIA)}")
     r = load(recipe, set_, None, output, uses_model=False)
-    j = make_judge(r.judge, load_spec(r.spec))
+    spec = load_spec(r.spec)
+    j = make_judge(r.judge, spec)
     out_dir = Layout(r).judge
+    how = {"data": r.data, "spec": spec, "max_failures": r.judge.max_failures}
     try:
         if against is None:
-            s = judge_file(j, responses, out_dir, response_column)
+            s = judge_file(j, responses, out_dir, response_column, **how)
             table(f"{responses}: judged by {r.judge.backend}", ["items", "judged", "failed", "mean score", "verdicts"],
                   [[s["items"], s["judged"], s["failed"], num(s["mean_score"]),
                     ", ".join(f"{k} {v}" for k, v in s["verdicts"].items())]])
         else:
-            s = compare_files(j, responses, against, out_dir, criterion, response_column)
+            s = compare_files(j, responses, against, out_dir, criterion, response_column, **how)
             table(f"{responses} vs {against} on {criterion}", ["pairs", "wins", "losses", "ties", "failed", "win rate"],
                   [[s["items"], s["wins"], s["losses"], s["ties"], s["failures"], num(s["win_rate"], 3)]])
     finally:
         j.close()
+    warn(s)
     say(j.usage.line())
     say(f"outputs in {out_dir}")
 

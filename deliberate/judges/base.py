@@ -8,7 +8,8 @@ times each, ties allowed (SACPO's protocol).
 
 A failed judgment (network, a refusal to judge, an unparseable output) is a failure: an item with any failed
 repeat has no score, a failed comparison counts neither as a win nor as a tie, and callers see the counts.
-Successful judgments are cached on disk, keyed by everything that determines them.
+Successful judgments are cached on disk, keyed by everything that determines them, each one the moment it
+arrives: a run killed mid-batch re-pays at most the requests that were in flight.
 """
 
 from __future__ import annotations
@@ -136,11 +137,21 @@ class Usage:
                 f"{self.retries} retries, {self.tokens_in} tokens in / {self.tokens_out} out, {self.seconds:.1f}s")
 
 
-Tick = Callable[[int], None]
+Done = Callable[[int, "dict[str, Any] | JudgeFailure"], None]
+"""Called by a backend the moment request `i` of its batch has its result, so the judge can store it at once: a
+killed run re-pays at most the requests that were in flight."""
+
+
+def report_all(done: Done, results: list[dict[str, Any] | JudgeFailure]) -> list[dict[str, Any] | JudgeFailure]:
+    """For a backend that computes a whole batch at once: report each result, then return them all."""
+    for i, value in enumerate(results):
+        done(i, value)
+    return results
 
 
 class Backend:
-    """How judgments are made. Subclasses implement `pointwise` and `pairwise` for a batch of requests."""
+    """How judgments are made. Subclasses implement `pointwise` and `pairwise` for a batch of requests: each
+    returns one result per request and calls `done(i, result)` as soon as request i has its result."""
 
     kind: str = "backend"
     cacheable: bool = True
@@ -152,15 +163,19 @@ class Backend:
         """Everything about the backend that changes its judgments (part of the cache key)."""
         return {"backend": self.kind}
 
-    async def pointwise(self, requests: list[PointwiseRequest], tick: Tick) -> list[dict[str, Any] | JudgeFailure]:
+    async def pointwise(self, requests: list[PointwiseRequest], done: Done) -> list[dict[str, Any] | JudgeFailure]:
         raise NotImplementedError
 
-    async def pairwise(self, requests: list[PairwiseRequest], tick: Tick) -> list[dict[str, Any] | JudgeFailure]:
+    async def pairwise(self, requests: list[PairwiseRequest], done: Done) -> list[dict[str, Any] | JudgeFailure]:
         raise NotImplementedError
 
-    async def classify(self, requests: list[ClassifyRequest], tick: Tick) -> list[dict[str, Any] | JudgeFailure]:
+    async def classify(self, requests: list[ClassifyRequest], done: Done) -> list[dict[str, Any] | JudgeFailure]:
         raise DeliberateError(f"the {self.kind} judge cannot assign categories to prompts that have none: set "
                               "data.category or a category column, or use judge.backend openai or hf")
+
+    def missing(self, category: str | None, expected: str | None) -> str | None:
+        """What an item lacks that this backend needs to judge it (None: nothing)."""
+        return None
 
     def close(self) -> None:
         pass
@@ -209,12 +224,20 @@ class Judge:
             self._spec_texts[category] = self.spec.spec_for(category) if known else self.spec.render_full()
         return self._spec_texts[category]
 
+    def _check(self, items: Sequence[PointwiseItem] | Sequence[PairwiseItem]) -> None:
+        """Items the backend cannot judge at all are the user's to fix, before any judging starts."""
+        lacking = [(n, why) for n, it in enumerate(items) if (why := self.backend.missing(it.category, it.expected))]
+        if lacking:
+            n, why = lacking[0]
+            raise DeliberateError(f"{len(lacking)} of {len(items)} items cannot be judged by the {self.backend.kind} "
+                                  f"judge (item {n}: {why})")
+
     def _visible(self, response: str, hide_reasoning: bool | None) -> str:
         hide = self.hide_reasoning if hide_reasoning is None else hide_reasoning
         return split_reasoning(response).answer if hide else response
 
     async def _run(self, kind: str, requests: list, call) -> list[dict[str, Any] | JudgeFailure]:
-        """Serve what the cache has, ask the backend for the rest, cache the successes."""
+        """Serve what the cache has, ask the backend for the rest, and store each success the moment it arrives."""
         import time
 
         start = time.perf_counter()
@@ -235,16 +258,22 @@ class Judge:
                 f"{self.max_calls} already used; raise the budget (what was judged so far is cached)")
         if todo:
             with progress_bar(f"judging ({self.backend.kind})", total=len(todo), enabled=self.show_progress) as bar:
-                fresh = await call([requests[i] for i in todo], lambda n=1: bar.advance(n))
-            self.usage.requests += len(todo)
-            for i, value in zip(todo, fresh, strict=True):
-                results[i] = value
-                if isinstance(value, JudgeFailure):
-                    self.usage.failures += 1
-                elif self.cache is not None:
-                    self.cache.put(keys[i], value)
-            if self.cache is not None:
-                self.cache.flush()
+
+                def done(j: int, value: dict[str, Any] | JudgeFailure) -> None:
+                    i = todo[j]
+                    if results[i] is not None:  # reported twice: count and store it once
+                        return
+                    results[i] = value
+                    self.usage.requests += 1
+                    if isinstance(value, JudgeFailure):
+                        self.usage.failures += 1
+                    elif self.cache is not None:
+                        self.cache.put(keys[i], value)  # committed at once
+                    bar.advance(1)
+
+                fresh = await call([requests[i] for i in todo], done)
+                for j, value in enumerate(fresh):  # a backend that did not report a result
+                    done(j, value)
         self.usage.seconds += time.perf_counter() - start
         return results  # type: ignore[return-value]
 
@@ -252,6 +281,7 @@ class Judge:
                      hide_reasoning: bool | None = None) -> list[PointwiseResult]:
         """Score each item `repeats` times; `hide_reasoning` (the judge's own setting when None) says whether the
         judge sees the chain of thought or the final answer only."""
+        self._check(items)
         k = repeats or self.repeats
         requests = [
             PointwiseRequest(prompt=it.prompt, response=self._visible(it.response, hide_reasoning), category=it.category,
@@ -275,6 +305,7 @@ class Judge:
 
     async def acompare(self, items: Sequence[PairwiseItem], criterion: str = "harmlessness",
                        repeats: int | None = None, *, hide_reasoning: bool | None = None) -> list[PairwiseResult]:
+        self._check(items)
         k = repeats or self.repeats
         requests = []
         for it in items:

@@ -11,7 +11,15 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from deliberate.errors import DeliberateError
-from deliberate.judges.base import Backend, JudgeFailure, PairwiseRequest, PointwiseRequest, Tick, Usage
+from deliberate.judges.base import (
+    Backend,
+    Done,
+    JudgeFailure,
+    PairwiseRequest,
+    PointwiseRequest,
+    Usage,
+    report_all,
+)
 from deliberate.services.models import pick_device, resolve_model_path
 
 if TYPE_CHECKING:
@@ -47,7 +55,9 @@ class ClassifierBackend(Backend):
             return self.tokenizer.apply_chat_template(conversation, tokenize=False)
         return f"User: {prompt}\nAssistant: {response}"
 
-    def scores(self, pairs: list[tuple[str, str]], tick: Tick) -> list[float]:
+    def scores(self, pairs: list[tuple[str, str]], on_chunk=lambda start, values: None) -> list[float]:
+        """The classifier's score of each (prompt, response), `max_concurrency` at a time; `on_chunk(start,
+        values)` after each chunk."""
         import torch
 
         out: list[float] = []
@@ -58,21 +68,28 @@ class ClassifierBackend(Backend):
                                  add_special_tokens=False).to(self.model.device)
             with torch.inference_mode():
                 logits = self.model(**enc).logits
-            out.extend(logits[:, 0].float().tolist())
-            tick(len(texts))
+            values = logits[:, 0].float().tolist()
+            on_chunk(start, values)
+            out.extend(values)
         return out
 
-    async def pointwise(self, requests: list[PointwiseRequest], tick: Tick) -> list[dict[str, Any] | JudgeFailure]:
-        values = await asyncio.to_thread(self.scores, [(r.prompt, r.response) for r in requests], tick)
-        return [{"verdict": None, "score": v, "rationale": None} for v in values]
+    async def pointwise(self, requests: list[PointwiseRequest], done: Done) -> list[dict[str, Any] | JudgeFailure]:
+        def judgment(value: float) -> dict[str, Any]:
+            return {"verdict": None, "score": value, "rationale": None}
 
-    async def pairwise(self, requests: list[PairwiseRequest], tick: Tick) -> list[dict[str, Any] | JudgeFailure]:
+        def on_chunk(start: int, values: list[float]) -> None:
+            for j, v in enumerate(values):
+                done(start + j, judgment(v))
+
+        values = await asyncio.to_thread(self.scores, [(r.prompt, r.response) for r in requests], on_chunk)
+        return [judgment(v) for v in values]
+
+    async def pairwise(self, requests: list[PairwiseRequest], done: Done) -> list[dict[str, Any] | JudgeFailure]:
         pairs = [(r.prompt, text) for r in requests for text in (r.first, r.second)]
-        values = await asyncio.to_thread(self.scores, pairs, lambda n: None)
-        tick(len(requests))
+        values = await asyncio.to_thread(self.scores, pairs)
         sign = 1 if self.cfg.higher_is_better else -1
         out: list[dict[str, Any] | JudgeFailure] = []
         for i in range(len(requests)):
             a, b = sign * values[2 * i], sign * values[2 * i + 1]
             out.append({"preferred": "tie" if a == b else ("A" if a > b else "B"), "rationale": None})
-        return out
+        return report_all(done, out)

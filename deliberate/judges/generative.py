@@ -7,6 +7,7 @@ chat prompts becomes a batch of texts.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from deliberate.config import ModelConfig, SamplingConfig
@@ -14,10 +15,10 @@ from deliberate.errors import DeliberateError
 from deliberate.judges.base import (
     Backend,
     ClassifyRequest,
+    Done,
     JudgeFailure,
     PairwiseRequest,
     PointwiseRequest,
-    Tick,
     Usage,
 )
 from deliberate.judges.prompts import (
@@ -41,34 +42,35 @@ if TYPE_CHECKING:
 
 
 class GenerativeBackend(Backend):
-    async def complete(self, batch: list[Messages], schema: dict[str, Any], tick: Tick) -> list[str | JudgeFailure]:
+    async def complete(self, batch: list[Messages], schema: dict[str, Any],
+                       on_text: Callable[[int, str | JudgeFailure], None]) -> list[str | JudgeFailure]:
+        """One text per conversation; `on_text(i, text)` as soon as conversation i has its text."""
         raise NotImplementedError
 
-    async def _judge(self, batch: list[Messages], schema: dict[str, Any], parse, tick: Tick):
-        texts = await self.complete(batch, schema, tick)
-        out: list[dict[str, Any] | JudgeFailure] = []
-        for text in texts:
+    async def _judge(self, batch: list[Messages], schema: dict[str, Any], parse, done: Done):
+        def judgment(text: str | JudgeFailure) -> dict[str, Any] | JudgeFailure:
             if isinstance(text, JudgeFailure):
-                out.append(text)
-                continue
+                return text
             try:
-                out.append(parse(text))
+                return parse(text)
             except ParseError as e:
-                out.append(JudgeFailure(f"unparseable judge output: {e}"))
-        return out
+                return JudgeFailure(f"unparseable judge output: {e}")
 
-    async def pointwise(self, requests: list[PointwiseRequest], tick: Tick):
+        texts = await self.complete(batch, schema, lambda i, text: done(i, judgment(text)))
+        return [judgment(t) for t in texts]
+
+    async def pointwise(self, requests: list[PointwiseRequest], done: Done):
         batch = [pointwise_messages(r.prompt, r.response, r.spec_text or "") for r in requests]
-        return await self._judge(batch, POINTWISE_SCHEMA, parse_pointwise, tick)
+        return await self._judge(batch, POINTWISE_SCHEMA, parse_pointwise, done)
 
-    async def classify(self, requests: list[ClassifyRequest], tick: Tick):
+    async def classify(self, requests: list[ClassifyRequest], done: Done):
         ids = requests[0].categories if requests else ()
         batch = [classify_messages(r.prompt, r.spec_text, r.categories) for r in requests]
-        return await self._judge(batch, classify_schema(ids), lambda text: parse_classify(text, ids), tick)
+        return await self._judge(batch, classify_schema(ids), lambda text: parse_classify(text, ids), done)
 
-    async def pairwise(self, requests: list[PairwiseRequest], tick: Tick):
+    async def pairwise(self, requests: list[PairwiseRequest], done: Done):
         batch = [pairwise_messages(r.prompt, r.first, r.second, r.criterion, r.spec_text) for r in requests]
-        return await self._judge(batch, PAIRWISE_SCHEMA, parse_pairwise, tick)
+        return await self._judge(batch, PAIRWISE_SCHEMA, parse_pairwise, done)
 
 
 class OpenAIBackend(GenerativeBackend):
@@ -94,11 +96,11 @@ class OpenAIBackend(GenerativeBackend):
             return {"type": "json_object"}
         return None
 
-    async def complete(self, batch: list[Messages], schema: dict[str, Any], tick: Tick) -> list[str | JudgeFailure]:
+    async def complete(self, batch: list[Messages], schema: dict[str, Any], on_text) -> list[str | JudgeFailure]:
         params: dict[str, Any] = {"temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
         if (fmt := self._response_format(schema)) is not None:
             params["response_format"] = fmt
-        return await self.api.complete(batch, params, tick)
+        return await self.api.complete(batch, params, on_text)
 
 
 class HFBackend(GenerativeBackend):
@@ -116,14 +118,20 @@ class HFBackend(GenerativeBackend):
     def identity(self) -> dict[str, Any]:
         return {"backend": self.kind, "model": self.loaded.path, "max_tokens": self.cfg.max_tokens}
 
-    async def complete(self, batch: list[Messages], schema: dict[str, Any], tick: Tick) -> list[str | JudgeFailure]:
+    async def complete(self, batch: list[Messages], schema: dict[str, Any], on_text) -> list[str | JudgeFailure]:
         settings = SamplingConfig(max_new_tokens=self.cfg.max_tokens, batch_size=self.cfg.max_concurrency)
+
+        def text(g) -> str | JudgeFailure:
+            return g.text if g.finish_reason == "stop" else JudgeFailure("judge output cut at max_tokens")
+
+        def on_batch(indices: list[int], gens) -> None:
+            for i, g in zip(indices, gens, strict=True):
+                on_text(i, text(g))
 
         def run() -> list[str | JudgeFailure]:
             gens = generate(self.loaded.model, self.loaded.tokenizer, batch, settings, show_progress=False,
-                            on_batch=lambda idx, _: tick(len(idx)))
+                            on_batch=on_batch)
             self.usage.tokens_out += sum(g.num_tokens for g in gens)
-            return [g.text if g.finish_reason == "stop" else JudgeFailure("judge output cut at max_tokens")
-                    for g in gens]
+            return [text(g) for g in gens]
 
         return await asyncio.to_thread(run)

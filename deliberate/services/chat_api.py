@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deliberate.config import ApiConfig
-from deliberate.errors import DeliberateError
+from deliberate.errors import DeliberateError, redact
 
 Messages = list[dict[str, str]]
 _CONNECTIONS_PER_CLIENT = 8
@@ -28,6 +28,9 @@ _CONNECTIONS_PER_CLIENT = 8
 @dataclass
 class Failure:
     error: str
+
+    def __post_init__(self) -> None:
+        self.error = redact(self.error)  # a server may echo the key back in its error body
 
 
 class Counters:
@@ -59,11 +62,6 @@ def _retry_after(headers: Any) -> float | None:
             return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None
-
-
-def _brief(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
 
 
 class ChatAPI:
@@ -102,6 +100,12 @@ class ChatAPI:
             self._ssl = httpx2.create_ssl_context()
         return self._ssl
 
+    def _brief(self, e: Exception) -> str:
+        """The first line of an error, without our key (whatever the variable holding it is called)."""
+        text = str(e).replace(self._key, "[redacted]") if len(self._key) >= 8 else str(e)
+        lines = redact(text).strip().splitlines()  # redacted whole, so a cut cannot leave part of a key
+        return lines[0][:200] if lines else type(e).__name__
+
     def _read(self, data: Any) -> str | Failure:
         """The assistant text of a chat completion body, counting its tokens."""
         if not isinstance(data, dict):
@@ -136,12 +140,12 @@ class ChatAPI:
                 error, wait = f"HTTP {e.status_code}", _retry_after(e.response.headers)
             except openai.APIStatusError as e:
                 if e.status_code < 500 and e.status_code not in (408, 409, 429):
-                    return Failure(f"HTTP {e.status_code}: {_brief(e)}")
+                    return Failure(f"HTTP {e.status_code}: {self._brief(e)}")
                 error, wait = f"HTTP {e.status_code}", _retry_after(e.response.headers)
             except openai.APITimeoutError:
                 error = "timeout"
             except openai.APIConnectionError as e:
-                error = f"connection error: {_brief(e)}"
+                error = f"connection error: {self._brief(e)}"
             else:
                 return self._read(data)
             finally:
@@ -154,8 +158,10 @@ class ChatAPI:
         raise AssertionError("unreachable")
 
     async def complete(self, batch: list[Messages], params: dict[str, Any],
-                       tick: Callable[[int], None] = lambda n: None) -> list[str | Failure]:
-        """One completion per conversation; `params` (temperature, max_tokens, ...) go into every request."""
+                       on_item: Callable[[int, str | Failure], None] = lambda i, result: None) -> list[str | Failure]:
+        """One completion per conversation; `params` (temperature, max_tokens, ...) go into every request.
+        `on_item(i, result)` is called the moment conversation i has its result, so a caller can store it before
+        the batch ends (a killed run then re-pays at most the requests in flight)."""
         # Several clients, each with a small connection pool: httpcore scans its whole pool on every request and
         # response, so one pool of 64 connections costs more CPU than the requests themselves. Each client
         # belongs to the event loop of this batch, so clients live per batch.
@@ -169,9 +175,9 @@ class ChatAPI:
             for i in range(self.max_concurrency):
                 slots.put_nowait(clients[i % n_clients])
 
-            async def run(messages: Messages) -> str | Failure:
+            async def run(i: int, messages: Messages) -> str | Failure:
                 result = await self._one(slots, {"model": self.model, "messages": messages, **params})
-                tick(1)
+                on_item(i, result)
                 return result
 
-            return list(await asyncio.gather(*(run(m) for m in batch)))
+            return list(await asyncio.gather(*(run(i, m) for i, m in enumerate(batch))))

@@ -28,14 +28,13 @@ import functools
 import io
 import re
 from itertools import combinations
-from pathlib import Path
 from typing import Any
 
 from deliberate.config import CRITERIA, Benchmark, Recipe
 from deliberate.judges import PairwiseItem, PointwiseItem, make_judge
 from deliberate.services.answering import answer_records, sampling_model
 from deliberate.services.benchmarks import benchmark_prompts, load_benchmark
-from deliberate.services.io import atomic_write_text, write_json, write_jsonl
+from deliberate.services.failures import INCOMPLETE, Tally, publish, too_many
 from deliberate.services.models import load_model
 from deliberate.services.plots import plot_benchmarks, plot_win_rates
 from deliberate.services.reasoning import retrieval_correct, split_reasoning
@@ -100,6 +99,8 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
     judge = make_judge(recipe.judge, spec, show_progress=show_progress)
     root = Layout(recipe).eval
     results, answers = [], {}
+    files: dict[str, Any] = {}  # every judged output, written together at the end under the failure rule
+    tally = Tally()
     try:
         for name in names:
             model = recipe.model.model_copy(update={"name": paths[name], "base": None, "revision": None}) \
@@ -112,11 +113,13 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
                                      show_progress=show_progress, description=f"{name} on {bench.name}", load=load)
                 answers[(name, bench.name)] = run.rows
                 judged, metrics = score_answers(recipe, run.rows, judge, spec)
-                write_jsonl(root / "judgments" / slug(name) / f"{bench.name}.jsonl", judged)
+                files[f"judgments/{slug(name)}/{bench.name}.jsonl"] = judged
+                tally.add(len(judged), [j["judge_errors"][0] if j["judge_errors"] else "no score"
+                                        for j in judged if j["score"] is None])
                 results.append({"model": name, "path": paths[name], "benchmark": bench.name,
                                 "source": datas[bench.name].source, "generated_now": run.generated, **metrics})
             load.cache_clear()  # free this model before the next one loads
-        pairwise, elo = (compare_models(recipe, names, benches, answers, judge, root) if cfg.pairwise and
+        pairwise, elo = (compare_models(recipe, names, benches, answers, judge, files, tally) if cfg.pairwise and
                          len(names) > 1 else ([], []))
     finally:
         judge.close()
@@ -124,21 +127,23 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
               "judge_usage": judge.usage.to_dict(), "generation": recipe.generation.model_dump(),
               "pairwise_repeats": cfg.pairwise_repeats, "results": results, "pairwise": pairwise, "elo": elo,
               "plots": []}
+    # Plots are drawn where the other outputs go: beside the earlier ones when too many judgments failed.
+    folder = root / INCOMPLETE if too_many(len(tally.errors), tally.total, recipe.judge.max_failures) else root
     if cfg.plots:
-        drawn = [plot_benchmarks(results, root / "benchmarks.png"),
-                 plot_win_rates(pairwise, recipe.model.name, root / "winrates.png")]
+        drawn = [plot_benchmarks(results, folder / "benchmarks.png"),
+                 plot_win_rates(pairwise, recipe.model.name, folder / "winrates.png")]
         report["plots"] = [p.name for p in drawn if p is not None]
-    write_json(root / "report.json", report)
-    atomic_write_text(root / "report.csv", report_csv(results))
-    atomic_write_text(root / "pairwise.csv", pairwise_csv(pairwise))
-    atomic_write_text(root / "elo.csv", elo_csv(elo))
-    atomic_write_text(root / "report.md", report_markdown(report))
+    files.update({"report.json": report, "report.csv": report_csv(results), "pairwise.csv": pairwise_csv(pairwise),
+                  "elo.csv": elo_csv(elo), "report.md": report_markdown(report)})
+    publish("eval", root, files, summary=report, total=tally.total, errors=tally.errors,
+            max_failures=recipe.judge.max_failures)
     return report
 
 
 def compare_models(recipe: Recipe, names: list[str], benches: list[Benchmark], answers: dict, judge,
-                   root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Win rates of each model against the base (per benchmark and pooled, per criterion) and Elo ratings."""
+                   files: dict[str, Any], tally: Tally) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Win rates of each model against the base (per benchmark and pooled, per criterion) and Elo ratings; the
+    per-prompt judgments go into `files`, their counts and failures into `tally`."""
     cfg, base = recipe.eval, recipe.model.name
     pairs = [(m, base) for m in names if m != base] if cfg.pairwise_against == "base" else \
         list(combinations(names, 2))
@@ -153,8 +158,8 @@ def compare_models(recipe: Recipe, names: list[str], benches: list[Benchmark], a
                 judged = judge.compare(items, criterion, cfg.pairwise_repeats, hide_reasoning=False)
                 per_prompt = [{"id": a["id"], "wins": r.wins, "losses": r.losses, "ties": r.ties,
                                "failures": r.failures, "errors": r.errors} for a, r in zip(rows_a, judged, strict=True)]
-                write_jsonl(root / "judgments" / slug(first) / f"{bench.name}.{criterion}.vs.{slug(second)}.jsonl",
-                            per_prompt)
+                files[f"judgments/{slug(first)}/{bench.name}.{criterion}.vs.{slug(second)}.jsonl"] = per_prompt
+                tally.add(sum(r.comparisons + r.failures for r in judged), [e for r in judged for e in r.errors])
                 games[criterion] += games_from(first, second, per_prompt)
                 if second == base:
                     pooled.setdefault((first, criterion), []).extend(per_prompt)

@@ -3,6 +3,8 @@ spec and keep it when the minimum score clears `filter.threshold` (deliberative 
 
 Input: `<output_dir>/generate/completions.jsonl`. Outputs in `<output_dir>/filter/`: `judged.jsonl` (every
 completion with its score and why it was dropped), `kept.jsonl` and `summary.json` (kept fractions per category).
+Judgments are cached as they arrive; when more fail than `judge.max_failures` allows, the outputs go to
+`filter/incomplete/`, the earlier ones stay, and the stage exits 3 (`deliberate.services.failures`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 from deliberate.config import Recipe
 from deliberate.errors import DeliberateError
 from deliberate.judges import PointwiseItem, make_judge
-from deliberate.services.io import read_jsonl, write_json, write_jsonl
+from deliberate.services.failures import publish
+from deliberate.services.io import read_jsonl
 from deliberate.services.reasoning import retrieval_correct, retrieval_summary
 from deliberate.services.runs import Layout, StageRun
 from deliberate.services.spec import load_spec
@@ -28,6 +31,8 @@ def filter_completions(recipe: Recipe, show_progress: bool = True) -> StageRun:
     cfg = recipe.filter
     spec = load_spec(recipe.spec)
     rows = read_jsonl(source)
+    if not rows:
+        raise DeliberateError(f"filter: {source} has no completions; nothing to judge")
     judge = make_judge(recipe.judge, spec, show_progress=show_progress)
     candidates = [r for r in rows if not r["malformed"]]
     try:
@@ -61,8 +66,6 @@ def filter_completions(recipe: Recipe, show_progress: bool = True) -> StageRun:
             extra["dropped"] = f"over keep_per_prompt={cfg.keep_per_prompt}"
     kept = [r for r in judged if r["dropped"] is None]
     folder = layout.filter
-    write_jsonl(folder / "judged.jsonl", judged)
-    write_jsonl(folder / "kept.jsonl", kept)
     summary = {"completions": len(rows), "malformed": len(rows) - len(candidates),
                "judge_failures": sum(1 for r in judged if (r["dropped"] or "").startswith("judge failed")),
                "kept": len(kept), "kept_fraction": len(kept) / len(rows) if rows else 0.0,
@@ -70,7 +73,9 @@ def filter_completions(recipe: Recipe, show_progress: bool = True) -> StageRun:
                "per_category": _per_key(judged, "category"), "per_expected": _per_key(judged, "expected"),
                "policy_retrieval_kept": retrieval_summary(spec, kept), "threshold": cfg.threshold,
                "judge": recipe.judge.backend, "judge_usage": judge.usage.to_dict()}
-    write_json(folder / "summary.json", summary)
+    errors = [res.errors[0] if res.errors else "no score" for res in results if not res.ok]
+    publish("filter", folder, {"judged.jsonl": judged, "kept.jsonl": kept, "summary.json": summary},
+            summary=summary, total=len(candidates), errors=errors, max_failures=recipe.judge.max_failures)
     return StageRun(kept, folder / "kept.jsonl", summary)
 
 

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from deliberate.config import ModelConfig, Recipe
-from deliberate.errors import DeliberateError
+from deliberate.errors import DeliberateError, StageFailed
 from deliberate.judges import make_judge
 from deliberate.services.chat_api import ChatAPI, Counters, Failure
 from deliberate.services.data import PromptRecord, load_prompts
+from deliberate.services.failures import failure_line
 from deliberate.services.generation import GenerationStats, generate, render_prompt, system_text, trim
 from deliberate.services.io import ResumableJsonl, write_json
 from deliberate.services.models import load_model, resolve_model_path
@@ -155,6 +156,9 @@ def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun
                        "few_shot": FEW_SHOT if cfg.few_shot else None,
                        "spec": spec.model_dump()})
     jobs = [(r, s) for r in records for s in range(_samples(recipe, r))]
+    if not jobs:  # an earlier completions.jsonl stays as it is
+        raise DeliberateError(f"generate: generate.samples, samples_by_expected and samples_by_meta ask for no "
+                              f"sample of any of the {len(records)} prompts; nothing to do")
     keys = [f"{r.id}:{s}:{fp}" for r, s in jobs]
     out = ResumableJsonl(Layout(recipe).generate / "completions.jsonl")
     todo = [(job, key) for job, key in zip(jobs, keys, strict=True) if key not in out.done]
@@ -297,19 +301,23 @@ def _generate_api(recipe: Recipe, conversations, save, show_progress: bool) -> d
     api = ChatAPI.from_config(cfg, model=cfg.teacher, counters=counters, role="generate.teacher")
     params = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens}
     failures: list[str] = []
-    chunk = max(cfg.max_concurrency * 4, 64)  # saved chunk by chunk, so an interrupted run keeps its work
     with progress_bar("generating reasoning (api)", total=len(conversations), enabled=show_progress) as bar:
-        for start in range(0, len(conversations), chunk):
-            part = conversations[start : start + chunk]
-            texts = asyncio.run(api.complete(part, params, lambda n: bar.advance(n)))
-            done = [(start + i, t) for i, t in enumerate(texts) if not isinstance(t, Failure)]
-            failures += [t.error for t in texts if isinstance(t, Failure)]
-            # The API does not say whether it stopped at the token limit through `complete`; a missing answer
-            # after the reasoning marks such completions malformed anyway.
-            save([i for i, _ in done], [(t.strip(), 0, "stop") for _, t in done])
-    if failures:
-        raise DeliberateError(f"generate: {len(failures)} requests failed (first: {failures[0]}); "
-                              "the others are saved, run again to retry")
+
+        def on_item(i: int, text: str | Failure) -> None:
+            # Saved the moment it arrives: a killed run re-pays at most the requests in flight. The API does not
+            # say through `complete` whether it stopped at the token limit; a missing answer after the reasoning
+            # marks such completions malformed anyway.
+            if isinstance(text, Failure):
+                failures.append(text.error)
+            else:
+                save([i], [(text.strip(), 0, "stop")])
+            bar.advance(1)
+
+        asyncio.run(api.complete(conversations, params, on_item))
+    if failures:  # completions.jsonl is not replaced; what succeeded is saved for the rerun
+        raise StageFailed(f"{failure_line('generate', 'teacher requests', len(failures), len(conversations), failures)}"
+                          "; the others are saved (the earlier completions.jsonl is unchanged), run again to retry "
+                          "the failed ones")
     return {"tokens_in": counters.tokens_in, "tokens_out": counters.tokens_out, "retries": counters.retries}
 
 

@@ -4,6 +4,11 @@ Pointwise: a file of (prompt, response[, category, expected, id]) rows becomes `
 its score, verdict, rationale and failures) plus `summary.json` and `judge_usage.json`. Pairwise: two answer
 files, matched by id (or by row when they have no ids, with the prompts checked), become `pairwise.jsonl` and a
 `pairwise_summary.json` with the first file's win rate against the second.
+
+Columns are read with the recipe's `data` mapping (`data.columns.prompt/category/expected/id`, `label_map`,
+`category_map`, or one `data.category` / `data.expected` for every row); the response column is found by name
+(`response`, `answer`, `completion`) or given. Failed judgments follow `deliberate.services.failures`: beyond
+`judge.max_failures` the outputs go to `judge/incomplete/` and the earlier ones stay.
 """
 
 from __future__ import annotations
@@ -13,32 +18,52 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from deliberate.config import DataConfig
 from deliberate.errors import DeliberateError
 from deliberate.judges.base import Judge, PairwiseItem, PointwiseItem
-from deliberate.services.data import read_table
-from deliberate.services.io import write_json, write_jsonl
+from deliberate.services.data import load_prompts, read_table
+from deliberate.services.failures import publish
+from deliberate.services.spec import PolicySpec
+
+RESPONSE_COLUMNS = ("response", "answer", "completion")
 
 
-def _rows(path: Path, response_column: str | None) -> tuple[list[dict[str, Any]], str]:
-    df = read_table(path)
-    column = response_column or next((c for c in ("response", "answer", "completion") if c in df.columns), None)
-    if column is None or column not in df.columns or "prompt" not in df.columns:
+def _rows(path: Path, response_column: str | None, data: DataConfig,
+          spec: PolicySpec | None) -> tuple[list[dict[str, Any]], str]:
+    """The file's rows as {id, prompt, category, expected, response, ...the other columns}."""
+    columns = list(read_table(path).columns)
+    column = response_column or next((c for c in RESPONSE_COLUMNS if c in columns), None)
+    if column is None or column not in columns:
         raise DeliberateError(
-            f"{path}: needs a 'prompt' column and a response column ({response_column or 'response, answer or completion'}); "
-            f"its columns are: {', '.join(map(str, df.columns))}"
-        )
-    rows = df.to_dict("records")
-    for r in rows:
-        for key in ("category", "expected"):
-            if key in r and not isinstance(r[key], str):
-                r[key] = None
+            f"{path}: no response column ({response_column or ', '.join(RESPONSE_COLUMNS)}; set it with "
+            f"--response-column); its columns are: {', '.join(map(str, columns))}")
+    # The recipe's column mapping, not its row selection: `where` and `limit` describe the training data.
+    mapping = DataConfig(source=str(path), columns=data.columns, category=data.category, expected=data.expected,
+                         category_map=data.category_map, label_map=data.label_map)
+    rows = []
+    for record in load_prompts(mapping, spec):
+        meta = dict(record.meta)
+        response = meta.pop(column, None)
+        rows.append({**{k: v for k, v in record.to_dict().items() if k != "meta"}, **meta,
+                     "response": "" if response is None else str(response)})
     return rows, column
 
 
-def judge_file(judge: Judge, path: Path, out_dir: Path, response_column: str | None = None) -> dict[str, Any]:
-    rows, column = _rows(path, response_column)
-    items = [PointwiseItem(str(r["prompt"]), str(r[column]), r.get("category") or None, r.get("expected") or None)
-             for r in rows]
+def _check_usable(judge: Judge, path: Path, rows: list[dict[str, Any]]) -> None:
+    lacking = [r for r in rows if judge.backend.missing(r.get("category"), r.get("expected"))]
+    if lacking:
+        raise DeliberateError(
+            f"{path}: {len(lacking)} of {len(rows)} rows cannot be judged by the {judge.backend.kind} judge: "
+            f"{judge.backend.missing(None, None)}. Name the label column with --set data.columns.expected=COLUMN "
+            "(or the category column with data.columns.category), or set data.expected for every row")
+
+
+def judge_file(judge: Judge, path: Path, out_dir: Path, response_column: str | None = None, *,
+               data: DataConfig | None = None, spec: PolicySpec | None = None,
+               max_failures: float = 0.0) -> dict[str, Any]:
+    rows, _ = _rows(path, response_column, data or DataConfig(), spec)
+    _check_usable(judge, path, rows)
+    items = [PointwiseItem(r["prompt"], r["response"], r["category"], r["expected"]) for r in rows]
     results = judge.score(items)
     out = [{**r, "score": res.score, "verdict": res.verdict, "rationale": res.rationale, "scores": res.scores,
             "failures": res.failures, "errors": res.errors} for r, res in zip(rows, results, strict=True)]
@@ -48,32 +73,36 @@ def judge_file(judge: Judge, path: Path, out_dir: Path, response_column: str | N
         "mean_score": round(mean(r.score for r in judged), 3) if judged else None,
         "verdicts": dict(Counter(r.verdict for r in judged if r.verdict)), "usage": judge.usage.to_dict(),
     }
-    write_jsonl(out_dir / "judgments.jsonl", out)
-    write_json(out_dir / "summary.json", summary)
-    write_json(out_dir / "judge_usage.json", judge.usage.to_dict())
+    errors = [res.errors[0] if res.errors else "no score" for res in results if not res.ok]
+    publish("judge", out_dir, {"judgments.jsonl": out, "summary.json": summary, "judge_usage.json":
+            judge.usage.to_dict()}, summary=summary, total=len(items), errors=errors, max_failures=max_failures)
     return summary
 
 
 def compare_files(judge: Judge, first: Path, second: Path, out_dir: Path, criterion: str,
-                  response_column: str | None = None) -> dict[str, Any]:
-    a_rows, a_col = _rows(first, response_column)
-    b_rows, b_col = _rows(second, response_column)
-    if "id" in (a_rows[0] if a_rows else {}) and "id" in (b_rows[0] if b_rows else {}):
-        by_id = {str(r["id"]): r for r in b_rows}
-        pairs = [(r, by_id[str(r["id"])]) for r in a_rows if str(r["id"]) in by_id]
-    else:
+                  response_column: str | None = None, *, data: DataConfig | None = None,
+                  spec: PolicySpec | None = None, max_failures: float = 0.0) -> dict[str, Any]:
+    a_rows, _ = _rows(first, response_column, data or DataConfig(), spec)
+    b_rows, _ = _rows(second, response_column, data or DataConfig(), spec)
+    a_ids = [r["id"] for r in a_rows]
+    positional = all(i == str(n) for n, i in enumerate(a_ids))  # row numbers: the files have no id column
+    if positional:
         if len(a_rows) != len(b_rows):
             raise DeliberateError(f"{first} and {second} have no id column and different lengths")
         pairs = list(zip(a_rows, b_rows, strict=True))
+    else:
+        by_id = {r["id"]: r for r in b_rows}
+        pairs = [(r, by_id[r["id"]]) for r in a_rows if r["id"] in by_id]
     if not pairs:
         raise DeliberateError(f"{first} and {second} share no ids")
     for a, b in pairs:
-        if str(a["prompt"]) != str(b["prompt"]):
-            raise DeliberateError(f"{first} and {second} disagree on the prompt of row {a.get('id', '?')}")
-    items = [PairwiseItem(str(a["prompt"]), str(a[a_col]), str(b[b_col]), a.get("category") or None,
-                          a.get("expected") or None) for a, b in pairs]
+        if a["prompt"] != b["prompt"]:
+            raise DeliberateError(f"{first} and {second} disagree on the prompt of row {a['id']}")
+    if criterion == "policy":
+        _check_usable(judge, first, [a for a, _ in pairs])
+    items = [PairwiseItem(a["prompt"], a["response"], b["response"], a["category"], a["expected"]) for a, b in pairs]
     results = judge.compare(items, criterion)
-    out = [{"id": a.get("id"), "prompt": a["prompt"], "first": a[a_col], "second": b[b_col], "wins": r.wins,
+    out = [{"id": a["id"], "prompt": a["prompt"], "first": a["response"], "second": b["response"], "wins": r.wins,
             "losses": r.losses, "ties": r.ties, "failures": r.failures, "errors": r.errors}
            for (a, b), r in zip(pairs, results, strict=True)]
     totals = {k: sum(getattr(r, k) for r in results) for k in ("wins", "losses", "ties", "failures")}
@@ -83,7 +112,8 @@ def compare_files(judge: Judge, first: Path, second: Path, out_dir: Path, criter
         "win_rate": round((totals["wins"] + 0.5 * totals["ties"]) / comparisons, 4) if comparisons else None,
         "usage": judge.usage.to_dict(),
     }
-    write_jsonl(out_dir / "pairwise.jsonl", out)
-    write_json(out_dir / "pairwise_summary.json", summary)
-    write_json(out_dir / "judge_usage.json", judge.usage.to_dict())
+    errors = [e for r in results for e in r.errors]
+    publish("judge", out_dir, {"pairwise.jsonl": out, "pairwise_summary.json": summary, "judge_usage.json":
+            judge.usage.to_dict()}, summary=summary, total=comparisons + totals["failures"], errors=errors,
+            max_failures=max_failures)
     return summary

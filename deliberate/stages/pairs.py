@@ -9,7 +9,8 @@ each one with the category's spec (the final answer only unless `pairs.judge_see
 
 Outputs in `<output_dir>/pairs/`: `completions.jsonl` (resumable), `judged.jsonl`, `pairs.jsonl` (TRL
 conversational prompt/chosen/rejected with both scores), `kto.jsonl` (prompt/completion/label with the score)
-and `summary.json`. Judgments are cached by the judge, so a rerun makes no new calls.
+and `summary.json`. Judgments are cached as they arrive, so a rerun makes no new calls; when more fail than
+`judge.max_failures` allows, the outputs go to `pairs/incomplete/` and the stage exits 3.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from deliberate.config import Recipe
 from deliberate.judges import PointwiseItem, make_judge
 from deliberate.services.answering import answer_records
 from deliberate.services.data import PromptRecord, load_prompts
-from deliberate.services.io import write_json, write_jsonl
+from deliberate.services.failures import publish
 from deliberate.services.runs import Layout, stage_model
 from deliberate.services.spec import load_spec
 
@@ -58,9 +59,6 @@ def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                        "judge_error": (res.errors[0] if res.errors else "no score") if res and res.score is None
                        else None})
     pairs, kto, ties = rank_pairs(judged, cfg.min_margin, cfg.kto_threshold)
-    write_jsonl(folder / "judged.jsonl", judged)
-    write_jsonl(folder / "pairs.jsonl", pairs)
-    write_jsonl(folder / "kto.jsonl", kto)
     scored = [j for j in judged if j["score"] is not None]
     summary = {"policy": policy, "prompts": len(records), "completions": len(judged),
                "generated_now": run.generated, "cut_off": sum(j["finish_reason"] == "length" for j in judged),
@@ -71,7 +69,9 @@ def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                "kto_undesirable": sum(not k["label"] for k in kto), "min_margin": cfg.min_margin,
                "kto_threshold": cfg.kto_threshold, "judge": recipe.judge.backend,
                "judge_usage": judge.usage.to_dict()}
-    write_json(folder / "summary.json", summary)
+    errors = [j["judge_error"] for j in judged if j["judge_error"] is not None]
+    publish("pairs", folder, {"judged.jsonl": judged, "pairs.jsonl": pairs, "kto.jsonl": kto, "summary.json":
+            summary}, summary=summary, total=len(usable), errors=errors, max_failures=recipe.judge.max_failures)
     return summary
 
 
