@@ -88,16 +88,20 @@ def command(group: typer.Typer = app, name: str | None = None):
 
 
 def load(recipe: Path | None, sets: list[str] | None, model: str | None = None, output: Path | None = None,
-         extra: list[str] | None = None, uses_model: bool = True):
+         extra: list[str] | None = None, uses_model: bool = True, writes: bool = True):
     """The recipe with the overrides and shorthand flags applied. For a verb that uses the model (`uses_model`), a
-    `stage:`/`merge:` model is resolved to its folder (from `--model` or `model.name` alike)."""
+    `stage:`/`merge:` model is resolved to its folder (from `--model` or `model.name` alike). For a verb that
+    `writes`, the output folder is checked to be writable before any work starts."""
     from deliberate.config import load_recipe
+    from deliberate.services.io import check_writable
     from deliberate.services.runs import is_reference, stage_model
 
     overrides = list(sets or []) + list(extra or [])
     if output:
         overrides.append(f"output_dir={output}")
     r = load_recipe(recipe, overrides)
+    if writes:
+        check_writable(r.output_dir)
     name = model or r.model.name
     if uses_model and is_reference(name):
         name = stage_model(r, name)

@@ -129,7 +129,7 @@ def data(
     from deliberate.services.data import load_prompts
     from deliberate.services.spec import load_spec
 
-    r = load(recipe, set_, uses_model=False)
+    r = load(recipe, set_, uses_model=False, writes=False)
     spec = load_spec(r.spec)
     records = load_prompts(r.data, spec)
     counts = Counter((rec.category or "-", rec.expected or "-") for rec in records)
@@ -197,7 +197,7 @@ def recipe_show(
     """
     from deliberate.config.reference import reference
 
-    r = load(recipe, set_, uses_model=False)
+    r = load(recipe, set_, uses_model=False, writes=False)
     dumped = r.model_dump(mode="json")
     if section is not None:
         reference(section)  # an unknown section is an error with a did-you-mean

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from deliberate.config.base import Section
+from deliberate.config.base import Section, check_name
 from deliberate.config.data import ColumnMap, DataConfig
 
 CRITERIA = ("helpfulness", "harmlessness")  # what pairwise judgments compare
@@ -46,7 +46,7 @@ class Mirror(Section):
 
 class Benchmark(Section):
     name: str
-    """Short name used in reports."""
+    """Short name used in reports and as a file name (letters, digits, '.', '_', '-')."""
     description: str = ""
     """One line on what it measures."""
     data: DataConfig
@@ -56,3 +56,8 @@ class Benchmark(Section):
     criteria: list[Literal["helpfulness", "harmlessness"]] = Field(default_factory=lambda: list(CRITERIA))
     """What pairwise judgments on these prompts compare (SACPO: helpfulness on AlpacaEval prompts,
     harmlessness on safety prompts)."""
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return check_name(v)  # it becomes a file name: `../../x` would write outside output_dir

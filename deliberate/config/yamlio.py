@@ -54,6 +54,22 @@ def _construct_float(loader: yaml.SafeLoader, node: yaml.Node) -> float:
     return float(value)
 
 
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """A mapping, where a key given twice is an error (PyYAML keeps the last silently: `sft:` twice loses the
+    first section)."""
+    loader.flatten_mapping(node)
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if isinstance(key, str | int | float | bool) and key in seen:
+            first = seen[key].start_mark.line + 1
+            raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice (also on line {first})",
+                                                    key_node.start_mark)
+        seen[key] = key_node
+    return loader.construct_mapping(node)
+
+
+Yaml12Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 Yaml12Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
@@ -72,7 +88,18 @@ def load_yaml_file(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise DeliberateError(f"{path}: no such file")
-    return parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    return parse_yaml(read_text(path), str(path))
+
+
+def read_text(path: str | Path) -> str:
+    """A text file's contents; a file that is not UTF-8 or cannot be read is a one-line error."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DeliberateError(f"{path}: not UTF-8 text (byte {e.start} is 0x{e.object[e.start]:02x}); save it as "
+                              "UTF-8") from None
+    except OSError as e:
+        raise DeliberateError(f"{path}: cannot be read: {e.strerror}") from None
 
 
 def _model_at(annotation: Any):

@@ -1,9 +1,9 @@
 """Answering prompts with a model: the plain (no spec) generation run behind `deliberate answer`.
 
 Outputs in `<output_dir>/answers/`: `answers.jsonl` (one row per prompt: id, prompt, category, expected,
-answer, tokens, finish reason, model, settings) and `summary.json`. Rows are keyed by the prompt id and a
-fingerprint of the model and generation settings, so an interrupted run resumes, and a rerun with the same
-settings makes no new generations.
+answer, tokens, finish reason, model, settings) and `summary.json`. Rows are keyed by the prompt id, a hash of
+the prompt text and a fingerprint of the model and generation settings (`row_key`), so an interrupted run
+resumes, a rerun with the same settings makes no new generations, and an edited prompt is answered again.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from deliberate.services.data import PromptRecord, load_prompts
 from deliberate.services.generation import Generation, GenerationStats, generate
 from deliberate.services.io import ResumableJsonl, write_json
 from deliberate.services.models import LoadedModel, load_model, resolve_model_path
-from deliberate.services.runs import Layout, fingerprint, model_identity
+from deliberate.services.runs import Layout, fingerprint, model_identity, row_key
 from deliberate.services.spec import load_spec
 
 
@@ -47,20 +47,20 @@ def answer_records(model: ModelConfig, records: list[PromptRecord], settings: Sa
     fp = fingerprint({"model": model_identity(resolve_model_path(model.name)), "generation": settings.model_dump(),
                       "dtype": model.dtype, "seed": seed if settings.temperature > 0 else None})
     out = ResumableJsonl(path)
-    keys = [f"{r.id}:{fp}" for r in records]
-    todo = [r for r, k in zip(records, keys, strict=True) if k not in out.done]
+    keys = [row_key(r.id, r.prompt, fp) for r in records]
+    todo = [(r, k) for r, k in zip(records, keys, strict=True) if k not in out.done]
     stats = GenerationStats()
     if todo:
         loaded = load() if load is not None else load_model(model)
 
         def save(indices: list[int], gens: list[Generation]) -> None:
             out.append(
-                {"key": f"{todo[i].id}:{fp}", **todo[i].to_dict(), "answer": g.text, "num_tokens": g.num_tokens,
+                {"key": todo[i][1], **todo[i][0].to_dict(), "answer": g.text, "num_tokens": g.num_tokens,
                  "finish_reason": g.finish_reason, "model": model.name, "generation": settings.model_dump()}
                 for i, g in zip(indices, gens, strict=True)
             )
 
-        generate(loaded.model, loaded.tokenizer, [r.prompt for r in todo], settings, seed=seed,
+        generate(loaded.model, loaded.tokenizer, [r.prompt for r, _ in todo], settings, seed=seed,
                  description=description, show_progress=show_progress, stats=stats, on_batch=save)
         del loaded
     rows = out.finish(order=keys)

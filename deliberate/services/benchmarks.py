@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from deliberate.config.data import DataConfig
@@ -19,7 +20,7 @@ def load_benchmark(name: str) -> Benchmark:
     """`eval/<name>.yaml` (from the working directory, then the project's own eval/), a YAML file path, or a
     prompt file (csv/json/jsonl/parquet with the standard columns) used as a benchmark of its own."""
     if Path(name).suffix.lower() in (*FILE_SUFFIXES, ".gz"):
-        stem = Path(name).name.split(".")[0]
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).name.split(".")[0]).strip("_.") or "prompts"
         return Benchmark(name=stem, description=f"prompts from {name}", data=DataConfig(source=name))
     candidates = [Path(name)] if name.endswith((".yaml", ".yml")) else [Path("eval") / f"{name}.yaml",
                                                                        EVAL_DIR / f"{name}.yaml"]

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from deliberate.errors import DeliberateError
 from deliberate.services.prefix_attention import (
     attention_over_shared_prefix,
     shared_prefix_cache,
@@ -88,6 +89,38 @@ def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
     return list(dict.fromkeys(ids))
 
 
+MAX_CHARS_PER_TOKEN = 64  # no tokenizer we know packs more characters into one token
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    """The most tokens (prompt and answer) the model reads, from its config."""
+    value = getattr(model.config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def check_lengths(texts: Sequence[str], encoded: Sequence[Sequence[int]] | None, context: int | None,
+                  max_new_tokens: int) -> None:
+    """Refuse, before generating anything, prompts that do not fit the model's context with room for the answer:
+    by characters first (a bound that needs no tokenizing), then by tokens."""
+    if context is None:
+        return
+    room = context - max_new_tokens
+    if encoded is None:
+        sizes, unit = [len(t) for t in texts], "characters"
+        too_long = [i for i, n in enumerate(sizes) if n > max(room, 1) * MAX_CHARS_PER_TOKEN]
+    else:
+        sizes, unit = [len(e) for e in encoded], "tokens"
+        too_long = [i for i, n in enumerate(sizes) if n > room]
+    if too_long:
+        worst = max(too_long, key=lambda i: sizes[i])
+        start = " ".join(texts[worst][-200:].split())[-60:]
+        raise DeliberateError(
+            f"{len(too_long)} of {len(texts)} prompts do not fit the model's context of {context} tokens with "
+            f"{max_new_tokens} left for the answer (max_new_tokens): the longest has {sizes[worst]:,} {unit} "
+            f"(ending '...{start}'); refused, nothing generated. Shorten or leave out these prompts (data.where, "
+            "data.limit) or lower max_new_tokens")
+
+
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -108,8 +141,11 @@ def generate(
     import torch
 
     texts = [render_prompt(tokenizer, c) for c in conversations]
+    context = context_length(model)
+    check_lengths(texts, None, context, settings.max_new_tokens)  # before tokenizing megabytes of text
     # Special tokens are already in the rendered template; adding a BOS again would change the prompt.
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    check_lengths(texts, encoded, context, settings.max_new_tokens)
     # Conversations with the same system prompt sit together (so batches share a prefix), longest first.
     order = sorted(range(len(encoded)), key=lambda i: (system_text(conversations[i]), -len(encoded[i])))
     eos = eos_token_ids(model, tokenizer)

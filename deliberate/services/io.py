@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from deliberate.config.yamlio import read_text
 from deliberate.errors import DeliberateError
 
 
@@ -55,6 +56,21 @@ def replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
+def check_writable(folder: str | Path, what: str = "output_dir") -> Path:
+    """Make `folder` (and its parents) and prove a file can be written in it, before any expensive work: an
+    unwritable output found after an hour of generation loses the hour."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".deliberate-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DeliberateError(f"{what} {folder}: cannot be written ({e.strerror or type(e).__name__}); choose "
+                              "another with --output or --set output_dir=...") from None
+    return folder
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     """Write rows as JSON lines, atomically."""
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -71,15 +87,24 @@ def write_yaml(path: str | Path, obj: Any) -> Path:
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSONL file; a malformed line is an error naming the file and line."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DeliberateError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DeliberateError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(rows[-1], dict):
+            raise DeliberateError(f"{path}:{lineno}: a JSON line must be an object, not {type(rows[-1]).__name__}")
     return rows
+
+
+def require_keys(rows: list[dict[str, Any]], keys: Iterable[str], path: str | Path, hint: str = "") -> None:
+    """Every row has every key, or a one-line error naming the first row that lacks one."""
+    keys = list(keys)
+    for n, row in enumerate(rows, 1):
+        if lacking := [k for k in keys if k not in row]:
+            raise DeliberateError(f"{path}: row {n} has no {', '.join(lacking)}{hint}")
 
 
 class ResumableJsonl:

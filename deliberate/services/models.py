@@ -158,6 +158,13 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
+def _broken() -> tuple[type[BaseException], ...]:
+    """What loading raises for a missing, malformed, truncated or incompatible model (the user's to fix)."""
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, ImportError, AttributeError, SafetensorError
+
+
 def _load_error(name: str, err: Exception) -> DeliberateError:
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if Path(name).is_dir():
@@ -176,7 +183,7 @@ def load_tokenizer(path: str, cfg: ModelConfig | None = None) -> PreTrainedToken
     revision = cfg.revision if cfg else None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, revision=revision)
-    except (OSError, ValueError, ImportError, AttributeError) as e:  # missing, malformed or broken
+    except _broken() as e:
         raise _load_error(path, e) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -204,12 +211,15 @@ def load_model(cfg: ModelConfig, *, for_training: bool = False) -> LoadedModel:
     weights = resolve_model_path(base) if base else path
     try:
         model = AutoModelForCausalLM.from_pretrained(weights, revision=None if base else cfg.revision, **kwargs)
-    except (OSError, ValueError, ImportError, AttributeError) as e:  # missing, malformed or broken
+    except _broken() as e:
         raise _load_error(base or cfg.name, e) from None
     if base:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, path, is_trainable=for_training)
+        try:
+            model = PeftModel.from_pretrained(model, path, is_trainable=for_training)
+        except _broken() as e:
+            raise _load_error(cfg.name, e) from None
     # The adapter folder usually carries the (possibly extended) tokenizer; fall back to the base's.
     tokenizer_path = path if (Path(path) / "tokenizer_config.json").is_file() or not base else weights
     tokenizer = load_tokenizer(tokenizer_path, cfg)

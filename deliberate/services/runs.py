@@ -12,7 +12,8 @@ Under a recipe's `output_dir`, one folder per stage (`Layout`):
 
 A trained or merged model's folder (`ModelRun`) holds `model/` (full weights, tokenizer, a model card, and,
 written last, the marker `deliberate_model.json` with the run's summary and fingerprint), `adapter/` (LoRA runs),
-`checkpoints/` (for `--resume`) and `summary.json`. `model/` is replaced whole, never half-written. A stage whose
+`checkpoints/` (for `--resume`; each `checkpoint-N` records, written last, the fingerprint of the run that wrote
+it in `deliberate_checkpoint.json`) and `summary.json`. `model/` is replaced whole, never half-written. A stage whose
 inputs (settings, data, start model) have the same fingerprint as a finished run's reuses it instead of training
 again (`ModelRun.reusable`). Any name that is not a `stage:` or `merge:` reference is a model as in `model.name`
 (folder, adapter folder, Hub id, `smollm2`) and is returned as is.
@@ -33,11 +34,19 @@ from deliberate.errors import DeliberateError, did_you_mean
 from deliberate.services.io import atomic_write_text, replace_dir, write_json
 
 MARKER = "deliberate_model.json"  # written last into a finished model folder
+CHECKPOINT_MARKER = "deliberate_checkpoint.json"  # written last into a complete checkpoint: the run's fingerprint
 
 
 def fingerprint(blob: Any) -> str:
     """A short hash of everything that determines an output (settings, data digests, model identities)."""
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def row_key(row_id: str, content: Any, settings_fp: str) -> str:
+    """The key of one resumable output row: its id, a hash of what it was made from (the prompt, or the whole
+    conversation), and the fingerprint of the settings. Editing a prompt, or inserting one that shifts the row
+    numbers of an id-less file, changes the key, so the row is made again instead of served stale."""
+    return f"{row_id}:{fingerprint(content)}:{settings_fp}"
 
 
 def file_digest(path: str | Path) -> str:
@@ -60,6 +69,40 @@ def checkpoints(folder: Path) -> list[Path]:
     """The `checkpoint-N` folders in `folder`, oldest first."""
     found = [p for p in folder.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
     return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+LENGTH_FIELDS = ("max_steps", "num_train_epochs", "save_steps", "logging_steps")
+"""Settings that say how long a run trains and how often it saves or logs: resuming with more steps is
+continuing the same run, so the fingerprint a checkpoint records leaves them out."""
+
+
+def without_lengths(settings: dict[str, Any]) -> dict[str, Any]:
+    """A section's settings (`model_dump()`) without `LENGTH_FIELDS`, for a resume fingerprint."""
+    return {k: v for k, v in settings.items() if k not in LENGTH_FIELDS}
+
+
+def for_resume(recipe: Recipe, section: str) -> Recipe:
+    """The recipe with `section`'s `LENGTH_FIELDS` set aside, for a resume fingerprint."""
+    part = getattr(recipe, section)
+    blank = {f: None for f in LENGTH_FIELDS if f in type(part).model_fields}
+    return recipe.model_copy(update={section: part.model_copy(update=blank)})
+
+
+def mark_checkpoint(folder: str | Path, fingerprint: str) -> None:
+    """Record, last, that the checkpoint in `folder` is complete and which run wrote it."""
+    write_json(Path(folder) / CHECKPOINT_MARKER, {"fingerprint": fingerprint})
+
+
+def checkpoint_fingerprint(folder: Path, needs: tuple[str, ...] = ()) -> str | None:
+    """The fingerprint a complete checkpoint records; None for an incomplete or unmarked one."""
+    marker = folder / CHECKPOINT_MARKER
+    if not marker.is_file() or not all((folder / name).exists() for name in needs):
+        return None
+    try:
+        value = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True)
@@ -96,14 +139,31 @@ class ModelRun:
             return {**summary, "reused": True}
         return None
 
-    def last_checkpoint(self, resume: bool, verb: str) -> str | None:
-        """The newest checkpoint when resuming (an error when there is none), else None."""
+    def last_checkpoint(self, resume: bool, verb: str, fingerprint: str,
+                        needs: tuple[str, ...] = ("trainer_state.json",)) -> str | None:
+        """When resuming, the newest complete checkpoint written by this run (same fingerprint); else None.
+
+        A checkpoint is complete when its marker and the files in `needs` are there (a crash mid-save leaves
+        one without them: the previous one is used). Checkpoints written only by another run (other data or
+        settings) are refused, naming both fingerprints, rather than silently continued."""
         if not resume:
             return None
         found = checkpoints(self.checkpoints)
         if not found:
             raise DeliberateError(f"{verb} --resume: no checkpoint in {self.checkpoints}")
-        return str(found[-1])
+        complete = [(c, fp) for c in found if (fp := checkpoint_fingerprint(c, needs)) is not None]
+        if not complete:
+            raise DeliberateError(f"{verb} --resume: none of the {len(found)} checkpoints in {self.checkpoints} is "
+                                  "complete (cut short by a crash, or written by an older deliberate); run without "
+                                  "--resume to start afresh")
+        mine = [c for c, fp in complete if fp == fingerprint]
+        if not mine:
+            newest, theirs = complete[-1]
+            raise DeliberateError(
+                f"{verb} --resume: {newest} was written by another run (fingerprint {theirs}); this run's data "
+                f"and settings give {fingerprint}. Restore that run's settings to continue it, or run without "
+                "--resume to start afresh")
+        return str(mine[-1])
 
     def finish(self, tmp: Path, summary: dict[str, Any], card: str) -> None:
         """Make the complete model in `tmp` this run's `model/`: card, then marker, then one rename."""

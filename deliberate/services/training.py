@@ -21,7 +21,7 @@ from deliberate.config import Recipe, TrainingOptions
 from deliberate.services.io import replace_dir
 from deliberate.services.models import load_model, pick_device
 from deliberate.services.progress import TrainingBar
-from deliberate.services.runs import ModelRun
+from deliberate.services.runs import ModelRun, mark_checkpoint
 
 
 def use_bf16(setting: bool | None, on_cpu: bool) -> bool:
@@ -64,6 +64,25 @@ def show_training_progress(trainer, description: str, show_progress: bool) -> No
         trainer.remove_callback(callback)
     if show_progress:
         trainer.add_callback(RichProgress(description))
+
+
+def resume_point(trainer, run: ModelRun, fingerprint: str, resume: bool, verb: str) -> str | None:
+    """Make the trainer mark every checkpoint it saves with the run's fingerprint, and return the checkpoint to
+    resume from (`ModelRun.last_checkpoint`: the newest complete one of this same run), or None."""
+    trainer.add_callback(MarkCheckpoints(fingerprint))
+    return run.last_checkpoint(resume, verb, fingerprint)
+
+
+class MarkCheckpoints(TrainerCallback):
+    """Writes `deliberate_checkpoint.json` into each checkpoint once the trainer has saved all of it."""
+
+    def __init__(self, fingerprint: str):
+        self.fingerprint = fingerprint
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            mark_checkpoint(folder, self.fingerprint)
 
 
 class RichProgress(TrainerCallback):

@@ -39,11 +39,13 @@ from deliberate.services.runs import (
     model_identity,
     stage_model,
     stage_models,
+    without_lengths,
 )
 from deliberate.services.training import (
     gather_digests,
     load_start,
     lora_config,
+    resume_point,
     save_trained,
     show_training_progress,
     trl_config,
@@ -117,17 +119,19 @@ def train_stage(recipe: Recipe, stage: DPOStage, start: str, beta: float, weight
         margin_model = resolve_model_path(stage_model(recipe, stage.margin.model))
         margin_ref = resolve_model_path(stage_model(recipe, stage.margin.reference)) if stage.margin.reference \
             else start_path
-    fp = fingerprint({
+    inputs = {
         "settings": settings, "beta": beta, "weight": weight, "start": model_identity(start_path), "seed": recipe.seed,
         "data": fingerprint(rows), "model": recipe.model.model_dump(exclude={"name"}),
-        "margin": [model_identity(margin_model), model_identity(margin_ref)] if margin_model else None})
+        "margin": [model_identity(margin_model), model_identity(margin_ref)] if margin_model else None}
+    fp = fingerprint(inputs)
+    resume_fp = fingerprint({**inputs, "settings": without_lengths(settings)})
     if reused := run.reusable(fp):
         return reused
     if stage.method == "modpo":
         rows = _with_margins(recipe, stage, rows, margin_model, margin_ref if margin_model else None)
     trainer, extra = build_trainer(recipe, stage, start_path, rows, beta, weight, run, show_progress,
                                    label or stage.name)
-    checkpoint = run.last_checkpoint(resume, "dpo")
+    checkpoint = resume_point(trainer, run, resume_fp, resume, "dpo")
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - t0

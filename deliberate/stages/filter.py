@@ -16,7 +16,7 @@ from deliberate.config import Recipe
 from deliberate.errors import DeliberateError
 from deliberate.judges import PointwiseItem, make_judge
 from deliberate.services.failures import publish
-from deliberate.services.io import read_jsonl
+from deliberate.services.io import read_jsonl, require_keys
 from deliberate.services.reasoning import retrieval_correct, retrieval_summary
 from deliberate.services.runs import Layout, StageRun
 from deliberate.services.spec import load_spec
@@ -33,6 +33,8 @@ def filter_completions(recipe: Recipe, show_progress: bool = True) -> StageRun:
     rows = read_jsonl(source)
     if not rows:
         raise DeliberateError(f"filter: {source} has no completions; nothing to judge")
+    require_keys(rows, ("key", "id", "prompt", "completion", "malformed", "sample"), source,
+                 " (it is not a completions file written by `deliberate generate`)")
     judge = make_judge(recipe.judge, spec, show_progress=show_progress)
     candidates = [r for r in rows if not r["malformed"]]
     try:

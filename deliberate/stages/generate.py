@@ -6,7 +6,8 @@ samples k completions per prompt from a teacher (the model itself by default). A
 the token limit is malformed (and dropped by `deliberate filter`).
 
 Outputs in `<output_dir>/generate/`: `completions.jsonl` and `summary.json`. Generation is resumable: rows are
-keyed by prompt id, sample index and a fingerprint of everything that determines them.
+keyed by prompt id, sample index, a hash of the teacher's conversation (spec, instructions and prompt) and a
+fingerprint of the settings, so an edited prompt is sampled again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deliberate.config import ModelConfig, Recipe
+from deliberate.config.yamlio import read_text
 from deliberate.errors import DeliberateError, StageFailed
 from deliberate.judges import make_judge
 from deliberate.services.chat_api import ChatAPI, Counters, Failure
@@ -29,7 +31,7 @@ from deliberate.services.io import ResumableJsonl, write_json
 from deliberate.services.models import load_model, resolve_model_path
 from deliberate.services.progress import progress_bar
 from deliberate.services.reasoning import CLOSE, retrieval_summary, split_reasoning
-from deliberate.services.runs import Layout, StageRun, fingerprint
+from deliberate.services.runs import Layout, StageRun, fingerprint, row_key
 from deliberate.services.spec import PolicySpec, load_spec
 
 DEFAULT_INSTRUCTIONS = """\
@@ -74,7 +76,7 @@ def load_instructions(value: str | None) -> str:
     if len(value) < 4096 and "\n" not in value and path.suffix in {".txt", ".md"}:
         if not path.is_file():
             raise DeliberateError(f"generate.instructions: no such file: {value}")
-        return path.read_text(encoding="utf-8")
+        return read_text(path)
     return value
 
 
@@ -159,11 +161,12 @@ def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun
     if not jobs:  # an earlier completions.jsonl stays as it is
         raise DeliberateError(f"generate: generate.samples, samples_by_expected and samples_by_meta ask for no "
                               f"sample of any of the {len(records)} prompts; nothing to do")
-    keys = [f"{r.id}:{s}:{fp}" for r, s in jobs]
+    prefill = cfg.prefill if cfg.backend != "openai" else ""  # chat APIs do not continue a pre-filled turn
+    messages = {r.id: teacher_messages(spec, r, instructions, cfg.few_shot, prefill) for r in records}
+    keys = [row_key(f"{r.id}:{s}", messages[r.id], fp) for r, s in jobs]
     out = ResumableJsonl(Layout(recipe).generate / "completions.jsonl")
     todo = [(job, key) for job, key in zip(jobs, keys, strict=True) if key not in out.done]
-    prefill = cfg.prefill if cfg.backend != "openai" else ""  # chat APIs do not continue a pre-filled turn
-    conversations = [teacher_messages(spec, record, instructions, cfg.few_shot, prefill) for (record, _), _ in todo]
+    conversations = [messages[record.id] for (record, _), _ in todo]
 
     def save(indices: list[int], texts: list[tuple[str, int, str]]) -> None:
         rows = []

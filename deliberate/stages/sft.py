@@ -22,10 +22,11 @@ from deliberate.errors import DeliberateError
 from deliberate.services.io import read_jsonl, write_jsonl
 from deliberate.services.models import load_model, resolve_model_path
 from deliberate.services.reasoning import CLOSE, OPEN
-from deliberate.services.runs import Layout, file_digest, fingerprint, model_card, model_identity
+from deliberate.services.runs import Layout, file_digest, fingerprint, for_resume, model_card, model_identity
 from deliberate.services.training import (
     gather_digests,
     lora_config,
+    resume_point,
     save_trained,
     show_training_progress,
     trl_config,
@@ -63,7 +64,7 @@ def run_sft(recipe: Recipe, data_path: Path, *, resume: bool = False, show_progr
     if reused := run.reusable(fp):
         return reused
     trainer, loaded = build_trainer(recipe, data_path, show_progress)
-    checkpoint = run.last_checkpoint(resume, "sft")
+    checkpoint = resume_point(trainer, run, sft_fingerprint(for_resume(recipe, "sft"), data_path), resume, "sft")
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start

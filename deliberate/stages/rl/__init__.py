@@ -32,6 +32,7 @@ from deliberate.services.runs import (
     ModelRun,
     file_digest,
     fingerprint,
+    for_resume,
     model_card,
     model_identity,
     stage_model,
@@ -43,6 +44,7 @@ from deliberate.services.training import (
     lora_config,
     main_process_first,
     mean_or_none,
+    resume_point,
     save_policy,
     save_trained,
     show_training_progress,
@@ -81,14 +83,15 @@ def run_rl(recipe: Recipe, *, resume: bool = False, show_progress: bool = True) 
     fp = rl_fingerprint(recipe, start, records)
     if reused := run.reusable(fp):
         return reused
+    resume_fp = rl_fingerprint(for_resume(recipe, "rl"), start, records)  # more steps: the same run, continued
     reward = reward_scorer(recipe)
     cost = cost_scorer(recipe) if cfg.algo == "ppo-lagrangian" else None
     try:
         if cfg.algo in ("grpo", "rloo"):
-            trainer, summary, history = _train_trl(recipe, start, records, run, reward, resume, show_progress)
+            trainer, summary, history = _train_trl(recipe, start, records, run, resume_fp, reward, resume, show_progress)
         else:
             trainer = None
-            model, tokenizer, summary, history = train_ppo(recipe, start, records, run, reward=reward, cost=cost,
+            model, tokenizer, summary, history = train_ppo(recipe, start, records, run, resume_fp, reward=reward, cost=cost,
                                                            resume=resume, show_progress=show_progress)
     finally:
         reward.close()
@@ -165,8 +168,8 @@ def _trl_start(recipe: Recipe, start: str, run: ModelRun) -> str:
     return str(merged.resolve())
 
 
-def _train_trl(recipe: Recipe, start: str, records: list[PromptRecord], run: ModelRun, reward: Scorer, resume: bool,
-               show_progress: bool):
+def _train_trl(recipe: Recipe, start: str, records: list[PromptRecord], run: ModelRun, fp: str, reward: Scorer,
+               resume: bool, show_progress: bool):
     from datasets import Dataset
 
     cfg = recipe.rl
@@ -204,7 +207,7 @@ def _train_trl(recipe: Recipe, start: str, records: list[PromptRecord], run: Mod
                             train_dataset=dataset, processing_class=loaded.tokenizer,
                             peft_config=lora_config(cfg) if cfg.lora else None)
     show_training_progress(trainer, f"rl ({cfg.algo})", show_progress)
-    checkpoint = run.last_checkpoint(resume, "rl")
+    checkpoint = resume_point(trainer, run, fp, resume, "rl")
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - t0

@@ -21,24 +21,28 @@ TRL no longer has PPO, so this is ours. One step (`ppo_step`, over one `Rollout`
 
 The reference is the starting model: the adapter-disabled policy with LoRA, a frozen copy otherwise. The value
 model is the starting model's transformer body with a scalar head (LoRA on the body with LoRA). Checkpoints
-(`accelerate`'s save_state plus the controller, lambda and history) let `--resume` continue where it stopped;
-the prompts of step k are the same on a resumed run.
+(models as safetensors, optimiser tensors read back with `weights_only=True`, the controller, lambda and history
+as JSON; never an arbitrary pickle) let `--resume` continue the same run where it stopped; the prompts of step k
+are the same on a resumed run.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from peft import get_peft_model
+from safetensors.torch import load_model, save_model
 from torch import nn
 from trl.trainer.utils import disable_dropout_in_model
 
@@ -46,9 +50,9 @@ from deliberate.config import Recipe, RLOptions
 from deliberate.errors import DeliberateError
 from deliberate.judges.base import run_sync
 from deliberate.services.data import PromptRecord
-from deliberate.services.io import write_jsonl
+from deliberate.services.io import write_json, write_jsonl
 from deliberate.services.progress import progress_bar
-from deliberate.services.runs import ModelRun, checkpoints
+from deliberate.services.runs import CHECKPOINT_MARKER, ModelRun, checkpoints, mark_checkpoint
 from deliberate.services.training import (
     gather_digests,
     load_start,
@@ -223,6 +227,69 @@ class PPOState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.kl_coef = state["step"], state["kl_coef"]
         self.history, self.lagrange = state["history"], state["lagrange"]
+
+
+CHECKPOINT_FILES = ("state.json", "optimizers.pt")
+
+
+def save_checkpoint(m: PPOModels, state: PPOState, folder: Path, fp: str) -> None:
+    """Everything a resumed run needs, with no pickle of arbitrary objects: the models as safetensors, the
+    optimisers' and Lagrange multiplier's tensors with `torch.save` (read back with `weights_only=True`), the
+    step, KL coefficient and history as JSON, each process's random state; the marker last."""
+    acc = m.accelerator
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CHECKPOINT_MARKER).unlink(missing_ok=True)
+        for name, model in _checkpointed_models(m):
+            save_model(acc.unwrap_model(model), str(folder / f"{name}.safetensors"))
+        torch.save({"policy": m.opt_policy.state_dict(), "values": [o.state_dict() for o in m.opt_values],
+                    "lagrange": state.lagrange}, folder / "optimizers.pt")
+        write_json(folder / "state.json", {"step": state.step, "kl_coef": state.kl_coef, "history": state.history})
+    acc.wait_for_everyone()
+    rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    torch.save(rng, folder / f"rng_{acc.process_index}.pt")
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        mark_checkpoint(folder, fp)
+
+
+def load_checkpoint(m: PPOModels, state: PPOState, folder: Path) -> None:
+    """Restore what `save_checkpoint` wrote (tensors only: `weights_only=True` refuses any other object)."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    acc = m.accelerator
+    try:
+        for name, model in _checkpointed_models(m):
+            load_model(acc.unwrap_model(model), str(folder / f"{name}.safetensors"), device=str(acc.device))
+        saved = torch.load(folder / "optimizers.pt", map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, SafetensorError, RuntimeError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeliberateError(f"rl --resume: {folder} cannot be restored (only tensors are read from a "
+                              f"checkpoint): {first[:200]}") from None
+    m.opt_policy.load_state_dict(saved["policy"])
+    for opt, sd in zip(m.opt_values, saved["values"], strict=True):
+        opt.load_state_dict(sd)
+    info = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    state.load_state_dict({**info, "lagrange": saved["lagrange"]})
+    rng_file = folder / f"rng_{acc.process_index}.pt"
+    if rng_file.is_file():  # a run resumed on a different number of processes starts their streams afresh
+        rng = torch.load(rng_file, weights_only=True)
+        random.setstate(_as_tuple(rng["python"]))
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _checkpointed_models(m: PPOModels) -> list[tuple[str, Any]]:
+    return [("policy", m.policy), *((f"value_{i}", v) for i, v in enumerate(m.value_models))]
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
 
 
 def step_prompts(records: list[PromptRecord], step: int, per_step: int, seed: int) -> list[PromptRecord]:
@@ -453,7 +520,7 @@ def ppo_step(m: PPOModels, records: list[PromptRecord], reward: Scorer, cost: Sc
     return metrics
 
 
-def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], run: ModelRun, *, reward: Scorer,
+def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], run: ModelRun, fp: str, *, reward: Scorer,
               cost: Scorer | None = None, resume: bool = False, show_progress: bool = True):
     """Train the policy from `start`; returns (the trained policy, its tokenizer, a summary, the history)."""
     cfg = recipe.rl
@@ -471,9 +538,8 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], run: Mode
     lagrange = Lagrange(cfg.lambda_init, cfg.lambda_lr, cfg.cost_threshold, cfg.lambda_max) if lagrangian else None
     kl = KLController(cfg.kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
     state = PPOState(kl_coef=cfg.kl_coef)
-    accelerator.register_for_checkpointing(state)
     if resume:
-        accelerator.load_state(run.last_checkpoint(resume, "rl"))
+        load_checkpoint(m, state, Path(run.last_checkpoint(resume, "rl", fp, needs=CHECKPOINT_FILES)))
         kl.coef = state.kl_coef
         if lagrange is not None and state.lagrange is not None:
             lagrange.load_state_dict(state.lagrange["module"])
@@ -500,7 +566,7 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], run: Mode
                 write_jsonl(run.folder / "log.jsonl", state.history)
             bar.advance(1, tokens=int(metrics["completions"]))
             if state.step % cfg.save_steps == 0 and state.step < cfg.max_steps:
-                accelerator.save_state(str(run.checkpoints / f"checkpoint-{state.step}"), safe_serialization=False)
+                save_checkpoint(m, state, run.checkpoints / f"checkpoint-{state.step}", fp)
                 if accelerator.is_main_process:
                     for old in checkpoints(run.checkpoints)[:-2]:
                         shutil.rmtree(old, ignore_errors=True)
