@@ -58,6 +58,18 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def write_completions(folder: Path, n: int = 8) -> Path:
+    """A generate/completions.jsonl as `deliberate generate` writes it (well-formed, safe prompts)."""
+    rows = [{"key": f"{i}:0:x", "id": str(i), "prompt": f"How do I bake bread number {i}?", "category": "safe",
+             "expected": "comply", "sample": 0, "reasoning": "Category: safe. Baking is allowed.",
+             "answer": "Mix flour, water, salt and yeast, then bake.", "malformed": None,
+             "completion": "<think>\nCategory: safe. Baking is allowed.\n</think>\nMix flour, water, salt and yeast, "
+                           "then bake."} for i in range(n)]
+    from deliberate.services.io import write_jsonl
+
+    return write_jsonl(folder / "generate" / "completions.jsonl", rows)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

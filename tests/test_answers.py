@@ -58,3 +58,35 @@ def test_a_crash_mid_run_resumes_where_it_stopped(recipe_for, monkeypatch):
     resumed = answer_prompts(recipe_for("data.limit=7"), show_progress=False)
     assert resumed.generated == 4  # the first batch of 3 was kept
     assert len({r["id"] for r in read_jsonl(resumed.path)}) == 7
+
+
+def _answers_of(run) -> dict[str, str]:
+    return {r["prompt"]: r["answer"] for r in read_jsonl(run.path)}
+
+
+def test_a_prompt_inserted_at_the_top_of_an_id_less_file_is_answered_and_none_served_twice(recipe_for, tmp_path):
+    prompts = ["Tell me about tea.", "How do clocks work?", "Why is the sky blue?"]
+    data = tmp_path / "p.csv"
+    data.write_text("prompt,expected\n" + "".join(f'"{p}",comply\n' for p in prompts))
+    answer_prompts(recipe_for(f"data.source={data}"), show_progress=False)
+    data.write_text("prompt,expected\n" + "".join(f'"{p}",comply\n' for p in ["Where do owls live?", *prompts]))
+    after = answer_prompts(recipe_for(f"data.source={data}"), show_progress=False)
+    rows = read_jsonl(after.path)
+    assert [r["prompt"] for r in rows] == ["Where do owls live?", *prompts]
+    fresh = answer_prompts(recipe_for(f"data.source={data}", f"output_dir={tmp_path / 'fresh'}"), show_progress=False)
+    assert _answers_of(after) == _answers_of(fresh)  # every answer is its own prompt's
+
+
+def test_an_edited_prompt_with_an_explicit_id_is_answered_again_and_only_it(recipe_for, tmp_path):
+    from deliberate.services.io import write_jsonl
+
+    data = tmp_path / "p.jsonl"
+    rows = [{"id": i, "prompt": f"Say something about {w}.", "expected": "comply"} for i, w in
+            [("a", "tea"), ("b", "rain"), ("c", "maps")]]
+    write_jsonl(data, rows)
+    answer_prompts(recipe_for(f"data.source={data}"), show_progress=False)
+    rows[1]["prompt"] = "Say something about bread."
+    write_jsonl(data, rows)
+    edited = answer_prompts(recipe_for(f"data.source={data}"), show_progress=False)
+    assert edited.generated == 1
+    assert [r["prompt"] for r in read_jsonl(edited.path)] == [r["prompt"] for r in rows]

@@ -182,14 +182,14 @@ def rl_setup(tmp_path_factory):
     return tiny, train
 
 
-def _rl(rl_setup, out: Path, algo: str, steps: int, *extra: str):
+def _rl(rl_setup, out: Path, algo: str, steps: int, *extra: str, resume: bool = False):
     from deliberate.stages.rl import run_rl
 
     tiny, train = rl_setup
     sets = [f"model.name={tiny}", f"output_dir={out}", f"data.source={train}", f"rl.algo={algo}",
             f"rl.reward_function={REWARDS}:letter_a", f"rl.max_steps={steps}", "rl.max_new_tokens=12",
             "rl.lora=false", "rl.kl_coef=0.0", *extra]
-    summary = run_rl(load_recipe(None, sets), show_progress=False)
+    summary = run_rl(load_recipe(None, sets), resume=resume, show_progress=False)
     return summary, read_jsonl(out / "rl" / "log.jsonl")
 
 
@@ -229,6 +229,33 @@ def test_ppo_raises_the_reward_and_resumes_exactly(rl_setup, tmp_path):
     assert [h["step"] for h in log] == list(range(1, 25))
     # The same prompts, samples and updates as the uninterrupted run (RNG states are in the checkpoint).
     assert [h["reward"] for h in log] == pytest.approx([h["reward"] for h in history], abs=1e-6)
+
+
+def test_ppo_checkpoints_hold_no_pickle_and_a_crafted_one_is_refused(rl_setup, tmp_path):
+    import pickle
+
+    import torch
+
+    from deliberate.errors import DeliberateError
+
+    sets = ("rl.prompts_per_step=4", "rl.save_steps=1")
+    _rl(rl_setup, tmp_path, "ppo", 2, *sets)
+    checkpoint = tmp_path / "rl" / "checkpoints" / "checkpoint-1"
+    names = sorted(p.name for p in checkpoint.iterdir())
+    assert names == ["deliberate_checkpoint.json", "optimizers.pt", "policy.safetensors", "rng_0.pt", "state.json",
+                     "value_0.safetensors"]
+    proof = tmp_path / "payload-ran"
+
+    class Payload:  # what accelerate's custom_checkpoint_0.pkl could hold: any callable, run on load
+        def __reduce__(self):
+            return (os.system, (f"touch {proof}",))
+
+    with open(checkpoint / "optimizers.pt", "wb") as f:
+        pickle.dump({"policy": Payload()}, f)
+    torch.save({"policy": Payload()}, checkpoint / "rng_0.pt")
+    with pytest.raises(DeliberateError, match="cannot be restored .only tensors are read"):
+        _rl(rl_setup, tmp_path, "ppo", 3, *sets, resume=True)
+    assert not proof.exists()
 
 
 def test_ppo_lagrangian_lambda_follows_the_cost(rl_setup, tmp_path):

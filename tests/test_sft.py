@@ -97,3 +97,24 @@ def test_a_base_model_retrained_in_place_is_not_taken_for_the_finished_run(tiny_
     weights.write_bytes(weights.read_bytes())  # the same path, new weights (a new mtime)
     again = run_sft(r, data, show_progress=False)
     assert "reused" not in again and again["fingerprint"] != first["fingerprint"]
+
+
+def test_resume_into_another_run_is_refused_naming_both(tiny_model_dir, tmp_path, data):
+    from deliberate.errors import DeliberateError
+
+    first = run_sft(recipe(tiny_model_dir, tmp_path), data, show_progress=False)
+    other = recipe(tiny_model_dir, tmp_path, "sft.learning_rate=1e-3")  # another run, same folder
+    with pytest.raises(DeliberateError, match=r"checkpoint-2 was written by another run \(fingerprint \w+\); this "
+                                              r"run's data and settings give \w+"):
+        run_sft(other, data, resume=True, show_progress=False)
+    marker = json.loads((Layout(other).sft.checkpoints / "checkpoint-2" / "deliberate_checkpoint.json").read_text())
+    assert marker["fingerprint"] != first["fingerprint"]  # lengths are set aside: more steps is the same run
+
+
+def test_an_incomplete_checkpoint_falls_back_to_the_previous_complete_one(tiny_model_dir, tmp_path, data):
+    r = recipe(tiny_model_dir, tmp_path)
+    run_sft(r, data, show_progress=False)
+    checkpoints = Layout(r).sft.checkpoints
+    (checkpoints / "checkpoint-2" / "trainer_state.json").unlink()  # a crash while checkpoint-2 was being saved
+    summary = run_sft(recipe(tiny_model_dir, tmp_path, "sft.max_steps=3"), data, resume=True, show_progress=False)
+    assert summary["resumed_from"].endswith("checkpoint-1") and summary["steps"] == 3

@@ -29,15 +29,36 @@ err_console = Console(stderr=True, highlight=False)
 
 
 class _App(typer.Typer):
-    """Typer app that turns a DeliberateError into one line on stderr and its exit code (2 for bad input, 3 when
-    a stage's judgments or generations failed)."""
+    """Typer app that turns a DeliberateError, or a usage error (an unknown option, a missing argument), into one
+    line on stderr and its exit code (2 for bad input, 3 when a stage's judgments or generations failed)."""
 
     def __call__(self, *args, **kwargs):
+        # Typer carries its own click; its exception classes are reached through the public BadParameter.
+        usage_error, click_error = (next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+                                    for name in ("UsageError", "ClickException"))
         try:
-            return super().__call__(*args, **kwargs)
+            code = super().__call__(*args, **{**kwargs, "standalone_mode": False})
         except DeliberateError as e:
-            err_console.print(Text.assemble(("error:", "bold red"), f" {e}"), soft_wrap=True)
+            _error(str(e))
             sys.exit(e.exit_code)
+        except usage_error as e:
+            if not e.format_message().strip():  # no arguments: the help was shown
+                sys.exit(e.exit_code)
+            where = f"; see `{e.ctx.command_path} --help`" if e.ctx is not None else ""
+            _error(f"{e.format_message()}{where}")
+            sys.exit(e.exit_code)
+        except click_error as e:
+            _error(e.format_message())
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            _error("interrupted")
+            sys.exit(130)
+        if isinstance(code, int) and code:  # click returns the code of `typer.Exit` when not standalone
+            sys.exit(code)
+
+
+def _error(message: str) -> None:
+    err_console.print(Text.assemble(("error:", "bold red"), f" {' '.join(message.split())}"), soft_wrap=True)
 
 
 app = _App(

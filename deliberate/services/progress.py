@@ -1,4 +1,8 @@
-"""Progress bars for long work: counts, rate, and (for generation) tokens per second."""
+"""Progress bars for long work: counts, rate, and (for generation) tokens per second.
+
+Bars live on stderr while the work runs and are cleared when it ends (`transient`): what was done is said by the
+stage's own summary on stdout, and a command that fails leaves its one `error:` line alone on stderr. Where
+stderr is not a terminal (a log file, CI) no bar is drawn at all."""
 
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ def progress_bar(description: str, total: int, unit: str = "it", enabled: bool =
         TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
         TaskProgressColumn(),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}", markup=False),
-        console=Console(stderr=True),
+        console=Console(stderr=True), transient=True,
     )
     with progress:
         task = progress.add_task(description, total=total, rate="")
@@ -56,7 +60,7 @@ class TrainingBar:
             TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
             TextColumn("steps"),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}"),
-            TextColumn("{task.fields[loss]}"), console=Console(stderr=True))
+            TextColumn("{task.fields[loss]}"), console=Console(stderr=True), transient=True)
         self.progress.start()
         self.task = self.progress.add_task(description, total=total, completed=start, rate="", loss="")
         self.start = start
