@@ -19,9 +19,14 @@ SECRET = "sk-test-d0-not-leak-this-key-1234"
 
 
 def run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "deliberate", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "COLUMNS": "250", "HF_HUB_OFFLINE": "1",
-                                            "DELIBERATE_TEST_KEY": SECRET, **(env or {})})
+    out = subprocess.run([sys.executable, "-m", "deliberate", *map(str, args)], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "COLUMNS": "250", "HF_HUB_OFFLINE": "1",
+                                           "DELIBERATE_TEST_KEY": SECRET, **(env or {})})
+    if log := os.environ.get("DELIBERATE_ERROR_LOG"):  # the table of commands, exit codes and messages
+        with open(log, "a") as f:
+            f.write(json.dumps({"args": list(map(str, args)), "code": out.returncode,
+                                "stderr": out.stderr.strip().splitlines()[-1:]}) + "\n")
+    return out
 
 
 def one_error(out, *fragments, code=2):
@@ -58,9 +63,12 @@ def test_files_that_are_not_utf8_are_one_line_errors(tmp_path):
     (tmp_path / "spec.yaml").write_bytes(latin)
     one_error(run("spec", "validate", tmp_path / "spec.yaml"), "spec.yaml: not UTF-8 text")
     out = tmp_path / "run"
-    (out / "generate").mkdir(parents=True)
+    completions(out)
+    assert run("filter", "--output", out).returncode == 0
+    before = snapshot(out / "filter")
     (out / "generate" / "completions.jsonl").write_bytes(b'{"prompt": "caf\xe9"}\n')
     one_error(run("filter", "--output", out), "completions.jsonl: not UTF-8 text")
+    assert snapshot(out / "filter") == before
 
 
 def test_a_completions_file_with_rows_missing_fields_is_one_line(tmp_path):
@@ -78,9 +86,16 @@ def test_a_truncated_safetensors_file_is_one_line(tiny_model_dir, tmp_path):
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model_dir, broken)
+    out = tmp_path / "out"
+    assert run("answer", "--model", broken, "--output", out, "--set", "data.limit=2", "--set",
+               "generation.max_new_tokens=2").returncode == 0
+    before = snapshot(out)
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    one_error(run("answer", "--model", broken, "--output", tmp_path / "out"), f"model '{broken}': could not be loaded")
+    weights.touch()  # new weights: the earlier answers are not this model's
+    one_error(run("answer", "--model", broken, "--output", out, "--set", "data.limit=2"),
+              f"model '{broken}': could not be loaded")
+    assert snapshot(out) == before
 
 
 def test_an_unusable_output_folder_fails_before_any_work(tiny_model_dir, tmp_path):
@@ -122,11 +137,16 @@ def test_a_prompt_longer_than_the_context_is_refused_at_once(tiny_model_dir, tmp
 
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hello", "expected": "comply"},
                                                {"prompt": "a" * 3_000_000, "expected": "comply"}])
+    out = tmp_path / "out"
+    earlier = write_jsonl(tmp_path / "e.jsonl", [{"prompt": "hello", "expected": "comply"}])
+    assert run("answer", "--model", tiny_model_dir, "--set", f"data.source={earlier}", "--output", out,
+               "--set", "generation.max_new_tokens=2").returncode == 0
+    before = snapshot(out)
     start = time.perf_counter()
-    line = one_error(run("answer", "--model", tiny_model_dir, "--set", f"data.source={data}", "--output",
-                         tmp_path / "out"), "1 of 2 prompts do not fit the model's context of 8192 tokens")
+    line = one_error(run("answer", "--model", tiny_model_dir, "--set", f"data.source={data}", "--output", out),
+                     "1 of 2 prompts do not fit the model's context of 8192 tokens")
     assert "refused, nothing generated" in line and time.perf_counter() - start < 60
-    assert not (tmp_path / "out" / "answers" / "answers.jsonl").exists()
+    assert snapshot(out) == before
     # By tokens too: a prompt just under the character bound but over the token bound.
     data = write_jsonl(tmp_path / "q.jsonl", [{"prompt": "word " * 9000, "expected": "comply"}])
     one_error(run("answer", "--model", tiny_model_dir, "--set", f"data.source={data}", "--output",
@@ -181,8 +201,11 @@ def test_a_failing_judge_never_replaces_the_filter_outputs(tmp_path, server_kind
     incomplete = tmp_path / "filter" / "incomplete"
     assert (incomplete / "kept.jsonl").read_text() == "" and json.loads((incomplete / "summary.json").read_text())[
         "judge_failures"] == 8
-    sft = run("sft", "--output", tmp_path, "--set", "model.name=smollm2-nonexistent")
-    assert "has no completions" not in sft.stderr  # the next stage still sees the good kept.jsonl
+    from deliberate.config import load_recipe
+    from deliberate.stages.sft import sft_dataset
+
+    train = sft_dataset(load_recipe(None, [f"output_dir={tmp_path}"]))  # the next stage reads the good kept.jsonl
+    assert len(train.read_text().splitlines()) == 8
 
 
 def test_failures_within_judge_max_failures_write_the_outputs_and_warn(tmp_path):

@@ -45,7 +45,7 @@ class _App(typer.Typer):
             if not e.format_message().strip():  # no arguments: the help was shown
                 sys.exit(e.exit_code)
             where = f"; see `{e.ctx.command_path} --help`" if e.ctx is not None else ""
-            _error(f"{e.format_message()}{where}")
+            _error(f"{e.format_message().rstrip('.')}{where}")
             sys.exit(e.exit_code)
         except click_error as e:
             _error(e.format_message())

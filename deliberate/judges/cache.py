@@ -27,6 +27,8 @@ class JudgeCache:
         where = f"judge.cache {self.path}"
         if self.path.is_dir():
             raise DeliberateError(f"{where}: is a folder; give a file path (e.g. {self.path / 'judge.sqlite'})")
+        if blocker := next((p for p in self.path.parents if p.exists() and not p.is_dir()), None):
+            raise DeliberateError(f"{where}: {blocker} is a file, not a folder")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -99,7 +99,7 @@ def context_length(model: PreTrainedModel) -> int | None:
 
 
 def check_lengths(texts: Sequence[str], encoded: Sequence[Sequence[int]] | None, context: int | None,
-                  max_new_tokens: int) -> None:
+                  max_new_tokens: int, conversations: Sequence[Conversation | str]) -> None:
     """Refuse, before generating anything, prompts that do not fit the model's context with room for the answer:
     by characters first (a bound that needs no tokenizing), then by tokens."""
     if context is None:
@@ -113,11 +113,14 @@ def check_lengths(texts: Sequence[str], encoded: Sequence[Sequence[int]] | None,
         too_long = [i for i, n in enumerate(sizes) if n > room]
     if too_long:
         worst = max(too_long, key=lambda i: sizes[i])
-        start = " ".join(texts[worst][-200:].split())[-60:]
+        last = conversations[worst]
+        prompt = last if isinstance(last, str) else next(
+            (m["content"] for m in reversed(last) if m["role"] == "user"), texts[worst])
+        start = " ".join(prompt[:200].split())[:40]
         raise DeliberateError(
             f"{len(too_long)} of {len(texts)} prompts do not fit the model's context of {context} tokens with "
             f"{max_new_tokens} left for the answer (max_new_tokens): the longest has {sizes[worst]:,} {unit} "
-            f"(ending '...{start}'); refused, nothing generated. Shorten or leave out these prompts (data.where, "
+            f"(prompt '{start}...'); refused, nothing generated. Shorten or leave out these prompts (data.where, "
             "data.limit) or lower max_new_tokens")
 
 
@@ -142,10 +145,10 @@ def generate(
 
     texts = [render_prompt(tokenizer, c) for c in conversations]
     context = context_length(model)
-    check_lengths(texts, None, context, settings.max_new_tokens)  # before tokenizing megabytes of text
+    check_lengths(texts, None, context, settings.max_new_tokens, conversations)  # before tokenizing megabytes
     # Special tokens are already in the rendered template; adding a BOS again would change the prompt.
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    check_lengths(texts, encoded, context, settings.max_new_tokens)
+    check_lengths(texts, encoded, context, settings.max_new_tokens, conversations)
     # Conversations with the same system prompt sit together (so batches share a prefix), longest first.
     order = sorted(range(len(encoded)), key=lambda i: (system_text(conversations[i]), -len(encoded[i])))
     eos = eos_token_ids(model, tokenizer)
