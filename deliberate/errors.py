@@ -41,6 +41,7 @@ def did_you_mean(word: str, choices) -> str:
 
 
 _TOKEN = None
+_SECRETS: set[str] = set()  # values known to be secret (an API key read for a client), whatever their variable
 _SECRET_NAME = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
 
 
@@ -55,7 +56,15 @@ def redact(text: str) -> str:
     if _TOKEN is None:
         _TOKEN = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-]{8,}|\bhf_[A-Za-z0-9]{16,}|(?<=Bearer )[^\s\"',;]{8,}",
                             re.IGNORECASE)
+    for value in _SECRETS:
+        text = text.replace(value, "[redacted]")
     for name, value in os.environ.items():
         if len(value) >= 8 and any(part in name.upper() for part in _SECRET_NAME) and value in text:
             text = text.replace(value, "[redacted]")
     return _TOKEN.sub("[redacted]", text)
+
+
+def register_secret(value: str) -> None:
+    """Redact `value` from every error from now on (for a key held in a variable whose name does not say so)."""
+    if len(value) >= 8:
+        _SECRETS.add(value)

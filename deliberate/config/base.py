@@ -20,7 +20,7 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
 
     DEFAULTS: ClassVar[dict[str, Any]] = {}
     """Defaults this section gives inherited fields (the field itself, its type and its docs stay the parent's)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from deliberate.config.base import Expected, Section
 from deliberate.config.sampling import ApiConfig, SamplingConfig
@@ -39,6 +39,13 @@ class GenerateConfig(SamplingConfig, ApiConfig):
     examples) when unset."""
     few_shot: bool = True
     """Show the teacher worked examples (built in) as earlier conversation turns; never part of the SFT data."""
+    @model_validator(mode="after")
+    def _budget_fits(self):
+        if self.reasoning_budget is not None and self.reasoning_budget >= self.max_new_tokens:
+            raise ValueError(f"reasoning_budget ({self.reasoning_budget}) must be below max_new_tokens "
+                             f"({self.max_new_tokens}), which also holds the answer")
+        return self
+
     prefill: str = "<think>\n"
     """Text the assistant turn starts with (the opening reasoning tag), continued by the teacher; empty for none.
     `{category}` is replaced by the prompt's category id, the one whose spec is in the system prompt, so that the

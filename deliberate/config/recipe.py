@@ -38,9 +38,14 @@ class Recipe(Section):
     name: str = "default"
     """A name for the run; it appears in reports and model cards."""
     output_dir: Path = Path("runs/default")
-    """Where every stage writes its outputs (one subfolder per stage)."""
-    seed: int = 0
-    """Seed of everything random: sampling, data order, initialisation, bootstrap resamples."""
+    """Where every stage writes its outputs (one subfolder per stage); `~` is the home folder."""
+
+    @field_validator("output_dir")
+    @classmethod
+    def _home(cls, v: Path) -> Path:
+        return v.expanduser()
+    seed: int = Field(default=0, ge=0, lt=2**32)
+    """Seed of everything random: sampling, data order, initialisation, bootstrap resamples (0 to 2^32 - 1)."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     """The model to align (the base that evaluations compare against)."""
     spec: str = "default"

@@ -38,7 +38,7 @@ class SamplingConfig(Section):
 class ApiConfig(Section):
     """How a stage reaches an OpenAI-compatible API (the OpenAI API, a vLLM server, ...)."""
 
-    base_url: str | None = None
+    base_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+")
     """Endpoint, e.g. `http://127.0.0.1:8000/v1` for a vLLM server; the OpenAI API when unset."""
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable that holds the API key. The key itself never goes in a recipe."""

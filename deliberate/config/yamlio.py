@@ -51,6 +51,8 @@ def _construct_float(loader: yaml.SafeLoader, node: yaml.Node) -> float:
     value = loader.construct_scalar(node).lower()
     if value.endswith(".inf"):
         return float("-inf") if value.startswith("-") else float("inf")
+    if value == ".nan":
+        return float("nan")
     return float(value)
 
 

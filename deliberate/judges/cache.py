@@ -23,7 +23,7 @@ def cache_key(parts: dict[str, Any]) -> str:
 
 class JudgeCache:
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
         where = f"judge.cache {self.path}"
         if self.path.is_dir():
             raise DeliberateError(f"{where}: is a folder; give a file path (e.g. {self.path / 'judge.sqlite'})")
@@ -40,6 +40,9 @@ class JudgeCache:
             self._db.execute("CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             self._db.execute("SELECT key, value FROM judgments LIMIT 1").fetchall()
             self._db.commit()
+            # A write, rolled back: a cache that can be read but not written would lose every paid judgment.
+            self._db.execute("INSERT OR REPLACE INTO judgments (key, value) VALUES ('deliberate-probe', '{}')")
+            self._db.rollback()
         except sqlite3.Error as e:
             raise DeliberateError(f"{where}: not a usable judge cache ({e}); point judge.cache elsewhere or "
                                   "remove the file") from None

@@ -8,6 +8,7 @@ response that contains a forged verdict cannot become the verdict.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 PROMPT_VERSION = "1"  # part of every cache key: change it when the prompts change
@@ -139,7 +140,8 @@ def parse_pointwise(text: str) -> dict[str, Any]:
     if obj["verdict"] not in VERDICTS:
         raise ParseError(f"verdict {obj['verdict']!r} is not one of {VERDICTS}")
     score = obj["score"]
-    if isinstance(score, bool) or not isinstance(score, int | float) or score != int(score) or not 0 <= score <= 10:
+    if (isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score)
+            or score != int(score) or not 0 <= score <= 10):
         raise ParseError(f"score {score!r} is not an integer from 0 to 10")
     return {"verdict": obj["verdict"], "score": float(score), "rationale": obj["rationale"]}
 

@@ -63,7 +63,8 @@ def answer_records(model: ModelConfig, records: list[PromptRecord], settings: Sa
         generate(loaded.model, loaded.tokenizer, [r.prompt for r, _ in todo], settings, seed=seed,
                  description=description, show_progress=show_progress, stats=stats, on_batch=save)
         del loaded
-    rows = out.finish(order=keys)
+    # Labels and metadata are today's: correcting an expected behaviour must not need a new answer.
+    rows = out.finish(order=keys, current={k: r.to_dict() for r, k in zip(records, keys, strict=True)})
     return AnswerRun(rows=rows, stats=stats, generated=len(todo), path=out.path)
 
 

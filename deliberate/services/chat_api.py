@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deliberate.config import ApiConfig
-from deliberate.errors import DeliberateError, redact
+from deliberate.errors import DeliberateError, redact, register_secret
 
 Messages = list[dict[str, str]]
 _CONNECTIONS_PER_CLIENT = 8
@@ -82,6 +82,8 @@ class ChatAPI:
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
         self.counters = counters
         self._key = key  # kept in memory only
+        if key != "none":
+            register_secret(key)  # redacted from every error deliberate prints or stores
         self._openai = openai
         self._ssl = None
 
@@ -100,10 +102,13 @@ class ChatAPI:
             self._ssl = httpx2.create_ssl_context()
         return self._ssl
 
+    def _scrub(self, text: str) -> str:
+        """`text` without our key (whatever the variable holding it is called) or anything shaped like one."""
+        return redact(text.replace(self._key, "[redacted]") if len(self._key) >= 8 else text)
+
     def _brief(self, e: Exception) -> str:
-        """The first line of an error, without our key (whatever the variable holding it is called)."""
-        text = str(e).replace(self._key, "[redacted]") if len(self._key) >= 8 else str(e)
-        lines = redact(text).strip().splitlines()  # redacted whole, so a cut cannot leave part of a key
+        """The first line of an error, scrubbed whole, so that a cut cannot leave part of a key."""
+        lines = self._scrub(str(e)).strip().splitlines()
         return lines[0][:200] if lines else type(e).__name__
 
     def _read(self, data: Any) -> str | Failure:
@@ -111,9 +116,11 @@ class ChatAPI:
         if not isinstance(data, dict):
             return Failure("the server returned a body that is not a chat completion")
         usage = data.get("usage")
-        if isinstance(usage, dict):
-            self.counters.tokens_in += int(usage.get("prompt_tokens") or 0)
-            self.counters.tokens_out += int(usage.get("completion_tokens") or 0)
+        if isinstance(usage, dict):  # counted when the server says it plainly; a paid answer is never lost over it
+            for field, counter in (("prompt_tokens", "tokens_in"), ("completion_tokens", "tokens_out")):
+                value = usage.get(field)
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    setattr(self.counters, counter, getattr(self.counters, counter) + value)
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             return Failure("the server returned no choices")
@@ -121,7 +128,7 @@ class ChatAPI:
         if not isinstance(message, dict):
             return Failure("the server returned a choice with no message")
         if message.get("refusal"):
-            return Failure(f"the model refused: {str(message['refusal'])[:100]}")
+            return Failure(f"the model refused: {self._scrub(str(message['refusal']))[:100]}")
         content = message.get("content")
         if not isinstance(content, str) or not content:
             return Failure("the server returned an empty message")

@@ -67,9 +67,35 @@ def read_table(path: str | Path) -> pd.DataFrame:
             return pd.read_csv(path, keep_default_na=False)
         if fmt == "parquet":
             return pd.read_parquet(path)
-        return pd.read_json(path, lines=fmt == "jsonl", dtype=False)
-    except (ValueError, pd.errors.ParserError, OSError) as e:
-        raise DeliberateError(f"{path}: could not be read as {fmt}: {str(e).splitlines()[0]}") from None
+        if fmt == "jsonl":
+            return pd.DataFrame(_json_objects(path))
+        return pd.read_json(path, dtype=False)
+    except (ValueError, TypeError, EOFError, pd.errors.ParserError, OSError) as e:  # EOFError: a truncated .gz
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if fmt == "json" and isinstance(e, TypeError):
+            first = "expected a list of JSON objects (one per row)"
+        raise DeliberateError(f"{path}: could not be read as {fmt}: {first}") from None
+
+
+def _json_objects(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL file (optionally .gz), each of which must be a JSON object."""
+    import gzip
+    import json
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"line {n}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"line {n}: a row must be a JSON object, not {type(row).__name__}")
+            rows.append(row)
+    return rows
 
 
 def _read_hub(cfg: DataConfig) -> pd.DataFrame:
@@ -189,7 +215,7 @@ def load_prompts(cfg: DataConfig, spec: PolicySpec | None = None) -> list[Prompt
                         f"map it with data.label_map (e.g. --set data.label_map.{raw}=refuse)"
                     )
         rid = _text(row.get(id_col)) if id_col else None
-        meta = {k: v for k, v in row.items() if k not in used and _text(v) is not None}
+        meta = {str(k): _plain(v) for k, v in row.items() if k not in used and _text(v) is not None}
         records.append(PromptRecord(id=rid or str(i), prompt=prompt, category=category, expected=expected, meta=meta))
     if not records:
         raise DeliberateError(f"{label}: no prompts left after data.where / data.limit")
@@ -197,6 +223,20 @@ def load_prompts(cfg: DataConfig, spec: PolicySpec | None = None) -> list[Prompt
     if len(set(ids)) != len(ids):
         raise DeliberateError(f"{label}: ids in column '{id_col}' are not unique")
     return records
+
+
+def _plain(value: Any) -> Any:
+    """A value that JSON can hold (outputs are JSON lines): numpy scalars and arrays as numbers and lists,
+    anything else JSON cannot hold (timestamps, bytes) as its text."""
+    import json
+
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        value = value.tolist()
+    try:
+        json.dumps(value, allow_nan=False)
+        return value
+    except (TypeError, ValueError):
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _text(value: Any) -> str | None:

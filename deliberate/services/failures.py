@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deliberate.errors import StageFailed
+from deliberate.errors import DeliberateError, StageFailed
 from deliberate.services.io import atomic_write_text, write_json, write_jsonl
 
 INCOMPLETE = "incomplete"
@@ -67,6 +67,12 @@ def publish(stage: str, folder: Path, files: dict[str, Any], *, summary: dict[st
     gets `warning`: the failure line when some items failed within the allowance, else None. Raises StageFailed
     beyond the allowance."""
     beside = folder / INCOMPLETE
+    for target in (folder, beside):
+        blocked = [target / name for name in files if (target / name).is_dir()]
+        if target.exists() and not target.is_dir() or blocked:
+            raise DeliberateError(f"{blocked[0] if blocked else target}: is in the way of {stage}'s outputs (a "
+                                  f"{'folder' if blocked else 'file'}); move it away and run again (judgments are "
+                                  "cached: the rerun pays nothing again)")
     summary["warning"] = failure_line(stage, what, len(errors), total, errors) if errors else None
     if too_many(len(errors), total, max_failures):
         write_outputs(beside, files)

@@ -27,8 +27,14 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` atomically (see atomic_write_text)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise DeliberateError(f"{path}: is a folder where an output file goes; move it away and run again")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise DeliberateError(f"{path}: cannot be written ({e.strerror or type(e).__name__}"
+                              f"{': ' + str(e.filename) if e.filename else ''})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -120,6 +126,10 @@ class ResumableJsonl:
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.key = key
+        for target in (self.path, self.partial):  # before any work is done into them
+            if target.exists() and not target.is_file():
+                raise DeliberateError(f"{target}: is a folder where an output file goes; move it away and run again")
+        check_writable(self.path.parent, "output folder")
         self.rows: dict[str, dict[str, Any]] = {}
         for source in (self.path, self.partial):  # a finished file, then rows added since
             if source.exists():
@@ -162,12 +172,15 @@ class ResumableJsonl:
         if not data.endswith(b"\n"):
             self.partial.write_bytes(data[: data.rfind(b"\n") + 1])
 
-    def finish(self, order: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    def finish(self, order: Iterable[str] | None = None,
+               current: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Write the complete file in `order`; `current` (by key) holds fields that come from today's input
+        rather than from when a row was made (a corrected label), laid over the stored rows."""
         keys = list(order) if order is not None else list(self.rows)
         missing = [k for k in keys if k not in self.rows]
         if missing:
             raise RuntimeError(f"{self.path}: {len(missing)} rows missing at finish (e.g. {missing[0]!r})")
-        rows = [self.rows[k] for k in keys]
+        rows = [{**self.rows[k], **(current or {}).get(k, {})} for k in keys]
         write_jsonl(self.path, rows)
         self.partial.unlink(missing_ok=True)
         return rows

@@ -32,7 +32,13 @@ EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 
 def cache_dir() -> Path:
     """Where deliberate keeps converted models (override with DELIBERATE_CACHE)."""
-    return Path(os.environ.get("DELIBERATE_CACHE", Path.home() / ".cache" / "deliberate"))
+    folder = Path(os.environ.get("DELIBERATE_CACHE", Path.home() / ".cache" / "deliberate")).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DeliberateError(f"cache folder {folder} (DELIBERATE_CACHE) cannot be made: "
+                              f"{e.strerror or type(e).__name__}") from None
+    return folder
 
 
 def is_embedded(name: str) -> bool:
@@ -61,7 +67,8 @@ def embedded_model_dir() -> Path:
         return target
     from rich.console import Console
 
-    Console(stderr=True).print(f"[dim]Converting the embedded {EMBEDDED_NAME} GGUF into {target} (once)...[/]")
+    Console(stderr=True).print(f"Converting the embedded {EMBEDDED_NAME} GGUF into {target} (once)...", style="dim",
+                               markup=False, highlight=False)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
@@ -118,7 +125,10 @@ def adapter_base(folder: str) -> str | None:
     config = Path(folder) / "adapter_config.json"
     if not config.is_file():
         return None
-    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    try:
+        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (ValueError, AttributeError):
+        raise DeliberateError(f"{config}: not a PEFT adapter config (a JSON object)") from None
     if not base:
         raise DeliberateError(f"{config}: no base_model_name_or_path; give the base with model.base")
     return base

@@ -38,14 +38,15 @@ class _Bar:
 @contextmanager
 def progress_bar(description: str, total: int, unit: str = "it", enabled: bool = True) -> Iterator[_Bar]:
     """A rich progress bar on stderr: done/total, percent, elapsed, remaining, and a custom rate."""
-    if not enabled:
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:  # a log file or CI: nothing drawn, not even a blank line
         yield _Bar(None, None, unit)
         return
     progress = Progress(
         TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
         TaskProgressColumn(),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}", markup=False),
-        console=Console(stderr=True), transient=True,
+        console=console, transient=True,
     )
     with progress:
         task = progress.add_task(description, total=total, rate="")
@@ -56,11 +57,13 @@ class TrainingBar:
     """Optimizer steps of a training run on stderr: done/total, elapsed, remaining, steps/s and the last loss."""
 
     def __init__(self, description: str, total: int, start: int = 0):
+        console = Console(stderr=True)
+        self.shown = console.is_terminal  # a log file or CI: nothing drawn
         self.progress = Progress(
             TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
             TextColumn("steps"),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}"),
-            TextColumn("{task.fields[loss]}"), console=Console(stderr=True), transient=True)
+            TextColumn("{task.fields[loss]}"), console=console, transient=True, disable=not self.shown)
         self.progress.start()
         self.task = self.progress.add_task(description, total=total, completed=start, rate="", loss="")
         self.start = start

@@ -58,6 +58,9 @@ class PolicySpec(BaseModel):
         missing = {c.style for c in self.categories} - set(self.styles)
         if missing:
             raise ValueError(f"categories use styles not defined under 'styles': {sorted(missing)}")
+        ids = [c.id for c in self.categories]
+        if doubled := sorted({i for i in ids if ids.count(i) > 1}):
+            raise ValueError(f"category ids given more than once: {', '.join(doubled)}")
         seen: dict[str, str] = {}
         for c in self.categories:
             for name in [c.id, c.title, *c.aliases]:

@@ -31,6 +31,7 @@ from itertools import combinations
 from typing import Any
 
 from deliberate.config import CRITERIA, Benchmark, Recipe
+from deliberate.errors import DeliberateError
 from deliberate.judges import PairwiseItem, PointwiseItem, make_judge
 from deliberate.services.answering import answer_records, sampling_model
 from deliberate.services.benchmarks import benchmark_prompts, load_benchmark
@@ -93,6 +94,10 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
         paths.update(stage_models(recipe, ref))
     names = list(paths)
     benches = [load_benchmark(b) for b in (benchmarks or cfg.benchmarks)]
+    names_seen = [b.name for b in benches]
+    if doubled := sorted({n for n in names_seen if names_seen.count(n) > 1}):
+        raise DeliberateError(f"eval: two benchmarks are named {', '.join(doubled)} (their outputs would overwrite "
+                              "each other); rename a file or set `name` in a benchmark YAML")
     read = {b.name: benchmark_prompts(b, cfg.datasets_dir, spec) for b in benches}  # bad data fails before any work
     datas = {name: data for name, (data, _) in read.items()}
     prompts = {name: records for name, (_, records) in read.items()}

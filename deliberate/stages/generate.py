@@ -186,7 +186,7 @@ def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun
             stats = _generate_vllm(recipe, teacher, conversations, save)
         else:
             stats = _generate_api(recipe, conversations, save, show_progress)
-    rows = out.finish(order=keys)
+    rows = out.finish(order=keys, current={k: r.to_dict() for (r, _), k in zip(jobs, keys, strict=True)})
     malformed = Counter(r["malformed"] for r in rows if r["malformed"])
     summary = {"prompts": len(records), "completions": len(rows), "generated_now": len(todo),
                "well_formed": sum(not r["malformed"] for r in rows), "malformed": dict(malformed),
