@@ -441,3 +441,10 @@ def test_columns_json_cannot_hold_are_kept_as_text_not_a_crash_after_generating(
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in (tmp_path / "run" / "answers" / "answers.jsonl").read_text().splitlines()]
     assert rows[0]["meta"]["when"].startswith("2024-01-01") and rows[1]["meta"]["blob"] == "ok"
+
+
+def test_eval_on_a_benchmark_its_judge_cannot_score_stops_before_answering(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "hi"}, {"prompt": "hello"}])
+    one_error(run("eval", "--model", tiny_model_dir, "--benchmark", data, "--output", tmp_path / "run"),
+              "2 of 2 prompts of benchmark b cannot be judged by the rules judge")
+    assert not (tmp_path / "run" / "eval" / "answers").exists()

@@ -136,3 +136,23 @@ def test_kill_9_mid_generate_with_an_openai_teacher(tmp_path):
     got = read_jsonl(tmp_path / "run" / "generate" / "completions.jsonl")
     assert got == read_jsonl(tmp_path / "fresh" / "generate" / "completions.jsonl")
     assert len({r["key"] for r in got}) == len(got) == N
+
+
+def test_ctrl_c_mid_judge_says_what_is_kept_and_the_rerun_continues(tmp_path):
+    answers = write_jsonl(tmp_path / "a.jsonl", [{"id": str(i), "prompt": f"q{i}", "expected": "comply",
+                                                   "answer": "Sure."} for i in range(N)])
+    args = ["judge", answers, "--output", tmp_path / "run", "--set", "judge.backend=openai", "--set",
+            "judge.model=j", "--set", f"judge.cache={tmp_path / 'c.sqlite'}"]
+    with FakeOpenAI(slow(sensible_judge)) as server:
+        proc = subprocess.Popen(command(*args, *api("judge", server.base_url)), env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        while server.calls < KILL_AT:
+            assert proc.poll() is None
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        first = server.calls
+        second = finish(server, [*args, *api("judge", server.base_url)])
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert proc.returncode == 130 and len(lines) == 1 and lines[0].startswith("error: interrupted"), stderr
+    check(first, second)

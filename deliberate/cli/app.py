@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from deliberate import __version__
-from deliberate.errors import DeliberateError
+from deliberate.errors import EXIT_USAGE, DeliberateError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -50,9 +50,12 @@ class _App(typer.Typer):
         except click_error as e:
             _error(e.format_message())
             sys.exit(e.exit_code)
-        except typer.Abort:
-            _error("interrupted")
-            sys.exit(130)
+        except typer.Abort as e:  # an EOFError nobody caught
+            _error(f"unexpected end of input ({e.__cause__ or 'EOF'})")
+            sys.exit(EXIT_USAGE)
+        if code == 130:  # Ctrl-C (typer turns KeyboardInterrupt into exit code 130)
+            _error("interrupted; what was done is kept (judgments cached, answers and completions saved), so "
+                   "running the same command again continues")
         if isinstance(code, int) and code:  # click returns the code of `typer.Exit` when not standalone
             sys.exit(code)
 

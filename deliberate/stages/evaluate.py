@@ -102,6 +102,14 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
     datas = {name: data for name, (data, _) in read.items()}
     prompts = {name: records for name, (_, records) in read.items()}
     judge = make_judge(recipe.judge, spec, show_progress=show_progress)
+    for bench in benches:  # before any answer is generated: a judge that cannot judge them makes them useless
+        lacking = [r for r in prompts[bench.name] if judge.backend.missing(r.category, r.expected)]
+        if lacking:
+            judge.close()
+            raise DeliberateError(
+                f"eval: {len(lacking)} of {len(prompts[bench.name])} prompts of benchmark {bench.name} cannot be "
+                f"judged by the {judge.backend.kind} judge ({judge.backend.missing(None, None)}); give the benchmark "
+                "a label column (data.columns.expected) or one data.expected, or use a judge that needs none")
     root = Layout(recipe).eval
     results, answers = [], {}
     files: dict[str, Any] = {}  # every judged output, written together at the end under the failure rule
