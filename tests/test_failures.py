@@ -448,3 +448,36 @@ def test_eval_on_a_benchmark_its_judge_cannot_score_stops_before_answering(tiny_
     one_error(run("eval", "--model", tiny_model_dir, "--benchmark", data, "--output", tmp_path / "run"),
               "2 of 2 prompts of benchmark b cannot be judged by the rules judge")
     assert not (tmp_path / "run" / "eval" / "answers").exists()
+
+
+@pytest.mark.parametrize("row, fragment", [
+    ({"prompt": "Q", "chosen": [{"role": "assistant", "content": 5}], "rejected": "bad"}, "assistant turn"),
+    ({"prompt": "Q", "chosen": [], "rejected": []}, "assistant turn"),
+    ({"prompt": "Q", "chosen": None, "rejected": "bad"}, "assistant turn"),
+    ({"prompt": 5, "chosen": "good", "rejected": "bad"}, "user turn"),
+])
+def test_preference_rows_that_are_not_text_are_one_line(tiny_model_dir, tmp_path, row, fragment):
+    data = write_jsonl(tmp_path / "prefs.jsonl", [row])
+    one_error(run("dpo", "--model", tiny_model_dir, "--output", tmp_path, "--set", f"dpo.data.source={data}"),
+              fragment)
+
+
+def test_pku_preference_ids_other_than_0_or_1_are_one_line(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "pku.jsonl", [{"prompt": "Q", "response_0": "a", "response_1": "b",
+                                                 "better_response_id": 5, "safer_response_id": "a"}])
+    one_error(run("dpo", "--model", tiny_model_dir, "--output", tmp_path, "--set", f"dpo.data.source={data}"),
+              "must be 0 or 1")
+
+
+@pytest.mark.parametrize("row", [{"prompt": "Q"}, {"id": "1", "prompt": None, "answer": "A"},
+                                 {"id": "1", "prompt": "Q", "answer": 5}])
+def test_a_kept_file_with_bad_rows_is_one_line_for_sft(tiny_model_dir, tmp_path, row):
+    write_jsonl(tmp_path / "filter" / "kept.jsonl", [row])
+    one_error(run("sft", "--model", tiny_model_dir, "--output", tmp_path), "kept.jsonl")
+
+
+def test_odd_extends_and_empty_merges_are_one_line(tmp_path):
+    (tmp_path / "r.yaml").write_text("extends: 5\n")
+    one_error(run("recipe", "show", "--recipe", tmp_path / "r.yaml"), "extends: expected a recipe file")
+    one_error(run("merge", "--output", tmp_path, "--set", "merge.merges=[{name: a, models: []}]"),
+              "merge.merges[0].models")

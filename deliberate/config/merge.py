@@ -14,7 +14,7 @@ class MergeSpec(Section):
     """The merge's name: outputs go to `<output_dir>/merge/<name>/`, and `merge:<name>` refers to it."""
     method: Literal["linear", "task_arithmetic", "ties", "dare_ties", "slerp"] = "linear"
     """mergekit merge method."""
-    models: list[str]
+    models: list[str] = Field(min_length=1)
     """Models to merge: folders, `stage:...` models, Hub ids, or LoRA adapter folders (merged into their base
     first)."""
     weights: list[float] = Field(default_factory=list)

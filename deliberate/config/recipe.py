@@ -106,6 +106,9 @@ def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DeliberateError(f"{path}: a recipe is a mapping of sections (model, data, ...), got {type(data).__name__}")
     parents = data.pop("extends", None) or []
+    if not isinstance(parents, str | list) or not all(isinstance(p, str) for p in ([parents] if isinstance(
+            parents, str) else parents)):
+        raise DeliberateError(f"{path}: extends: expected a recipe file or a list of them, got {parents!r}")
     merged: dict[str, Any] = {}
     for parent in [parents] if isinstance(parents, str) else parents:
         parent_path = (path.resolve().parent / str(parent)).resolve()

@@ -129,8 +129,8 @@ def adapter_base(folder: str) -> str | None:
         base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
     except (ValueError, AttributeError):
         raise DeliberateError(f"{config}: not a PEFT adapter config (a JSON object)") from None
-    if not base:
-        raise DeliberateError(f"{config}: no base_model_name_or_path; give the base with model.base")
+    if not base or not isinstance(base, str):
+        raise DeliberateError(f"{config}: no base_model_name_or_path (a model name); give the base with model.base")
     return base
 
 

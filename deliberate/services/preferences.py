@@ -37,16 +37,24 @@ def detect_format(columns: list[str]) -> str:
                           "HH-RLHF chosen/rejected transcripts, prompt/response pairs); set dpo.data.format")
 
 
+def _turns(value: Any, role: str) -> Messages:
+    """Text, or a non-empty list of messages with text content, as messages; anything else is the user's error
+    (a number or null would otherwise be trained on as the text "5" or "None")."""
+    if isinstance(value, str) and value.strip():
+        return [{"role": role, "content": value}]
+    if (isinstance(value, list) and value and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                                  and isinstance(m.get("content"), str) for m in value)):
+        return [dict(m) for m in value]
+    raise DeliberateError(f"expected text or a list of messages with text content for the {role} turn, got "
+                          f"{str(value)[:60]!r}")
+
+
 def _user(prompt: Any) -> Messages:
-    if isinstance(prompt, list):
-        return [dict(m) for m in prompt]
-    return [{"role": "user", "content": str(prompt)}]
+    return _turns(prompt, "user")
 
 
 def _assistant(text: Any) -> Messages:
-    if isinstance(text, list):
-        return [dict(m) for m in text]
-    return [{"role": "assistant", "content": str(text)}]
+    return _turns(text, "assistant")
 
 
 _TURN = re.compile(r"\n\n(Human|Assistant): ?")
@@ -96,6 +104,14 @@ def load_preferences(recipe: Recipe, data: PreferenceData,
             raise DeliberateError(f"dpo: {path} has no examples; sample more (pairs.samples) or lower "
                                   "pairs.min_margin")
         rows = rows[: data.limit] if data.limit else rows
+        fields = ("chosen", "rejected") if kind == "paired" else ("completion",)
+        for n, row in enumerate(rows, 1):  # written by `deliberate pairs`, but possibly edited since
+            try:
+                _user(row.get("prompt"))
+                for name in fields:
+                    _assistant(row.get(name))
+            except DeliberateError as e:
+                raise DeliberateError(f"{path}: row {n}: {e}") from None
         return rows, {"source": str(path), "format": "deliberate", "rows": len(rows), "skipped": 0}
     df, label = load_table(DataConfig(source=data.source, subset=data.subset, split=data.split))
     fmt = detect_format([str(c) for c in df.columns]) if data.format == "auto" else data.format
@@ -103,6 +119,14 @@ def load_preferences(recipe: Recipe, data: PreferenceData,
     if missing:
         raise DeliberateError(f"{label}: format '{fmt}' needs column(s) {', '.join(missing)}; its columns are: "
                               f"{', '.join(map(str, df.columns))}")
+    try:
+        return _convert(df, label, fmt, data, kind)
+    except DeliberateError as e:
+        raise DeliberateError(f"{label}: {e}") from None
+
+
+def _convert(df, label: str, fmt: str, data: PreferenceData,
+             kind: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     paired, unpaired, skipped = [], [], 0
     for i, row in enumerate(df.to_dict("records")):
         if fmt == "trl":  # other columns (e.g. judge scores for a MODPO margin) are kept
@@ -137,7 +161,10 @@ def load_preferences(recipe: Recipe, data: PreferenceData,
             if column not in row:
                 raise DeliberateError(f"{label}: PKU-SafeRLHF format needs column '{column}' "
                                       f"(dpo.data.preference={data.preference})")
-            best = int(row[column])
+            best = row[column]
+            if best not in (0, 1) or isinstance(best, bool):
+                raise DeliberateError(f"row {i}: '{column}' must be 0 or 1, got {best!r}")
+            best = int(best)
             if responses[0] == responses[1]:
                 skipped += 1
                 continue

@@ -19,7 +19,7 @@ from typing import Any
 
 from deliberate.config import Recipe
 from deliberate.errors import DeliberateError
-from deliberate.services.io import read_jsonl, write_jsonl
+from deliberate.services.io import read_jsonl, require_keys, write_jsonl
 from deliberate.services.models import load_model, resolve_model_path
 from deliberate.services.reasoning import CLOSE, OPEN
 from deliberate.services.runs import Layout, file_digest, fingerprint, for_resume, model_card, model_identity
@@ -98,6 +98,10 @@ def sft_dataset(recipe: Recipe) -> Path:
     kept = read_jsonl(source)
     if not kept:
         raise DeliberateError(f"sft: {source} has no completions; lower filter.threshold or sample more")
+    require_keys(kept, ("id", "prompt", "answer"), source, " (it is not a kept.jsonl written by `deliberate filter`)")
+    for n, r in enumerate(kept, 1):
+        if not isinstance(r["prompt"], str) or not isinstance(r["answer"], str) or not r["answer"].strip():
+            raise DeliberateError(f"{source}: row {n}: prompt and answer must be text (the answer not empty)")
     rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
              "completion": [{"role": "assistant", "content": assistant_target(r, recipe.sft.keep_reasoning)}],
              "id": r["id"], "category": r.get("category")} for r in kept]
