@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-from deliberate.errors import DeliberateError
+from deliberate.errors import DeliberateError, redact
 from deliberate.judges.cache import JudgeCache, cache_key
 from deliberate.judges.prompts import PROMPT_VERSION
 from deliberate.services.chat_api import Failure
@@ -263,6 +263,8 @@ class Judge:
                     i = todo[j]
                     if results[i] is not None:  # reported twice: count and store it once
                         return
+                    if isinstance(value, dict) and isinstance(value.get("rationale"), str):
+                        value = {**value, "rationale": redact(value["rationale"])}  # a judge may quote a key
                     results[i] = value
                     self.usage.requests += 1
                     if isinstance(value, JudgeFailure):
