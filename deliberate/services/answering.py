@@ -15,7 +15,7 @@ from typing import Any
 
 from deliberate.config import ModelConfig, Recipe, SamplingConfig
 from deliberate.services.data import PromptRecord, load_prompts
-from deliberate.services.generation import Generation, GenerationStats, generate
+from deliberate.services.generation import Generation, GenerationStats, generate, row_seed
 from deliberate.services.io import ResumableJsonl, write_json
 from deliberate.services.models import LoadedModel, load_model, resolve_model_path
 from deliberate.services.runs import Layout, fingerprint, model_identity, row_key
@@ -61,7 +61,8 @@ def answer_records(model: ModelConfig, records: list[PromptRecord], settings: Sa
             )
 
         generate(loaded.model, loaded.tokenizer, [r.prompt for r, _ in todo], settings, seed=seed,
-                 description=description, show_progress=show_progress, stats=stats, on_batch=save)
+                 description=description, show_progress=show_progress, stats=stats, on_batch=save,
+                 seeds=[row_seed(seed, key) for _, key in todo])
         del loaded
     # Labels and metadata are today's: correcting an expected behaviour must not need a new answer.
     rows = out.finish(order=keys, current={k: r.to_dict() for r, k in zip(records, keys, strict=True)})

@@ -1,27 +1,29 @@
 """Batched generation shared by every stage.
 
 `generate(model, tokenizer, conversations, settings)` renders each conversation with the model's own chat
-template, sorts prompts by length so batches waste little padding, pads on the left, stops each sequence at
-the end-of-sequence token, and returns only the new tokens, in the caller's order. A conversation whose last
-message is from the assistant is continued (a pre-filled answer, e.g. an opening reasoning tag).
+template, sorts prompts by system prompt and length, stops each sequence at any end-of-sequence token, and
+returns only the new tokens, in the caller's order. A conversation whose last message is from the assistant is
+continued (a pre-filled answer, e.g. an opening reasoning tag).
 
-Prompts that share a long beginning (the policy spec in a system prompt, k samples of one prompt) share its
-key/value cache: the common prefix of a batch is run through the model once, not once per row, and each row's
-own part follows it after padding in the middle (masked, with positions counted past the padding). With a
-1,000-token spec this cuts the prompt work by about the batch size, which is most of the cost on a CPU. During
-decoding the prefix's keys and values are kept once, not once per row (`prefix_attention.py`), which makes
-each step several times cheaper at that length.
+On a CPU, models of the llama family (Llama, Mistral, Qwen2, Qwen3, SmolLM2; with or without LoRA adapters) go
+through deliberate's own decode loop (`decoding.py`): prefixes such as the policy spec computed once and kept
+across calls, attention over them without copies, caches allocated once, finished rows dropped, sampling with
+one seed per row. Other models, other devices and `DELIBERATE_DECODER=hf` use HF `generate` (`_generate_hf`),
+where a batch's common prefix is still run once and read once per step (`prefix_attention.py`): batches there
+never mix system prompts, so a batch shares its whole system prompt.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from deliberate.errors import DeliberateError
+from deliberate.services import decoding
 from deliberate.services.prefix_attention import (
     attention_over_shared_prefix,
     shared_prefix_cache,
@@ -135,11 +137,14 @@ def generate(
     show_progress: bool = True,
     stats: GenerationStats | None = None,
     on_batch: Callable[[list[int], list[Generation]], None] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
     """Generate one answer per conversation, batched; see the module docstring.
 
     `on_batch(indices, generations)` is called after every batch (indices into `conversations`), so that a
-    caller can save results as they come and resume after a crash.
+    caller can save results as they come and resume after a crash. When sampling, `seeds` (one per
+    conversation, e.g. `row_seed(seed, key)` of a resumable row) make each sample depend on its own seed only,
+    so that a resumed run draws what an uninterrupted one would have; by default row i gets `row_seed(seed, i)`.
     """
     import torch
 
@@ -168,40 +173,36 @@ def generate(
     was_training = model.training
     model.eval()
     start = time.perf_counter()
+    fast = device.type == "cpu" and decoding.supported(model)
     with progress_bar(description, total=len(texts), unit="tok", enabled=show_progress) as bar:
-        prefixes: dict[tuple[int, ...], Any] = {}
-        for b, batch in enumerate(_batches(order, conversations, settings.batch_size)):
-            input_ids, attention, prefix_cache = _batch_inputs(model, [encoded[i] for i in batch], pad_id, device,
-                                                               prefixes)
-            width = input_ids.shape[1]
-            if sampling:
-                torch.manual_seed(seed + b * settings.batch_size)
-            shared = getattr(prefix_cache, "shared_prefix", None) is not None
-            if settings.repetition_penalty != 1.0:  # on the answer's own tokens, not the prompt's (config/sampling.py)
-                from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
-                gen_kwargs["logits_processor"] = LogitsProcessorList(
-                    [RepetitionPenaltyLogitsProcessor(settings.repetition_penalty, prompt_ignore_length=width)])
-            with torch.inference_mode(), (attention_over_shared_prefix(model, prefix_cache) if shared
-                                          else contextlib.nullcontext()):
-                out = model.generate(input_ids=input_ids, attention_mask=attention, past_key_values=prefix_cache,
-                                     **gen_kwargs)
-            new = out[:, width:].tolist()
+        def finished(indices: list[int], answers: list[tuple[list[int], bool]]) -> None:
             batch_tokens = 0
-            for row, i in enumerate(batch):
-                tokens = new[row]
-                stop = next((k for k, t in enumerate(tokens) if t in eos), None)
-                kept = tokens[:stop] if stop is not None else tokens
+            for i, (kept, stopped) in zip(indices, answers, strict=True):
                 batch_tokens += len(kept)
                 results[i] = Generation(
                     text=trim(tokenizer.decode(kept, skip_special_tokens=True), continues_turn(conversations[i])),
                     num_tokens=len(kept),
-                    finish_reason="stop" if stop is not None else "length",
+                    finish_reason="stop" if stopped else "length",
                 )
             stats.new_tokens += batch_tokens
-            bar.advance(len(batch), tokens=batch_tokens)
+            bar.advance(len(indices), tokens=batch_tokens)
             if on_batch is not None:
-                on_batch(batch, [results[i] for i in batch])
+                on_batch(indices, [results[i] for i in indices])
+
+        if fast:  # one continuous batch over all prompts, in `order`
+            row_seeds = list(seeds) if seeds is not None else [row_seed(seed, i) for i in range(len(texts))]
+            with torch.inference_mode():
+                decoding.decoder_for(model).generate(
+                    [encoded[i] for i in order], [system_text(conversations[i]) for i in order], settings,
+                    [row_seeds[i] for i in order], eos, settings.batch_size,
+                    on_finished=lambda rows, outputs: finished([order[r] for r in rows],
+                                                               [(o.tokens, o.stopped) for o in outputs]))
+        else:
+            prefixes: dict[tuple[int, ...], Any] = {}
+            for b, batch in enumerate(_batches(order, conversations, settings.batch_size)):
+                finished(batch, _generate_hf(model, [encoded[i] for i in batch], pad_id, device, prefixes, settings,
+                                             gen_kwargs, seed + b * settings.batch_size, eos))
     stats.prompts += len(texts)
     stats.seconds += time.perf_counter() - start
     model.train(was_training)
@@ -209,6 +210,38 @@ def generate(
 
 
 MIN_SHARED_PREFIX = 64  # tokens; below this, sharing saves less than it costs
+
+
+def row_seed(seed: int, key: object) -> int:
+    """A sampling seed for one row: the run's seed and the row's own key (its index, or a resumable row's key)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()) >> 1
+
+
+def _generate_hf(model, rows: list[list[int]], pad_id: int, device, prefixes: dict, settings: SamplingConfig,
+                 gen_kwargs: dict[str, Any], seed: int, eos: list[int]) -> list[tuple[list[int], bool]]:
+    """One batch through HF generate (models the fast decoder does not support): new tokens without the
+    end-of-sequence token, and whether it ended with one."""
+    import torch
+
+    input_ids, attention, prefix_cache = _batch_inputs(model, rows, pad_id, device, prefixes)
+    width = input_ids.shape[1]
+    if settings.temperature > 0:
+        torch.manual_seed(seed)
+    shared = getattr(prefix_cache, "shared_prefix", None) is not None
+    if settings.repetition_penalty != 1.0:  # on the answer's own tokens, not the prompt's (config/sampling.py)
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+        gen_kwargs = {**gen_kwargs, "logits_processor": LogitsProcessorList(
+            [RepetitionPenaltyLogitsProcessor(settings.repetition_penalty, prompt_ignore_length=width)])}
+    with torch.inference_mode(), (attention_over_shared_prefix(model, prefix_cache) if shared
+                                  else contextlib.nullcontext()):
+        out = model.generate(input_ids=input_ids, attention_mask=attention, past_key_values=prefix_cache,
+                             **gen_kwargs)
+    answers = []
+    for tokens in out[:, width:].tolist():
+        stop = next((k for k, t in enumerate(tokens) if t in eos), None)
+        answers.append((tokens[:stop] if stop is not None else tokens, stop is not None))
+    return answers
 
 
 def system_text(conversation: Conversation | str) -> str:

@@ -26,7 +26,14 @@ from deliberate.judges import make_judge
 from deliberate.services.chat_api import ChatAPI, Counters, Failure
 from deliberate.services.data import PromptRecord, load_prompts
 from deliberate.services.failures import failure_line
-from deliberate.services.generation import GenerationStats, generate, render_prompt, system_text, trim
+from deliberate.services.generation import (
+    GenerationStats,
+    generate,
+    render_prompt,
+    row_seed,
+    system_text,
+    trim,
+)
 from deliberate.services.io import ResumableJsonl, write_json
 from deliberate.services.models import load_model, resolve_model_path
 from deliberate.services.progress import progress_bar
@@ -181,7 +188,7 @@ def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun
     stats: dict[str, Any] = {}
     if todo:
         if cfg.backend == "hf":
-            stats = _generate_hf(recipe, conversations, save, show_progress)
+            stats = _generate_hf(recipe, conversations, [key for _, key in todo], save, show_progress)
         elif cfg.backend == "vllm":
             stats = _generate_vllm(recipe, teacher, conversations, save)
         else:
@@ -221,16 +228,18 @@ def teacher_model(recipe: Recipe) -> ModelConfig:
     return base.model_copy(update={"dtype": cfg.dtype}) if cfg.dtype else base
 
 
-def _generate_hf(recipe: Recipe, conversations, save, show_progress: bool) -> dict[str, Any]:
+def _generate_hf(recipe: Recipe, conversations, keys: list[str], save, show_progress: bool) -> dict[str, Any]:
+    """Local sampling; row i's seed comes from its key, so a resumed run draws what the uninterrupted one would
+    have (the answer after a forced close of the reasoning gets a seed of its own)."""
     cfg = recipe.generate
     loaded = load_model(teacher_model(recipe))
     settings = cfg.sampling()
     stats = GenerationStats()
     forced = 0
 
-    def run(convs, settings, description):
+    def run(convs, settings, description, seeds):
         return generate(loaded.model, loaded.tokenizer, convs, settings, seed=recipe.seed, description=description,
-                        show_progress=show_progress, stats=stats)
+                        show_progress=show_progress, stats=stats, seeds=seeds)
 
     budget = cfg.reasoning_budget
     # Saved chunk by chunk, so an interrupted run keeps its work. Chunks follow the system prompt (the category's
@@ -240,13 +249,14 @@ def _generate_hf(recipe: Recipe, conversations, save, show_progress: bool) -> di
     for start in range(0, len(order), chunk):
         indices = order[start : start + chunk]
         part = [conversations[i] for i in indices]
+        seeds = [row_seed(recipe.seed, keys[i]) for i in indices]
         if budget is None:
-            gens = run(part, settings, "generating reasoning")
+            gens = run(part, settings, "generating reasoning", seeds)
             save(indices, [(g.text, g.num_tokens, g.finish_reason) for g in gens])
             continue
         # Budget forcing: reasoning up to `budget` tokens, closed by us if the teacher did not close it, then
         # the answer generated after the closed block.
-        thoughts = run(part, settings.model_copy(update={"max_new_tokens": budget}), "reasoning")
+        thoughts = run(part, settings.model_copy(update={"max_new_tokens": budget}), "reasoning", seeds)
         prefixes = []
         for c, g in zip(part, thoughts, strict=True):
             closed = CLOSE in g.text
@@ -258,7 +268,7 @@ def _generate_hf(recipe: Recipe, conversations, save, show_progress: bool) -> di
         continued = [[*c[:-1], {"role": "assistant", "content": c[-1]["content"] + p}]
                      for c, p in zip(part, prefixes, strict=True)]
         answers = run(continued, settings.model_copy(update={"max_new_tokens": cfg.max_new_tokens - budget}),
-                      "answering")
+                      "answering", [row_seed(recipe.seed, f"{keys[i]}:answer") for i in indices])
         save(indices,
              [(p + a.text, t.num_tokens + a.num_tokens, a.finish_reason)
               for p, t, a in zip(prefixes, thoughts, answers, strict=True)])
