@@ -73,7 +73,7 @@ def test_rows_end_at_any_end_token_and_finished_rows_leave_the_batch(tiny, monke
     compactions = []
     real_rebuild = decoding._Batch.rebuild
     monkeypatch.setattr(decoding._Batch, "rebuild", lambda self, prompts: compactions.append(
-        (self.done.count(True), len(prompts))) or real_rebuild(self, prompts))
+        (self.done.count(True), self.alive(), len(prompts))) or real_rebuild(self, prompts))
     try:
         for extra in candidates:  # an end token that ends some rows early and not all
             tiny.model.generation_config.eos_token_id = [original, extra]
@@ -82,11 +82,15 @@ def test_rows_end_at_any_end_token_and_finished_rows_leave_the_batch(tiny, monke
             if 2 <= reasons.count("stop") < len(reasons):
                 break
         reference = run(tiny, PROMPTS, settings, hf=True, monkeypatch=monkeypatch)
+        compactions.clear()
+        three_at_a_time = run(tiny, PROMPTS, settings.model_copy(update={"batch_size": 3}))
     finally:
         tiny.model.generation_config.eos_token_id = original
     assert same(fast, reference)
-    assert any(x.finish_reason == "stop" for x in fast) and any(x.finish_reason == "length" for x in fast)
-    assert any(dead for dead, _ in compactions)  # finished rows were dropped from the caches at least once
+    assert same(three_at_a_time, reference)  # rows that ended made room for waiting ones, with the same answers
+    assert 2 <= [x.finish_reason for x in fast].count("stop") < len(fast)
+    assert any(dead and alive for dead, alive, _ in compactions)  # ended rows left while others went on
+    assert any(alive and admitted for _, alive, admitted in compactions)  # and waiting prompts joined them
 
 
 def test_sampling_depends_on_each_rows_seed_only(tiny):
@@ -97,8 +101,17 @@ def test_sampling_depends_on_each_rows_seed_only(tiny):
     assert same(together, run(tiny, PROMPTS, settings, seeds=seeds))
     pairs = run(tiny, PROMPTS, settings.model_copy(update={"batch_size": 2}), seeds=seeds)
     assert same(together, pairs)  # other batch mates, same samples
-    reversed_rows = run(tiny, PROMPTS[::-1], settings, seeds=seeds[::-1])
-    assert same(together, reversed_rows[::-1])
+    tokenizer, decoder = tiny.tokenizer, decoding.decoder_for(tiny.model)
+    rows = [tokenizer(g.render_prompt(tokenizer, c), add_special_tokens=False)["input_ids"] for c in PROMPTS]
+    keys = [g.system_text(c) for c in PROMPTS]
+    eos = g.eos_token_ids(tiny.model, tokenizer)
+    order = [5, 0, 3, 6, 1, 4, 2]  # groups interleaved, two rows decoding at a time
+    with torch.inference_mode():
+        direct = decoder.generate([rows[i] for i in order], [keys[i] for i in order], settings,
+                                  [seeds[i] for i in order], eos, batch_size=2)
+    texts = [g.trim(tokenizer.decode(o.tokens, skip_special_tokens=True), g.continues_turn(PROMPTS[i]))
+             for o, i in zip(direct, order, strict=True)]
+    assert texts == [together[i].text for i in order]
     other = run(tiny, PROMPTS, settings, seeds=[s + 1 for s in seeds])
     assert not same(together, other)
 
@@ -139,6 +152,44 @@ def test_the_sampler_filters_logits_exactly_as_hf_warpers_do():
     assert torch.equal(greedy(logits.clone()), logits.argmax(-1))
 
 
+@pytest.mark.parametrize("peak", [6.0, 0.3])  # peaked: the nucleus lies in the top 1024; flat: it does not
+def test_top_p_over_a_large_vocabulary_keeps_what_hf_keeps(peak):
+    from transformers import TopPLogitsWarper
+
+    torch.manual_seed(1)
+    logits = torch.randn(6, 5000) * peak
+    kept = decoding._nucleus(logits, 0.9)
+    expected = ~torch.isinf(TopPLogitsWarper(0.9)(None, logits.clone()))
+    assert torch.equal(kept, expected)
+    assert (kept.sum(-1) > decoding.NUCLEUS_CANDIDATES).any() == (peak < 1)
+
+
+def test_the_draw_follows_the_distribution_and_never_picks_an_impossible_token():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0], [0.1, 0.0, 0.0, 0.9, 0.0]])
+    generators = [torch.Generator().manual_seed(s) for s in range(3)]
+    draws = torch.stack([decoding.Sampler._draw(probs, generators) for _ in range(3000)])
+    assert set(draws[:, 0].tolist()) == {1, 3} and set(draws[:, 1].tolist()) == {4}
+    assert set(draws[:, 2].tolist()) == {0, 3}
+    assert abs(float((draws[:, 0] == 1).float().mean()) - 0.5) < 0.05
+    assert abs(float((draws[:, 2] == 0).float().mean()) - 0.1) < 0.03
+    just_below_one = [type("G", (), {"device": torch.device("cpu")})() for _ in range(3)]
+    real_rand = torch.rand
+    torch.rand = lambda *a, **k: torch.tensor([1.0 - 2**-24])  # the largest uniform torch.rand can return
+    try:
+        edge = decoding.Sampler._draw(probs, just_below_one)
+    finally:
+        torch.rand = real_rand
+    assert edge.tolist() == [3, 4, 3]
+
+
+def test_prompts_filled_in_chunks_decode_as_hf_does(tiny, monkeypatch):
+    monkeypatch.setattr(decoding, "PREFILL_CHUNK", 16)  # the 130-token system prompts take several chunks
+    settings = SamplingConfig(max_new_tokens=10, batch_size=len(PROMPTS))
+    decoding.decoder_for(tiny.model).prefixes.clear()
+    chunked = run(tiny, PROMPTS, settings)
+    assert same(chunked, run(tiny, PROMPTS, settings, hf=True, monkeypatch=monkeypatch))
+
+
 def test_prefixes_are_kept_extended_and_dropped_when_the_weights_change(tiny_model_dir):
     loaded = load_model(ModelConfig(name=str(tiny_model_dir)))
     decoder = decoding.decoder_for(loaded.model)
@@ -172,8 +223,10 @@ def test_prefixes_are_kept_extended_and_dropped_when_the_weights_change(tiny_mod
     finally:
         decoder._fill = real_fill
     with torch.no_grad():
-        next(loaded.model.parameters()).mul_(1.5)  # an optimizer step, in place
+        for layer in loaded.model.model.layers:  # an optimizer step, in place, on what the kept prefixes hold
+            layer.self_attn.v_proj.weight.copy_(torch.randn_like(layer.self_attn.v_proj.weight) * 3)
     changed = run(loaded, PROMPTS, settings)
+    assert not same(changed, first)
     decoding._DECODERS.clear()
     assert same(changed, run(loaded, PROMPTS, settings))  # what a fresh decoder computes from the new weights
 

@@ -25,7 +25,9 @@ class SamplingConfig(Section):
     tokens count, not the prompt's: a prompt that shows refusals (worked examples) does not make refusing
     unlikely. (vLLM and most API servers also count the prompt's tokens.)"""
     batch_size: int = Field(default=16, ge=1)
-    """Prompts generated together; prompts are sorted by length first so batches waste little padding."""
+    """Prompts generated together, sorted by system prompt and length so batches share prefixes and waste little
+    padding. On the CPU decode loop (llama-family models) a row that ends makes room for the next prompt, so
+    batches stay full."""
     dtype: Dtype | None = None
     """Weights dtype while generating; `model.dtype` when unset. bfloat16 is about 2.6x faster than float32 on
     a recent CPU."""

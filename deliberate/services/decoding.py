@@ -21,7 +21,8 @@ here does the work the model needs and little else:
 - **Sampling as HF does it**: repetition penalty on the answer's own tokens, then temperature, top-k and top-p
   (the same filters in the same order; tested against HF's warpers), and a draw by inverting the CDF at a
   uniform number from the row's own `torch.Generator`. A row's sample depends on its seed only, not on which
-  rows share its batch, so a resumed run draws what the uninterrupted one would have.
+  rows share its batch, so a resumed run draws what the uninterrupted one would have (up to float rounding:
+  other batch mates can change the summation order, which in bfloat16 occasionally changes a token).
 
 Supported: the families whose decoder layer is exactly input norm, q/k/v projections (optional per-head q/k
 norms), rotary embedding, full attention, o projection, post-attention norm and a gated MLP (`FAMILIES`), with
@@ -168,19 +169,45 @@ class Bank:
 
 
 class Decoder:
+    """The decode loop of one model. It holds the model weakly (it lives in `_DECODERS`, keyed by the model), so
+    that a model and its kept prefixes are freed together."""
+
     def __init__(self, lm) -> None:
-        body = lm.model
-        self.lm = lm
-        self.embed, self.layers, self.norm, self.rotary = body.embed_tokens, body.layers, body.norm, body.rotary_emb
-        self.head = lm.get_output_embeddings()
+        import weakref
+
+        self._lm = weakref.ref(lm)
         config = lm.config.get_text_config(decoder=True)
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.groups = self.heads // self.kv_heads
-        attn = self.layers[0].self_attn
+        attn = lm.model.layers[0].self_attn
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
         self.qk_norm = hasattr(attn, "q_norm") and hasattr(attn, "k_norm")
         self.prefixes: OrderedDict[tuple[int, ...], Prefix] = OrderedDict()
         self._weights: tuple | None = None
+
+    @property
+    def lm(self):
+        return self._lm()
+
+    @property
+    def embed(self):
+        return self.lm.model.embed_tokens
+
+    @property
+    def layers(self):
+        return self.lm.model.layers
+
+    @property
+    def norm(self):
+        return self.lm.model.norm
+
+    @property
+    def rotary(self):
+        return self.lm.model.rotary_emb
+
+    @property
+    def head(self):
+        return self.lm.get_output_embeddings()
 
     # -- the model, layer by layer ------------------------------------------------------------------------------
 
@@ -313,9 +340,10 @@ class Decoder:
         else:  # the shared part of the kept prefix, without copying it
             base = Prefix(key[:shared], [(k[:, :shared], v[:, :shared]) for k, v in base.kv])
         rest = len(key) - shared
-        if base is not None and rest == 0:  # the beginning of a longer kept prefix
-            self.prefixes[key] = base
-            return base
+        if base is not None and rest == 0:  # the beginning of a longer kept prefix (copied: the longer one may go)
+            prefix = self.prefixes[key] = Prefix(key, [(k.clone(), v.clone()) for k, v in base.kv])
+            self._evict()
+            return prefix
         device = self.embed.weight.device
         ids = torch.tensor([key[shared:]], device=device)
         positions = torch.arange(shared, len(key), device=device)[None]
@@ -327,9 +355,12 @@ class Decoder:
             kv = [(torch.cat([bk, k], dim=1), torch.cat([bv, v], dim=1)) for (bk, bv), (k, v) in zip(base.kv, kv,
                                                                                                    strict=True)]
         prefix = self.prefixes[key] = Prefix(key, kv)
+        self._evict()
+        return prefix
+
+    def _evict(self) -> None:
         while len(self.prefixes) > 1 and sum(p.nbytes for p in self.prefixes.values()) > PREFIX_CACHE_BYTES:
             self.prefixes.popitem(last=False)
-        return prefix
 
     # -- generation ---------------------------------------------------------------------------------------------
 
@@ -357,6 +388,13 @@ class Decoder:
         state = _Batch(self, settings, eos, device)
         pending = list(range(len(rows)))[::-1]  # popped from the end: admitted in order
         results: list[Output | None] = [None] * len(rows)
+
+        def report(finished: list[tuple[int, Output]]) -> None:  # as they end, so a crash loses none of them
+            for r, out in finished:
+                results[r] = out
+            if finished and on_finished is not None:
+                on_finished([r for r, _ in finished], [o for _, o in finished])
+
         while True:
             room = pending and state.size <= batch_size * 3 // 4
             if state.dead_share() >= 0.25 or room:  # ended rows leave, waiting prompts join
@@ -367,16 +405,13 @@ class Decoder:
                     prefix = self.prefix(rows[r][:skip]) if skip else None
                     prompts.append((r, rows[r][skip:], skip, prefix, seeds[r]))
                 state.rebuild(prompts)
-                finished = state.take_finished()
-                for r, out in finished:
-                    results[r] = out
-                if finished and on_finished is not None:
-                    on_finished([r for r, _ in finished], [o for _, o in finished])
+                report(state.take_finished())
             if not state.alive():
                 if pending:
                     continue
                 break
             state.step()
+            report(state.take_finished())
         return results  # type: ignore[return-value]
 
 
@@ -591,9 +626,11 @@ def _nucleus(logits, top_p: float):
     probs = torch.softmax(logits, dim=-1)
     k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
     top, index = probs.topk(k, dim=-1)
-    if k < probs.shape[-1] and not bool((top.sum(dim=-1) >= top_p).all()):
+    cumulative = top.cumsum(dim=-1)
+    if k < probs.shape[-1] and not bool((cumulative[:, -1] >= top_p).all()):
         top, index = probs.sort(dim=-1, descending=True)
-    before = top.cumsum(dim=-1) - top  # probability of the more likely tokens
+        cumulative = top.cumsum(dim=-1)
+    before = cumulative - top  # probability of the more likely tokens
     keep = before < top_p
     keep[:, 0] = True
     return torch.zeros_like(probs, dtype=torch.bool).scatter_(1, index, keep)
