@@ -182,6 +182,33 @@ def test_an_interrupted_generation_resumes_without_duplicates_or_gaps(recipe_for
     assert generate_completions(recipe, show_progress=False).summary["generated_now"] == 0
 
 
+def test_a_resumed_sampling_run_draws_what_the_uninterrupted_one_drew(recipe_for, monkeypatch, tmp_path):
+    """Each row samples with a seed from its own key, so the rows made after a crash are those an
+    uninterrupted run makes (budget forcing on, so both phases are covered)."""
+    sets = ("data.limit=5", "generate.temperature=1.0", "generate.top_p=0.9", "generate.reasoning_budget=3",
+            "generate.repetition_penalty=1.2")
+    whole = generate_completions(recipe_for(*sets, f"output_dir={tmp_path / 'whole'}"), show_progress=False)
+    real = generate_stage.generate
+    calls = {"n": 0}
+
+    def crash_in_the_second_chunk(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # chunk one's reasoning and answers are saved; chunk two dies
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    recipe = recipe_for(*sets, f"output_dir={tmp_path / 'resumed'}")
+    monkeypatch.setattr(generate_stage, "generate", crash_in_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        generate_completions(recipe, show_progress=False)
+    monkeypatch.setattr(generate_stage, "generate", real)
+    resumed = generate_completions(recipe, show_progress=False)
+    assert 0 < resumed.summary["generated_now"] < len(whole.rows)
+    by_key = {r["key"]: r["completion"] for r in whole.rows}
+    assert {r["key"]: r["completion"] for r in resumed.rows} == by_key
+    assert len(set(by_key.values())) > 1  # sampled, not all alike
+
+
 def test_budget_forcing_closes_the_reasoning_and_then_answers(recipe_for):
     recipe = recipe_for("data.limit=2", "generate.samples=1", "generate.reasoning_budget=3")
     run = generate_completions(recipe, show_progress=False)

@@ -181,17 +181,27 @@ class Backend:
         pass
 
 
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, except that a Ctrl-C is never lost: asyncio turns it into cancelling the coroutine, and a
+    coroutine that was already returning then returns normally, so the interrupt is raised here."""
+    with asyncio.Runner() as runner:
+        value = runner.run(coro)
+        if getattr(runner, "_interrupt_count", 0):
+            raise KeyboardInterrupt
+        return value
+
+
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine from synchronous code, also when an event loop is already running (notebooks)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        return _run(coro)
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["value"] = asyncio.run(coro)
+            box["value"] = _run(coro)
         except BaseException as e:  # re-raised in the caller's thread
             box["error"] = e
 
