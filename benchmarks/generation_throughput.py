@@ -234,7 +234,7 @@ def main() -> None:
                                           / results["hf_generate"]["tokens_per_s"], 2),
         "identical_answers": {"batched_vs_one_at_a_time": agree("deliberate", "deliberate_one_at_a_time"),
                               "deliberate_vs_hf_generate": agree("deliberate", "hf_generate")},
-        "matmul_limit": limit, "llama_cpp": llama_note,
+        "matmul_limit": limit, "llama_cpp_run": llama_note,
     }
     print(f"{'run':<26}{'batch':>6}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'limit':>8}{'of limit':>9}")
     for name, r in results.items():
