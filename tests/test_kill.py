@@ -144,8 +144,11 @@ def test_ctrl_c_mid_judge_says_what_is_kept_and_the_rerun_continues(tmp_path):
     args = ["judge", answers, "--output", tmp_path / "run", "--set", "judge.backend=openai", "--set",
             "judge.model=j", "--set", f"judge.cache={tmp_path / 'c.sqlite'}"]
     with FakeOpenAI(slow(sensible_judge)) as server:
+        # SIGINT as a terminal delivers it: a suite started in the background (make under a non-interactive
+        # shell) hands its children SIGINT ignored, and Python then keeps it ignored.
         proc = subprocess.Popen(command(*args, *api("judge", server.base_url)), env=ENV, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         while server.calls < KILL_AT:
             assert proc.poll() is None
             time.sleep(0.002)
