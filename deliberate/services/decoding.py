@@ -142,6 +142,14 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return k
 
 
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own to feed the model."""
+    n = min(len(r) for r in rows) - 1
+    for row in rows[1:]:
+        n = min(n, common_prefix(rows[0], row))
+    return max(n, 0)
+
+
 class Bank:
     """The prefixes of one batch and which rows read each: `spans` of (rows, Prefix), rows as an index tensor."""
 
@@ -379,10 +387,7 @@ class Decoder:
             members.setdefault(key, []).append(r)
         shared_of: dict[object, int] = {}
         for key, indices in members.items():
-            first = rows[indices[0]]
-            shared = min(len(rows[r]) for r in indices) - 1  # every row keeps at least one token of its own
-            for r in indices[1:]:
-                shared = min(shared, common_prefix(first, rows[r]))
+            shared = shared_prefix_length([rows[r] for r in indices])
             shared_of[key] = shared if shared >= MIN_PREFIX else 0
         device = self.embed.weight.device
         state = _Batch(self, settings, eos, device)
@@ -470,16 +475,11 @@ class _Batch:
         capacity = column + self.new
         rows = len(keep) + len(prompts)
         kept = torch.tensor(keep, dtype=torch.long, device=device)
-        shape = (rows, dec.kv_heads, capacity, dec.head_dim)
-        own = []
-        for layer in range(len(dec.layers)):
-            pair = []
-            for old in (self.own[layer] if self.own else (None, None)):
-                fresh = torch.zeros(shape, dtype=dec.embed.weight.dtype, device=device)
-                if keep:
-                    fresh[:len(keep), :, first + shift:column] = old.index_select(0, kept)[:, :, first:self.column]
-                pair.append(fresh)
-            own.append(tuple(pair))
+        own = dec._own_cache(rows, capacity, dec.embed.weight)
+        if keep:
+            for fresh, old in zip(own, self.own, strict=True):
+                for f, o in zip(fresh, old, strict=True):
+                    f[:len(keep), :, first + shift:column] = o.index_select(0, kept)[:, :, first:self.column]
         valid = torch.zeros((rows, capacity), dtype=torch.bool, device=device)
         if keep:
             valid[:len(keep), first + shift:column] = self.valid.index_select(0, kept)[:, first:self.column]

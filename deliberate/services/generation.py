@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from deliberate.errors import DeliberateError
 from deliberate.services import decoding
+from deliberate.services.decoding import shared_prefix_length
 from deliberate.services.prefix_attention import (
     attention_over_shared_prefix,
     shared_prefix_cache,
@@ -158,15 +159,6 @@ def generate(
     order = sorted(range(len(encoded)), key=lambda i: (system_text(conversations[i]), -len(encoded[i])))
     eos = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    sampling = settings.temperature > 0
-    gen_kwargs: dict[str, Any] = {
-        "max_new_tokens": settings.max_new_tokens, "do_sample": sampling, "eos_token_id": eos,
-        "pad_token_id": pad_id,
-    }
-    if sampling:
-        gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None)
-    else:  # unset sampling knobs that a model's generation_config may carry, so greedy stays greedy and quiet
-        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     device = next(model.parameters()).device
     results: list[Generation | None] = [None] * len(texts)
     stats = stats if stats is not None else GenerationStats()
@@ -202,7 +194,7 @@ def generate(
             prefixes: dict[tuple[int, ...], Any] = {}
             for b, batch in enumerate(_batches(order, conversations, settings.batch_size)):
                 finished(batch, _generate_hf(model, [encoded[i] for i in batch], pad_id, device, prefixes, settings,
-                                             gen_kwargs, seed + b * settings.batch_size, eos))
+                                             seed + b * settings.batch_size, eos))
     stats.prompts += len(texts)
     stats.seconds += time.perf_counter() - start
     model.train(was_training)
@@ -218,11 +210,17 @@ def row_seed(seed: int, key: object) -> int:
 
 
 def _generate_hf(model, rows: list[list[int]], pad_id: int, device, prefixes: dict, settings: SamplingConfig,
-                 gen_kwargs: dict[str, Any], seed: int, eos: list[int]) -> list[tuple[list[int], bool]]:
+                 seed: int, eos: list[int]) -> list[tuple[list[int], bool]]:
     """One batch through HF generate (models the fast decoder does not support): new tokens without the
     end-of-sequence token, and whether it ended with one."""
     import torch
 
+    gen_kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.temperature > 0,
+                                  "eos_token_id": eos, "pad_token_id": pad_id}
+    if settings.temperature > 0:
+        gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None)
+    else:  # unset sampling knobs that a model's generation_config may carry, so greedy stays greedy and quiet
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     input_ids, attention, prefix_cache = _batch_inputs(model, rows, pad_id, device, prefixes)
     width = input_ids.shape[1]
     if settings.temperature > 0:
@@ -231,8 +229,8 @@ def _generate_hf(model, rows: list[list[int]], pad_id: int, device, prefixes: di
     if settings.repetition_penalty != 1.0:  # on the answer's own tokens, not the prompt's (config/sampling.py)
         from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
-        gen_kwargs = {**gen_kwargs, "logits_processor": LogitsProcessorList(
-            [RepetitionPenaltyLogitsProcessor(settings.repetition_penalty, prompt_ignore_length=width)])}
+        gen_kwargs["logits_processor"] = LogitsProcessorList(
+            [RepetitionPenaltyLogitsProcessor(settings.repetition_penalty, prompt_ignore_length=width)])
     with torch.inference_mode(), (attention_over_shared_prefix(model, prefix_cache) if shared
                                   else contextlib.nullcontext()):
         out = model.generate(input_ids=input_ids, attention_mask=attention, past_key_values=prefix_cache,
@@ -248,18 +246,6 @@ def system_text(conversation: Conversation | str) -> str:
     if isinstance(conversation, str) or not conversation or conversation[0]["role"] != "system":
         return ""
     return conversation[0]["content"]
-
-
-def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
-    """Tokens every row starts with, leaving each row at least one token of its own to feed the model."""
-    first = rows[0]
-    n = min(len(r) for r in rows) - 1
-    for row in rows[1:]:
-        k = 0
-        while k < n and row[k] == first[k]:
-            k += 1
-        n = k
-    return max(n, 0)
 
 
 def _batches(order: list[int], conversations, size: int) -> list[list[int]]:
