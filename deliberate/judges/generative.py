@@ -34,6 +34,7 @@ from deliberate.judges.prompts import (
     pointwise_messages,
 )
 from deliberate.services.chat_api import ChatAPI, Messages
+from deliberate.services.constrained import JsonSchemaConstraint
 from deliberate.services.generation import generate
 from deliberate.services.models import load_model
 
@@ -73,6 +74,19 @@ class GenerativeBackend(Backend):
         return await self._judge(batch, PAIRWISE_SCHEMA, parse_pairwise, done)
 
 
+RATIONALE_CHARS = 160  # the longest rationale a local judge may write (one or two sentences)
+
+
+def bounded(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with its rationale bounded to RATIONALE_CHARS (for local decoding; the API gets the schema as
+    it is, since strict structured outputs do not all take maxLength)."""
+    properties = schema.get("properties", {})
+    if "rationale" not in properties:
+        return schema
+    return {**schema, "properties": {**properties, "rationale": {**properties["rationale"],
+                                                                  "maxLength": RATIONALE_CHARS}}}
+
+
 class OpenAIBackend(GenerativeBackend):
     """Any OpenAI-compatible chat endpoint, through the official client (`deliberate.services.chat_api`): bounded
     concurrency, retries with backoff honouring Retry-After, the key read from the environment only."""
@@ -104,7 +118,9 @@ class OpenAIBackend(GenerativeBackend):
 
 
 class HFBackend(GenerativeBackend):
-    """A local causal LM as a generative judge, batched through the shared generation code (greedy)."""
+    """A local causal LM as a generative judge, batched through the shared generation code (greedy), its verdict
+    decoded under the request's JSON schema (services/constrained.py), so every answer parses; the rationale is
+    bounded (`RATIONALE_CHARS`) so that a small model cannot ramble to max_tokens."""
 
     kind = "hf"
 
@@ -116,10 +132,13 @@ class HFBackend(GenerativeBackend):
         self.loaded = load_model(ModelConfig(name=cfg.model))
 
     def identity(self) -> dict[str, Any]:
-        return {"backend": self.kind, "model": self.loaded.path, "max_tokens": self.cfg.max_tokens}
+        return {"backend": self.kind, "model": self.loaded.path, "max_tokens": self.cfg.max_tokens,
+                "constrained": RATIONALE_CHARS}
 
     async def complete(self, batch: list[Messages], schema: dict[str, Any], on_text) -> list[str | JudgeFailure]:
         settings = SamplingConfig(max_new_tokens=self.cfg.max_tokens, batch_size=self.cfg.max_concurrency)
+        vocabulary = self.loaded.model.get_output_embeddings().weight.shape[0]
+        constraint = JsonSchemaConstraint(self.loaded.tokenizer, bounded(schema), vocabulary)
 
         def text(g) -> str | JudgeFailure:
             return g.text if g.finish_reason == "stop" else JudgeFailure("judge output cut at max_tokens")
@@ -130,7 +149,7 @@ class HFBackend(GenerativeBackend):
 
         def run() -> list[str | JudgeFailure]:
             gens = generate(self.loaded.model, self.loaded.tokenizer, batch, settings, show_progress=False,
-                            on_batch=on_batch)
+                            on_batch=on_batch, constraint=constraint)
             self.usage.tokens_out += sum(g.num_tokens for g in gens)
             return [text(g) for g in gens]
 

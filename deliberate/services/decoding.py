@@ -36,7 +36,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 from weakref import WeakKeyDictionary
 
 if TYPE_CHECKING:
@@ -88,6 +88,20 @@ def decoder_for(model) -> Decoder:
     if decoder is None:
         decoder = _DECODERS[lm] = Decoder(lm)
     return decoder
+
+
+class Constraint(Protocol):
+    """Which tokens each row may draw next (e.g. a JSON schema's grammar); one state per row."""
+
+    def start(self) -> Any:
+        """The state of a new row."""
+
+    def mask(self, states: list[Any], logits: torch.Tensor) -> None:
+        """Set to -inf, in place, the logits (one row per state) of the tokens a state does not allow; a None
+        state leaves its row as it is."""
+
+    def advance(self, state: Any, token: int) -> None:
+        """The row drew `token` (never an end token)."""
 
 
 @dataclass
@@ -314,6 +328,22 @@ class Decoder:
             h = self._forward(ids[:, s:s + chunk], positions[:, s:s + chunk], own, start + s, valid, bank)
         return self.norm(h[:, -1])
 
+    def hidden_states(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last layer's hidden states (after the final norm, as `last_hidden_state`) of each row of token ids,
+        right-padded: (rows, T, hidden), with the mask of real tokens (rows, T). No cache is kept."""
+        import torch
+
+        device = self.embed.weight.device
+        width = max(len(r) for r in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        valid = torch.zeros((len(rows), width), dtype=torch.bool, device=device)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            valid[i, : len(r)] = True
+        positions = torch.arange(width, device=device)[None].expand(len(rows), -1)
+        own = self._own_cache(len(rows), width, self.embed.weight)
+        return self.norm(self._forward(ids, positions, own, 0, valid, None)), valid
+
     # -- prefixes -----------------------------------------------------------------------------------------------
 
     def _check_weights(self) -> None:
@@ -374,12 +404,13 @@ class Decoder:
 
     def generate(self, rows: Sequence[Sequence[int]], group_keys: Sequence[object], settings: SamplingConfig,
                  seeds: Sequence[int], eos: Sequence[int], batch_size: int | None = None,
-                 on_finished: Callable[[list[int], list[Output]], None] | None = None) -> list[Output]:
+                 on_finished: Callable[[list[int], list[Output]], None] | None = None,
+                 constraint: Constraint | None = None) -> list[Output]:
         """New tokens for each prompt of `rows` (token ids), at most `batch_size` rows decoding at once, admitted in
         the given order. Rows with equal `group_keys` (their system prompt) share their common beginning as one
         prefix. A row that ends leaves the batch and the next prompt takes its place (continuous batching), so
         the batch stays full until the prompts run out; `on_finished(indices, outputs)` hears of finished rows
-        as they come."""
+        as they come. A `constraint` masks, row by row, the tokens each row may draw next (a JSON schema)."""
         self._check_weights()
         batch_size = batch_size or len(rows)
         members: dict[object, list[int]] = {}
@@ -390,7 +421,7 @@ class Decoder:
             shared = shared_prefix_length([rows[r] for r in indices])
             shared_of[key] = shared if shared >= MIN_PREFIX else 0
         device = self.embed.weight.device
-        state = _Batch(self, settings, eos, device)
+        state = _Batch(self, settings, eos, device, constraint)
         pending = list(range(len(rows)))[::-1]  # popped from the end: admitted in order
         results: list[Output | None] = [None] * len(rows)
 
@@ -424,10 +455,13 @@ class _Batch:
     """The rows decoding together: their own-token caches (rows, kv_heads, capacity, head_dim) with one write
     column for all, what each row has generated, and the prefixes their groups read."""
 
-    def __init__(self, decoder: Decoder, settings: SamplingConfig, eos: Sequence[int], device) -> None:
+    def __init__(self, decoder: Decoder, settings: SamplingConfig, eos: Sequence[int], device,
+                 constraint: Constraint | None = None) -> None:
         import torch
 
         self.decoder, self.settings, self.device = decoder, settings, device
+        self.constraint = constraint
+        self.states: list = []  # each row's constraint state
         self.eos = torch.tensor(sorted(set(eos)))
         self.new = settings.max_new_tokens
         self.index: list[int] = []  # the caller's row of each batch row
@@ -494,6 +528,8 @@ class _Batch:
         self.stopped = [False] * rows
         self.done = [False] * rows
         self.groups = [self.groups[i] for i in keep] + [p for _, _, _, p, _ in prompts]
+        if self.constraint is not None:
+            self.states = [self.states[i] for i in keep] + [self.constraint.start() for _ in prompts]
         self.sampler.rebuild(keep, [seed for *_, seed in prompts])
         feed = self.feed.index_select(0, kept) if keep else torch.zeros(0, dtype=torch.long, device=device)
         next_positions = self.positions.index_select(0, kept) if keep else feed.clone()
@@ -521,7 +557,11 @@ class _Batch:
         """The next token of `rows` from their hidden states; ends rows at an end token or at max_new_tokens."""
         import torch
 
-        token = self.sampler(self.decoder.head(hidden).float(), rows)
+        logits = self.decoder.head(hidden).float()
+        if self.constraint is not None:  # rows that ended draw unconstrained (their token is never used)
+            self.constraint.mask([None if self.done[i] else self.states[i] for i in range(rows.start, rows.stop)],
+                                 logits)
+        token = self.sampler(logits, rows)
         ended = torch.isin(token.cpu(), self.eos).tolist()
         for offset, (t, end) in enumerate(zip(token.tolist(), ended, strict=True)):
             i = rows.start + offset
@@ -531,6 +571,8 @@ class _Batch:
                 self.stopped[i] = True
             else:
                 self.tokens[i].append(t)
+                if self.constraint is not None:
+                    self.constraint.advance(self.states[i], t)
             if end or len(self.tokens[i]) == self.new:
                 self.done[i] = True
                 self.finished.append((self.index[i], Output(self.tokens[i], self.stopped[i])))

@@ -139,6 +139,9 @@ def generate(
     stats: GenerationStats | None = None,
     on_batch: Callable[[list[int], list[Generation]], None] | None = None,
     seeds: Sequence[int] | None = None,
+    rendered: bool = False,
+    add_special_tokens: bool = False,
+    constraint: decoding.Constraint | None = None,
 ) -> list[Generation]:
     """Generate one answer per conversation, batched; see the module docstring.
 
@@ -146,14 +149,17 @@ def generate(
     caller can save results as they come and resume after a crash. When sampling, `seeds` (one per
     conversation, e.g. `row_seed(seed, key)` of a resumable row) make each sample depend on its own seed only,
     so that a resumed run draws what an uninterrupted one would have; by default row i gets `row_seed(seed, i)`.
+    With `rendered`, each conversation is already the model's whole prompt text (a guard's own template), tokenized
+    as it stands (with the tokenizer's BOS when `add_special_tokens`). A `constraint` (decoding.Constraint) masks
+    the tokens each answer may take next, on both paths.
     """
     import torch
 
-    texts = [render_prompt(tokenizer, c) for c in conversations]
+    texts = list(conversations) if rendered else [render_prompt(tokenizer, c) for c in conversations]
     context = context_length(model)
     check_lengths(texts, None, context, settings.max_new_tokens, conversations)  # before tokenizing megabytes
     # Special tokens are already in the rendered template; adding a BOS again would change the prompt.
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    encoded = [tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
     check_lengths(texts, encoded, context, settings.max_new_tokens, conversations)
     # Conversations with the same system prompt sit together (so batches share a prefix), longest first.
     order = sorted(range(len(encoded)), key=lambda i: (system_text(conversations[i]), -len(encoded[i])))
@@ -189,12 +195,13 @@ def generate(
                     [encoded[i] for i in order], [system_text(conversations[i]) for i in order], settings,
                     [row_seeds[i] for i in order], eos, settings.batch_size,
                     on_finished=lambda rows, outputs: finished([order[r] for r in rows],
-                                                               [(o.tokens, o.stopped) for o in outputs]))
+                                                               [(o.tokens, o.stopped) for o in outputs]),
+                    constraint=constraint)
         else:
             prefixes: dict[tuple[int, ...], Any] = {}
             for b, batch in enumerate(_batches(order, conversations, settings.batch_size)):
                 finished(batch, _generate_hf(model, [encoded[i] for i in batch], pad_id, device, prefixes, settings,
-                                             seed + b * settings.batch_size, eos))
+                                             seed + b * settings.batch_size, eos, constraint))
     stats.prompts += len(texts)
     stats.seconds += time.perf_counter() - start
     model.train(was_training)
@@ -204,13 +211,65 @@ def generate(
 MIN_SHARED_PREFIX = 64  # tokens; below this, sharing saves less than it costs
 
 
+def hidden_states(model: PreTrainedModel, rows: Sequence[Sequence[int]], pad_id: int):
+    """The final hidden states (after the model's last norm) of each row of token ids, right-padded: (rows, T,
+    hidden) and the mask of real tokens (rows, T). The CPU decode loop's forward where it applies."""
+    import torch
+
+    if next(model.parameters()).device.type == "cpu" and decoding.supported(model):
+        return decoding.decoder_for(model).hidden_states(rows)
+    device = next(model.parameters()).device
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(list(r), dtype=torch.long), 1
+    body = decoding.causal_lm(model).get_decoder()
+    out = body(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+    return out.last_hidden_state, mask.bool().to(device)
+
+
+def next_token_logits(model: PreTrainedModel, rows: Sequence[Sequence[int]], pad_id: int, batch_size: int = 16):
+    """(rows, vocabulary) float32 logits of the token after each row of token ids."""
+    import torch
+
+    head = decoding.causal_lm(model).get_output_embeddings()
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(rows), batch_size):
+            h, valid = hidden_states(model, rows[s : s + batch_size], pad_id)
+            last = h[torch.arange(h.shape[0]), valid.sum(1) - 1]
+            out.append(head(last).float().cpu())
+    return torch.cat(out) if out else torch.zeros((0, 0))
+
+
 def row_seed(seed: int, key: object) -> int:
     """A sampling seed for one row: the run's seed and the row's own key (its index, or a resumable row's key)."""
     return int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()) >> 1
 
 
+class _ConstraintProcessor:
+    """A decoding `Constraint` as an HF logits processor: each row's state advances by the token it drew last."""
+
+    def __init__(self, constraint: decoding.Constraint, rows: int, width: int, eos: list[int]):
+        self.constraint, self.width, self.eos = constraint, width, set(eos)
+        self.states = [constraint.start() for _ in range(rows)]
+        self.ended = [False] * rows
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] > self.width:
+            for i, token in enumerate(input_ids[:, -1].tolist()):
+                if self.ended[i] or token in self.eos:
+                    self.ended[i] = True
+                else:
+                    self.constraint.advance(self.states[i], token)
+        masked = scores.float()
+        self.constraint.mask([None if e else s for s, e in zip(self.states, self.ended, strict=True)], masked)
+        return masked.to(scores.dtype)
+
+
 def _generate_hf(model, rows: list[list[int]], pad_id: int, device, prefixes: dict, settings: SamplingConfig,
-                 seed: int, eos: list[int]) -> list[tuple[list[int], bool]]:
+                 seed: int, eos: list[int], constraint: decoding.Constraint | None = None) -> list[tuple[list[int], bool]]:
     """One batch through HF generate (models the fast decoder does not support): new tokens without the
     end-of-sequence token, and whether it ended with one."""
     import torch
@@ -226,11 +285,15 @@ def _generate_hf(model, rows: list[list[int]], pad_id: int, device, prefixes: di
     if settings.temperature > 0:
         torch.manual_seed(seed)
     shared = getattr(prefix_cache, "shared_prefix", None) is not None
-    if settings.repetition_penalty != 1.0:  # on the answer's own tokens, not the prompt's (config/sampling.py)
-        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
-        gen_kwargs["logits_processor"] = LogitsProcessorList(
-            [RepetitionPenaltyLogitsProcessor(settings.repetition_penalty, prompt_ignore_length=width)])
+    processors = LogitsProcessorList()
+    if settings.repetition_penalty != 1.0:  # on the answer's own tokens, not the prompt's (config/sampling.py)
+        processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty, prompt_ignore_length=width))
+    if constraint is not None:  # last, so that nothing re-allows a masked token
+        processors.append(_ConstraintProcessor(constraint, len(rows), width, eos))
+    if processors:
+        gen_kwargs["logits_processor"] = processors
     with torch.inference_mode(), (attention_over_shared_prefix(model, prefix_cache) if shared
                                   else contextlib.nullcontext()):
         out = model.generate(input_ids=input_ids, attention_mask=attention, past_key_values=prefix_cache,
