@@ -9,7 +9,7 @@ RUNS ?= runs
 # Preference-optimisation recipes (recipes/<name>.yaml for a GPU, <name>-cpu.yaml for this machine)
 PREF_RECIPES := sacpo sacpo-kto-dpo sacpo-safety-first modpo
 
-.PHONY: install test demo grpo-demo lint bench clean $(PREF_RECIPES) $(addsuffix -cpu,$(PREF_RECIPES))
+.PHONY: install test demo demo-guard guard grpo-demo lint bench clean $(PREF_RECIPES) $(addsuffix -cpu,$(PREF_RECIPES))
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,20 @@ demo: install
 	# Before/after on the held-out demo prompts: the base model against the SFT and DPO models
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate eval --recipe recipes/demo.yaml --set output_dir=$(RUNS)/demo
 
+# The small guard trained on public labelled data (recipes/guard.yaml; reads ../shared/datasets): about 15 minutes
+guard: install
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate guard train --recipe recipes/guard.yaml --set output_dir=$(RUNS)/guard
+
+# The demo recipe judged by the trained guard instead of the rules judge (filter, pairs and eval), same table
+GUARD_JUDGE := --set judge.backend=guard --set judge.model=$(RUNS)/guard/guard --set output_dir=$(RUNS)/demo-guard
+demo-guard: install
+	test -f $(RUNS)/guard/guard/deliberate_guard.json || $(MAKE) guard
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate model prepare smollm2
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate pipeline --recipe recipes/demo.yaml $(GUARD_JUDGE)
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate pairs --recipe recipes/demo.yaml $(GUARD_JUDGE)
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate dpo --recipe recipes/demo.yaml $(GUARD_JUDGE)
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate eval --recipe recipes/demo.yaml $(GUARD_JUDGE)
+
 # Stage two on the demo (after `make demo`): GRPO from its SFT model with the rules judge, then evaluation
 grpo-demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate pipeline --recipe recipes/demo.yaml --set output_dir=$(RUNS)/demo
@@ -54,6 +68,7 @@ bench: install
 	$(BIN)/python benchmarks/refusal_detector.py
 	$(BIN)/python benchmarks/judge_throughput.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/rl_step_time.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/judge_fidelity.py
 
 clean:
 	rm -rf $(VENV) $(RUNS) .pytest_cache .ruff_cache

@@ -84,7 +84,9 @@ model_app = typer.Typer(help="Prepare and inspect models.", no_args_is_help=True
 recipe_app = typer.Typer(help="Inspect recipes and their fields.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 app.add_typer(model_app, name="model")
+guard_app = typer.Typer(help="Train a small safety guard to serve as the `guard` judge.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
+app.add_typer(guard_app, name="guard")
 
 RecipeOpt = Annotated[
     Path | None, typer.Option("--recipe", "-r", help="Recipe YAML file; the built-in defaults when omitted.")

@@ -1,4 +1,4 @@
-"""The working verbs: answer, judge, data, and the spec, model and recipe groups."""
+"""The working verbs: answer, judge, data, and the spec, model, recipe and guard groups."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from deliberate.cli.app import (
     RecipeOpt,
     SetOpt,
     command,
+    guard_app,
     load,
     model_app,
     num,
@@ -183,6 +184,43 @@ def model_prepare(model: Annotated[str, typer.Argument(help="Hub id, folder, ada
     n = sum(p.numel() for p in loaded.model.parameters())
     say(f"{model}: {loaded.path} ({n / 1e6:.1f}M parameters, {loaded.model.dtype}, {loaded.device})"
         + (f" on base {loaded.base_path}" if loaded.base_path else ""))
+
+
+def _metric(m: dict | None, name: str) -> str:
+    value = (m or {}).get(name) or {}
+    if value.get("value") is None:
+        return "-"
+    low, high = value["ci95"]
+    return f"{value['value']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+@command(guard_app, "train")
+def guard_train(recipe: RecipeOpt = None, set_: SetOpt = None, output: OutputOpt = None) -> None:
+    """Train a guard (probes on a transformer's middle layer) on the recipe's `guard.sources`, and report it on
+    the held-out side of every source.
+
+    Output: <output_dir>/guard (or guard.output): a model folder that `judge.backend: guard` serves, with
+    manifest.jsonl (every example's train/test side) and summary.json (held-out accuracy, F1, AUROC).
+    Example: deliberate guard train --recipe recipes/guard.yaml
+    """
+    from deliberate.stages.guard import run_guard_train
+
+    r = load(recipe, set_, None, output, uses_model=False)
+    s = run_guard_train(r)
+    counts = s["examples"]
+    table(f"guard: layer {s['layer']} of {s['of_layers']}, trained in {s['seconds']:.0f}s "
+          f"({s['items_per_second']} items/s reading features)",
+          ["question", "train", "test", "accuracy [95% CI]", "F1", "AUROC"],
+          [[task, counts[task]["train"], counts[task]["test"], _metric(s["heldout"].get(task), "accuracy"),
+            _metric(s["heldout"].get(task), "f1"), _metric(s["heldout"].get(task), "auroc")] for task in counts])
+    if "category" in s["heldout"]:
+        c = s["heldout"]["category"]
+        say(f"category (held-out harmful requests with a mapped category, and harmless ones): accuracy "
+            f"{c['accuracy']:.3f} (n={c['n']})")
+    dropped = s["dropped"]
+    say(f"left out of training: {dropped['shares_a_test_prompt']} examples sharing a held-out prompt, "
+        f"{dropped['excluded_prompt']} with an evaluation prompt ({s['excluded_prompts']} excluded prompts)")
+    say(f"guard in {s['output']}; use it with --set judge.backend=guard --set judge.model={s['output']}")
 
 
 @command(recipe_app, "show")

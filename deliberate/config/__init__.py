@@ -9,6 +9,7 @@ from deliberate.config.base import Dtype, Expected, Section
 from deliberate.config.data import ColumnMap, DataConfig
 from deliberate.config.eval import CRITERIA, Benchmark, EvalConfig, Mirror
 from deliberate.config.generate import FilterConfig, GenerateConfig
+from deliberate.config.guard import GuardConfig, GuardSource
 from deliberate.config.judge import JudgeConfig
 from deliberate.config.merge import MergeConfig, MergeSpec
 from deliberate.config.model import ModelConfig
@@ -31,6 +32,8 @@ __all__ = [
     "EvalConfig",
     "Expected",
     "FilterConfig",
+    "GuardConfig",
+    "GuardSource",
     "GenerateConfig",
     "JudgeConfig",
     "MarginConfig",

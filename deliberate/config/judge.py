@@ -13,11 +13,20 @@ class JudgeConfig(ApiConfig):
     """The judge. The API fields (`base_url`, `api_key_env`, retries, ...) apply to the `openai` backend;
     `max_concurrency` is also the batch size of the local `hf` and `classifier` backends."""
 
-    backend: Literal["rules", "openai", "hf", "classifier"] = "rules"
+    backend: Literal["rules", "openai", "hf", "classifier", "guard"] = "rules"
     """`rules` (offline refusal detection), `openai` (any OpenAI-compatible server), `hf` (a local generative
-    model) or `classifier` (a local reward/cost model)."""
+    model), `classifier` (a local reward/cost model) or `guard` (a safety guard: Llama Guard 3, WildGuard,
+    ShieldGemma, or one trained by `deliberate guard train`)."""
     model: str | None = None
-    """The judge model: an API model name for `openai`, a folder or Hub id for `hf` and `classifier`."""
+    """The judge model: an API model name for `openai`, a folder or Hub id for `hf`, `classifier` and `guard`."""
+    guard_format: Literal["auto", "deliberate", "llama-guard-3", "wildguard", "shieldgemma"] = "auto"
+    """`guard` backend: the guard's prompt and output format. `auto` reads it from the model: a folder written
+    by `deliberate guard train` is `deliberate`; otherwise the model's name decides (llama-guard-3, wildguard,
+    shieldgemma)."""
+    guard_categories: dict[str, str] = {}
+    """`guard` backend: the guard's category codes mapped to the spec's category ids (e.g. `S11: self_harm`).
+    For the default spec the Llama Guard 3 taxonomy is mapped already; a code mapped to nothing leaves the
+    category unknown (its prompt is then treated as one to refuse)."""
     repeats: int = Field(default=1, ge=1)
     """Times each item is judged (k); pointwise repeats are aggregated by `aggregate`."""
     aggregate: Literal["min", "mean"] = "min"

@@ -20,6 +20,7 @@ from deliberate.config.base import Section
 from deliberate.config.data import DataConfig
 from deliberate.config.eval import EvalConfig
 from deliberate.config.generate import FilterConfig, GenerateConfig
+from deliberate.config.guard import GuardConfig
 from deliberate.config.judge import JudgeConfig
 from deliberate.config.merge import MergeConfig
 from deliberate.config.model import ModelConfig
@@ -72,6 +73,8 @@ class Recipe(Section):
     """Model merges (P-SACPO)."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """Benchmarks, models to compare, pairwise judging."""
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    """Training a small safety guard (`deliberate guard train`) to serve as the `guard` judge."""
 
     @field_validator("name")
     @classmethod

@@ -48,9 +48,10 @@ class RLOptions(TrainingOptions):
     cost_judge: JudgeConfig | None = None
     """`ppo-lagrangian`: the cost judge (e.g. a harmlessness judge or a classifier cost model); the reward judge
     when unset."""
-    cost: Literal["unsafe", "score"] = "unsafe"
-    """`ppo-lagrangian`: cost = 1 when the cost judge's verdict is `unsafe`, else 0 (`unsafe`), or 1 - score / 10
-    (`score`); a `classifier` cost judge (a cost model) gives its own scalar."""
+    cost: Literal["unsafe", "score", "p_harmful"] = "unsafe"
+    """`ppo-lagrangian`: cost = 1 when the cost judge's verdict is `unsafe`, else 0 (`unsafe`), 1 - score / 10
+    (`score`), or the guard judge's P(harmful response) (`p_harmful`); a `classifier` cost judge (a cost model)
+    gives its own scalar."""
     cost_function: str | None = None
     """`ppo-lagrangian`: a Python cost function instead of the cost judge (same form as `reward_function`)."""
     cost_threshold: float = 0.1

@@ -89,6 +89,7 @@ class PointwiseResult:
     scores: list[float] = field(default_factory=list)
     failures: int = 0
     errors: list[str] = field(default_factory=list)
+    probabilities: dict[str, float | None] = field(default_factory=dict)  # a guard's p_harmful, p_refusal, ...
 
     @property
     def ok(self) -> bool:
@@ -155,6 +156,7 @@ class Backend:
 
     kind: str = "backend"
     cacheable: bool = True
+    scale: str = "0-10"  # what pointwise scores mean: "0-10" (policy adherence) or "raw" (a model's own scalar)
 
     def __init__(self, usage: Usage):
         self.usage = usage
@@ -312,6 +314,7 @@ class Judge:
                 chosen = min(ok, key=lambda o: o["score"])
                 result.score = chosen["score"] if self.aggregate == "min" else sum(result.scores) / len(ok)
                 result.verdict, result.rationale = chosen.get("verdict"), chosen.get("rationale")
+                result.probabilities = {k: v for k, v in chosen.items() if k.startswith("p_")}
             results.append(result)
         return results
 

@@ -1,7 +1,8 @@
 """The `classifier` judge: a local sequence-classification model (a reward or cost model) giving a scalar.
 
 The (prompt, response) pair is rendered with the classifier's chat template when it has one. Pointwise, the
-score is the model's scalar output (the first logit); pairwise, the better response has the higher score, or
+score is the model's scalar output (the first logit), on the model's own scale (`raw`), unless its config
+declares `score_scale: "0-10"`; pairwise, the better response has the higher score, or
 the lower one for a cost model (`judge.higher_is_better: false`).
 """
 
@@ -45,6 +46,21 @@ class ClassifierBackend(Backend):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.scale = "0-10" if str(getattr(self.model.config, "score_scale", "")) == "0-10" else "raw"
+
+    @staticmethod
+    def scale_of(cfg: JudgeConfig) -> str:
+        """A reward or cost model's scalar has its own scale; a model trained to score 0-10 says so in its config
+        (read without loading the weights)."""
+        from transformers import AutoConfig
+
+        if not cfg.model:
+            raise DeliberateError("judge.model: the classifier backend needs a reward or cost model")
+        try:
+            config = AutoConfig.from_pretrained(resolve_model_path(cfg.model))
+        except (OSError, ValueError) as e:
+            raise DeliberateError(f"judge.model '{cfg.model}': no model config: {str(e).splitlines()[0]}") from None
+        return "0-10" if str(getattr(config, "score_scale", "")) == "0-10" else "raw"
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.kind, "model": self.path}

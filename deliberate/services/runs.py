@@ -187,6 +187,7 @@ class Layout:
     eval = property(lambda self: self.root / "eval")
     answers = property(lambda self: self.root / "answers")
     judge = property(lambda self: self.root / "judge")
+    guard = property(lambda self: self.root / "guard")
 
     @property
     def sft(self) -> ModelRun:

@@ -130,3 +130,62 @@ def bootstrap_rate(hits: list[bool], samples: int = 1000, seed: int = 0) -> Rate
     means = values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
     return Rate(float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)),
                 len(values))
+
+
+def _auroc(labels, scores) -> float | None:
+    """Area under the ROC curve (the Mann-Whitney U statistic, ties counted half)."""
+    import numpy as np
+
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=float)
+    pos, neg = int(labels.sum()), int(len(labels) - labels.sum())
+    if not pos or not neg:
+        return None
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # 1-based ranks, ties averaged
+    return float((ranks[labels == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def _classification(labels, predicted) -> dict[str, float | None]:
+    import numpy as np
+
+    tp = int(np.sum((predicted == 1) & (labels == 1)))
+    fp = int(np.sum((predicted == 1) & (labels == 0)))
+    fn = int(np.sum((predicted == 0) & (labels == 1)))
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
+    return {"accuracy": float(np.mean(predicted == labels)), "precision": precision, "recall": recall, "f1": f1}
+
+
+def binary_metrics(labels: list[int], scores: list[float | None], threshold: float = 0.5, samples: int = 1000,
+                   seed: int = 0) -> dict[str, Any]:
+    """Accuracy, precision, recall, F1 (prediction: score >= threshold) and AUROC (when the scores are not all 0/1)
+    of a classifier against human labels, each with a percentile bootstrap 95% interval over items. Items with no
+    score (a failed judgment) count as failures and are left out."""
+    import numpy as np
+
+    kept = [(y, s) for y, s in zip(labels, scores, strict=True) if s is not None]
+    out: dict[str, Any] = {"n": len(kept), "failures": len(labels) - len(kept), "positives": sum(y for y, _ in kept)}
+    if not kept:
+        return out
+    y = np.asarray([k[0] for k in kept])
+    s = np.asarray([k[1] for k in kept], dtype=float)
+    graded = len(np.unique(s)) > 2 or not np.isin(s, (0.0, 1.0)).all()
+    point = _classification(y, (s >= threshold).astype(int))
+    if graded:
+        point["auroc"] = _auroc(y, s)
+    rng = np.random.default_rng(seed)
+    boots: dict[str, list[float]] = {k: [] for k in point}
+    for _ in range(samples):
+        i = rng.integers(0, len(y), size=len(y))
+        values = _classification(y[i], (s[i] >= threshold).astype(int))
+        if graded:
+            values["auroc"] = _auroc(y[i], s[i])
+        for k, v in values.items():
+            if v is not None:
+                boots[k].append(v)
+    for k, v in point.items():
+        ci = [round(float(np.percentile(boots[k], 2.5)), 4), round(float(np.percentile(boots[k], 97.5)), 4)] \
+            if boots[k] else [None, None]
+        out[k] = {"value": None if v is None else round(v, 4), "ci95": ci}
+    return out

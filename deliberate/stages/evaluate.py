@@ -44,6 +44,11 @@ from deliberate.services.spec import load_spec
 from deliberate.services.stats import Rate, bootstrap_rate, elo_ratings, games_from, win_rate_summary
 
 HARMFUL = ("refuse", "safe_complete")
+def judge_name(cfg) -> str:
+    """The judge as a report names it: its backend and model (`guard: runs/guard/guard`, `rules`)."""
+    return f"{cfg.backend}: {cfg.model}" if cfg.model and cfg.backend != "rules" else cfg.backend
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/")).strip("_")[-80:] or "model"
 
@@ -137,6 +142,7 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
     finally:
         judge.close()
     report = {"recipe": recipe.name, "base": recipe.model.name, "judge": recipe.judge.backend,
+              "judge_model": judge_name(recipe.judge),
               "judge_usage": judge.usage.to_dict(), "generation": recipe.generation.model_dump(),
               "pairwise_repeats": cfg.pairwise_repeats, "results": results, "pairwise": pairwise, "elo": elo,
               "plots": []}
@@ -276,7 +282,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def report_markdown(report: dict[str, Any]) -> str:
     header, rows = report_rows(report["results"])
     lines = [f"# Evaluation: {report['recipe']}", "",
-             f"Base model `{report['base']}`, judge `{report['judge']}`. Rates with bootstrap 95% intervals.", "",
+             f"Base model `{report['base']}`, judge `{report.get('judge_model') or report['judge']}`. Rates with "
+             "bootstrap 95% intervals.", "",
              *_table(header, rows)]
     if report["pairwise"]:
         header, rows = comparison_rows(report)

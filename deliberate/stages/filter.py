@@ -14,7 +14,7 @@ from typing import Any
 
 from deliberate.config import Recipe
 from deliberate.errors import DeliberateError
-from deliberate.judges import PointwiseItem, make_judge
+from deliberate.judges import PointwiseItem, make_judge, require_scale
 from deliberate.services.failures import publish
 from deliberate.services.io import read_jsonl, require_keys
 from deliberate.services.reasoning import retrieval_correct, retrieval_summary
@@ -35,6 +35,7 @@ def filter_completions(recipe: Recipe, show_progress: bool = True) -> StageRun:
         raise DeliberateError(f"filter: {source} has no completions; nothing to judge")
     require_keys(rows, ("key", "id", "prompt", "completion", "malformed", "sample"), source,
                  " (it is not a completions file written by `deliberate generate`)")
+    require_scale(recipe.judge, "filter.threshold")
     judge = make_judge(recipe.judge, spec, show_progress=show_progress)
     candidates = [r for r in rows if not r["malformed"]]
     try:

@@ -19,7 +19,7 @@ from collections import defaultdict
 from typing import Any
 
 from deliberate.config import Recipe
-from deliberate.judges import PointwiseItem, make_judge
+from deliberate.judges import PointwiseItem, make_judge, require_scale
 from deliberate.services.answering import answer_records
 from deliberate.services.data import PromptRecord, load_prompts
 from deliberate.services.failures import publish
@@ -30,6 +30,7 @@ from deliberate.services.spec import load_spec
 def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     """Sample, judge and pair; see the module docstring. Returns the summary."""
     cfg = recipe.pairs
+    require_scale(recipe.judge, "pairs.min_margin / pairs.kto_threshold")  # before any sampling
     spec = load_spec(recipe.spec)
     records = load_prompts(recipe.data, spec)
     policy = stage_model(recipe, cfg.policy) if cfg.policy else recipe.model.name

@@ -6,7 +6,7 @@ is none to give:
 - **judge**: the completion is split into reasoning and answer (`reasoning.split_reasoning`); the judge gets
   spec_for(category), the prompt and the **final answer only** (deliberative alignment: no optimisation pressure
   on the chain of thought). Reward = score / 10 (plus `format_reward` for a well-formed reasoning block);
-  cost = 1 for an `unsafe` verdict (or 1 - score / 10). A classifier judge (a reward or cost model) gives its
+  cost = 1 for an `unsafe` verdict (or 1 - score / 10, or a guard's P(harmful response)). A classifier judge (a reward or cost model) gives its
   own scalar as the reward or the cost. A completion with no final answer (reasoning that never
   closes, or nothing after it) has reward 0 and cost 0 and is not judged. A failed judgment is None: TRL then
   leaves the completion out of the group baseline and gives it no advantage, and our PPO drops it from the batch.
@@ -121,12 +121,18 @@ class Scorer:
         items = [PointwiseItem(prompt=prompts[i], response=splits[i].answer, category=categories[i],
                                expected=expected[i]) for i in todo]
         results = await self.judge.ascore(items, hide_reasoning=True) if items else []  # type: ignore[union-attr]
-        raw = self.judge.backend.kind == "classifier"  # type: ignore[union-attr]
+        raw = self.judge.backend.scale != "0-10"  # type: ignore[union-attr]
         for i, result in zip(todo, results, strict=True):
             if not result.ok:
                 values[i] = None
             elif raw:  # a reward or cost model's own scalar (e.g. Safe RLHF's beaver-7b-v1.0-reward / -cost)
                 values[i] = result.score
+            elif self.kind == "cost" and self.cost_mode == "p_harmful":
+                p = result.probabilities.get("p_harmful")
+                if p is None:
+                    raise DeliberateError("rl.cost: p_harmful needs a judge that gives P(harmful response) (the guard "
+                                          f"backend); the {self.judge.backend.kind} judge does not")  # type: ignore[union-attr]
+                values[i] = p
             elif self.kind == "cost":
                 values[i] = (1.0 if result.verdict == "unsafe" else 0.0) if self.cost_mode == "unsafe" \
                     else 1.0 - result.score / 10.0
