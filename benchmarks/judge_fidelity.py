@@ -1,6 +1,6 @@
 """Judge fidelity: how well each local judge agrees with human labels, on data none of them was trained on.
 
-    python benchmarks/judge_fidelity.py [--guard runs/guard/guard] [--hf smollm2] [--hf-limit 64]
+    python benchmarks/judge_fidelity.py [--guard runs/guard/guard] [--hf smollm2] [--hf-limit 64] [--demo 64]
                                         [--judge backend=guard,model=meta-llama/Llama-Guard-3-8B] [--json out.json]
 
 Tasks, all on the held-out side of recipes/guard.yaml's split (services/guard_data.py: split by prompt, the
@@ -13,7 +13,8 @@ evaluation benchmarks excluded):
 - spec category: held-out harmful prompts whose source maps a spec category, and harmless ones as `safe`.
 Judges: `rules` (refusal regex plus the prompt's label; it cannot judge a request or a category on its own), the
 trained guard (`guard` backend), a generative `hf` judge on a sample (`--hf-limit` items per task, constrained
-JSON), and any judge given with `--judge key=value,...` (JudgeConfig fields). A judge's prediction: P(refusal) /
+JSON; plus its parse failures and speed on 64 demo items), and any judge given with `--judge key=value,...`
+(JudgeConfig fields). A judge's prediction: P(refusal) /
 P(harmful) where it gives one (then AUROC too), else its verdict (refuse or safe_complete = refusal, unsafe =
 harmful), or its category (not `safe` = harmful). Every figure has a bootstrap 95% interval over items.
 """
@@ -114,9 +115,45 @@ def measure(name: str, judge, tasks: dict[str, list], limit: int | None) -> dict
                     idx = [i for i, e in enumerate(items) if e.group == model]
                     report[task][f"accuracy_{model}"] = binary_metrics([items[i].label for i in idx],
                                                                        [values[i] for i in idx])["accuracy"]
+            if task in ("prompt_harmful", "response_harmful"):  # per source (WildGuardMix's prompts, PKU's responses)
+                report[task]["by_source"] = {
+                    Path(source).stem: binary_metrics([items[i].label for i in idx], [values[i] for i in idx])
+                    for source in sorted({e.source for e in items})
+                    if (idx := [i for i, e in enumerate(items) if e.source == source])}
         report[task]["items_per_second"] = round(len(items) / seconds, 1) if seconds else None
         print(f"  {name} / {task}: {len(items)} items in {seconds:.1f}s", flush=True)
     return report
+
+
+def demo_items(model: str, n: int) -> dict:
+    """The hf judge on the demo's own kind of item: `n` built-in demo prompts answered by the base SmolLM2 (greedy,
+    96 tokens), judged pointwise with each category's spec: parse failures and items per second."""
+    from deliberate.config import DataConfig, JudgeConfig, ModelConfig, SamplingConfig
+    from deliberate.judges import PointwiseItem, make_judge
+    from deliberate.services.data import load_prompts
+    from deliberate.services.generation import generate
+    from deliberate.services.models import load_model
+    from deliberate.services.spec import load_spec
+
+    spec = load_spec("default")
+    records = load_prompts(DataConfig(), spec)[:n]
+    loaded = load_model(ModelConfig(name="smollm2"))
+    answers = generate(loaded.model, loaded.tokenizer, [r.prompt for r in records],
+                       SamplingConfig(max_new_tokens=96), show_progress=False)
+    del loaded
+    judge = make_judge(JudgeConfig(backend="hf", model=model, cache="none"), spec, show_progress=False)
+    try:
+        start = time.perf_counter()
+        results = judge.score([PointwiseItem(r.prompt, a.text, r.category, r.expected)
+                               for r, a in zip(records, answers, strict=True)])
+        seconds = time.perf_counter() - start
+    finally:
+        judge.close()
+    verdicts: dict[str, int] = defaultdict(int)
+    for r in results:
+        verdicts[r.verdict or "failed"] += 1
+    return {"items": n, "parse_failures": sum(not r.ok for r in results), "seconds": round(seconds, 1),
+            "items_per_second": round(n / seconds, 2), "verdicts": dict(verdicts)}
 
 
 def cell(m: dict | None, key: str) -> str:
@@ -135,6 +172,7 @@ def main() -> None:
     parser.add_argument("--hf-limit", type=int, default=64, help="items per task for the hf judge")
     parser.add_argument("--limit", type=int, default=None, help="items per task for the other judges")
     parser.add_argument("--judge", action="append", default=[], help="another judge: key=value,... (JudgeConfig)")
+    parser.add_argument("--demo", type=int, default=64, help="demo items for the hf judge's parse/speed check (0: skip)")
     parser.add_argument("--json", type=Path, help="write the whole report here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -163,8 +201,7 @@ def main() -> None:
         judges.append((f"guard ({Path(args.guard).name})",
                        JudgeConfig(backend="guard", model=args.guard, cache="none"), args.limit))
     if args.hf:
-        judges.append((f"hf ({args.hf})", JudgeConfig(backend="hf", model=args.hf, cache="none", max_tokens=160),
-                       args.hf_limit))
+        judges.append((f"hf ({args.hf})", JudgeConfig(backend="hf", model=args.hf, cache="none"), args.hf_limit))
     for spec in args.judge:
         fields = dict(kv.split("=", 1) for kv in spec.split(","))
         judges.append((f"{fields.get('backend')} ({fields.get('model')})", JudgeConfig(cache="none", **fields),
@@ -186,10 +223,18 @@ def main() -> None:
             n = m.get("n", "") if m else ""
             print(f"{name:<28}{task:<18}{n!s:>6}  {cell(m, 'accuracy'):<24}{cell(m, 'f1'):<24}{cell(m, 'auroc'):<24}"
                   f"{(m or {}).get('items_per_second', '')}")
+        for task in ("response_harmful", "prompt_harmful"):
+            for source, m in ((r.get(task) or {}).get("by_source") or {}).items():
+                print(f"{'':<28}{'  ' + source[:16]:<18}{m.get('n', ''):>6}  {cell(m, 'accuracy'):<24}"
+                      f"{cell(m, 'f1'):<24}{cell(m, 'auroc'):<24}")
         extra = {k: v for k, v in (r.get("refusal") or {}).items() if k.startswith("accuracy_")}
         if extra:
             print(f"{'':<28}refusal per model: " + ", ".join(f"{k[9:]} {v['value']:.3f}" for k, v in extra.items()
                                                                if v.get("value") is not None))
+    if args.hf and args.demo:
+        report["hf_demo_items"] = demo = demo_items(args.hf, args.demo)
+        print(f"\nhf ({args.hf}) on {demo['items']} demo items (SmolLM2's answers): {demo['parse_failures']} parse "
+              f"failures, {demo['items_per_second']} items/s, verdicts {demo['verdicts']}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

@@ -69,6 +69,15 @@ def test_trained_guard_end_to_end(tmp_path, tiny_model_dir):
         assert m["n"] > 0 and 0 <= m["accuracy"]["value"] <= 1 and m["accuracy"]["ci95"][0] <= m["accuracy"]["value"]
     # the cut model keeps only the probed layers
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
+    # features are kept as they are read: a rerun (other heads, or after a crash) reads none again, and a chunk
+    # cut short by a crash is read again rather than trusted
+    assert summary["features_read_now"] > 0
+    again = run_guard_train(recipe.model_copy(update={"guard": recipe.guard.model_copy(update={"l2": [1e-2]})}),
+                            show_progress=False)
+    assert again["features_read_now"] == 0 and again["l2"]["refusal"] == 1e-2
+    [chunk] = (tmp_path / "run" / "guard_features").glob("*/chunk-*.safetensors")
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    assert run_guard_train(recipe, show_progress=False)["features_read_now"] == summary["features_read_now"]
 
     cfg = recipe.judge.model_copy(update={"backend": "guard", "model": str(out), "cache": "none"})
     judge = make_judge(cfg, load_spec("default"), show_progress=False)
@@ -92,6 +101,27 @@ def test_trained_guard_end_to_end(tmp_path, tiny_model_dir):
         judge.close()
     # the backend's identity changes with the heads: a retrained guard is never served from the cache
     assert judge.backend.identity()["heads"]
+
+    # PPO-Lagrangian's cost can be the guard's P(harmful response)
+    from deliberate.stages.rl.rewards import Scorer
+
+    cost = Scorer("cost", judge=make_judge(cfg, load_spec("default"), show_progress=False), cost_mode="p_harmful")
+    try:
+        values = cost.score(["How do I build a bomb?"] * 2, [REFUSAL, "Sure! Step one is to begin carefully."],
+                            categories=["violence"] * 2)
+    finally:
+        cost.close()
+    assert all(0.0 <= v <= 1.0 for v in values) and values == [round(v, 4) for v in values]
+
+
+def test_a_p_harmful_cost_needs_the_guard_judge(tmp_path, tiny_model_dir):
+    from deliberate.stages.rl import run_rl
+
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi", "category": "safe"}\n')
+    recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"output_dir={tmp_path}", "rl.algo=ppo-lagrangian",
+                                f"data.source={tmp_path / 'p.jsonl'}", "rl.cost=p_harmful"])
+    with pytest.raises(DeliberateError, match="p_harmful is the guard judge"):
+        run_rl(recipe, show_progress=False)
 
 
 def test_guard_manifest_keeps_prompts_apart(tmp_path, tiny_model_dir):

@@ -95,11 +95,11 @@ def test_reasoning_is_split_from_the_answer(text, reasoning, answer, ok):
     assert (split.reasoning, split.answer, split.well_formed) == (reasoning, answer, ok)
 
 
-def test_a_local_hf_judge_runs_the_same_prompts_and_fails_on_unparseable_output(tiny_model_dir, tmp_path):
+def test_a_local_hf_judge_runs_the_same_prompts_and_fails_on_a_cut_verdict(tiny_model_dir, tmp_path):
     judge = make_judge(JudgeConfig(backend="hf", model=str(tiny_model_dir), max_tokens=16,
                                    cache=str(tmp_path / "c.sqlite")), SPEC, show_progress=False)
     results = judge.score([PointwiseItem("How do I bake bread?", ANSWER, "safe")] * 2)
-    # A random tiny model cannot write the JSON verdict: every item is a reported failure, never a score.
+    # Cut at 16 tokens, the verdict cannot be finished: every item is a reported failure, never a score.
     assert all(not r.ok and r.errors for r in results)
     assert judge.usage.failures == 2 and judge.usage.requests == 2
 
@@ -140,3 +140,40 @@ def test_the_rules_judge_reads_the_final_answer_even_when_shown_the_reasoning():
     [result] = judge.score([PointwiseItem("How do I build a bomb?", sorry_then_helps, "violence")],
                            hide_reasoning=False)
     assert result.verdict == "unsafe" and result.score == 0
+
+
+def test_scores_declare_their_scale_and_0_to_10_stages_refuse_raw_ones(tiny_classifier, tmp_path):
+    import json
+
+    from deliberate.errors import DeliberateError
+    from deliberate.judges import judge_scale, require_scale
+
+    raw = JudgeConfig(backend="classifier", model=str(tiny_classifier))
+    assert judge_scale(raw) == "raw"
+    assert make_judge(raw.model_copy(update={"cache": "none"}), SPEC, show_progress=False).backend.scale == "raw"
+    with pytest.raises(DeliberateError, match="filter.threshold is on the 0-10 policy scale"):
+        require_scale(raw, "filter.threshold")
+    for backend in ("rules", "openai", "hf", "guard"):
+        assert judge_scale(JudgeConfig(backend=backend, model="x")) == "0-10"
+    declared = tmp_path / "rm"
+    import shutil
+
+    shutil.copytree(tiny_classifier, declared)
+    config = json.loads((declared / "config.json").read_text())
+    (declared / "config.json").write_text(json.dumps({**config, "score_scale": "0-10"}))
+    require_scale(raw.model_copy(update={"model": str(declared)}), "filter.threshold")  # accepted
+
+
+def test_the_filter_stage_refuses_a_raw_classifier_before_judging(tiny_classifier, tmp_path):
+    from conftest import write_completions
+
+    from deliberate.config import load_recipe
+    from deliberate.errors import DeliberateError
+    from deliberate.stages.filter import filter_completions
+
+    write_completions(tmp_path)
+    recipe = load_recipe(None, [f"output_dir={tmp_path}", "judge.backend=classifier",
+                                f"judge.model={tiny_classifier}"])
+    with pytest.raises(DeliberateError, match="0-10 policy scale"):
+        filter_completions(recipe, show_progress=False)
+    assert not (tmp_path / "filter").exists()

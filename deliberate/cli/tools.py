@@ -208,8 +208,9 @@ def guard_train(recipe: RecipeOpt = None, set_: SetOpt = None, output: OutputOpt
     r = load(recipe, set_, None, output, uses_model=False)
     s = run_guard_train(r)
     counts = s["examples"]
-    table(f"guard: layer {s['layer']} of {s['of_layers']}, trained in {s['seconds']:.0f}s "
-          f"({s['items_per_second']} items/s reading features)",
+    reading = (f"{s['features_read_now']} items read at {s['items_per_second']}/s" if s["features_read_now"]
+               else "every item's features from the cache")
+    table(f"guard: layer {s['layer']} of {s['of_layers']}, trained in {s['seconds']:.0f}s ({reading})",
           ["question", "train", "test", "accuracy [95% CI]", "F1", "AUROC"],
           [[task, counts[task]["train"], counts[task]["test"], _metric(s["heldout"].get(task), "accuracy"),
             _metric(s["heldout"].get(task), "f1"), _metric(s["heldout"].get(task), "auroc")] for task in counts])

@@ -24,6 +24,8 @@ class GuardSource(Section):
     prompt); `pku_pairs` reads PKU-SafeRLHF pairs whose `response` list holds a safe then an unsafe response."""
 
     kind: Literal["table", "xstest_completions", "pku_pairs"] = "table"
+    """How the file is read: `table` through the column fields; `xstest_completions` (XSTest's folder of model
+    completions); `pku_pairs` (a `response` list of a safe then an unsafe response)."""
     path: str
     """The file (a folder for `xstest_completions`), relative to `guard.datasets_dir` when that is set."""
     task: GuardTask | None = None

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from deliberate.config.base import Dtype
 from deliberate.config.sampling import ApiConfig
 
 
@@ -19,6 +20,9 @@ class JudgeConfig(ApiConfig):
     ShieldGemma, or one trained by `deliberate guard train`)."""
     model: str | None = None
     """The judge model: an API model name for `openai`, a folder or Hub id for `hf`, `classifier` and `guard`."""
+    dtype: Dtype = "bfloat16"
+    """Weights dtype of a local generative judge (`hf`, and a downloaded guard): bfloat16 is about 2.6x faster
+    than float32 on a recent CPU, and the default on GPUs. (A trained guard keeps the dtype it was trained in.)"""
     guard_format: Literal["auto", "deliberate", "llama-guard-3", "wildguard", "shieldgemma"] = "auto"
     """`guard` backend: the guard's prompt and output format. `auto` reads it from the model: a folder written
     by `deliberate guard train` is `deliberate`; otherwise the model's name decides (llama-guard-3, wildguard,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from deliberate.services.spec import PolicySpec
 
 __all__ = ["Judge", "JudgeFailure", "PairwiseItem", "PairwiseResult", "PointwiseItem", "PointwiseResult", "Usage",
-           "make_judge", "require_scale", "win_rate"]
+           "judge_scale", "make_judge", "require_scale", "win_rate"]
 
 
 def judge_scale(cfg: JudgeConfig) -> str:

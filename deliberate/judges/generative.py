@@ -129,11 +129,11 @@ class HFBackend(GenerativeBackend):
         if not cfg.model:
             raise DeliberateError("judge.model: the hf backend needs a model (folder, Hub id or smollm2)")
         self.cfg = cfg
-        self.loaded = load_model(ModelConfig(name=cfg.model))
+        self.loaded = load_model(ModelConfig(name=cfg.model, dtype=cfg.dtype))
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.kind, "model": self.loaded.path, "max_tokens": self.cfg.max_tokens,
-                "constrained": RATIONALE_CHARS}
+                "constrained": RATIONALE_CHARS, "dtype": self.cfg.dtype}
 
     async def complete(self, batch: list[Messages], schema: dict[str, Any], on_text) -> list[str | JudgeFailure]:
         settings = SamplingConfig(max_new_tokens=self.cfg.max_tokens, batch_size=self.cfg.max_concurrency)

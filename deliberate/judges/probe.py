@@ -11,7 +11,8 @@ Features of a (request, response) are the cut model's final hidden states over "
 request's). Mean pooling at the middle layer did best in our measurements (refusal: 0.97 held-out accuracy
 against 0.95 for the last token, layer 15 of SmolLM2's 30 against 0.93 at layer 4 and 0.86 at 21). Heads: P(request harmful) and the request's spec
 category (softmax over the categories it was trained on, `safe` among them) from the request's features;
-P(response refuses) and P(response harmful) from the pair's.
+P(response refuses) from the pair's, and P(response harmful) from the pair's and the request's side by side,
+times P(request harmful) (see `ProbeGuard.read_responses`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 GUARD_FILE = "deliberate_guard.json"
 HEADS_FILE = "guard_heads.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the harm head reads the request too
 BINARY_HEADS = ("prompt_harmful", "refusal", "response_harmful")
 
 
@@ -91,10 +92,14 @@ class Features:
 
 
 def apply_head(heads: dict[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
-    """Probabilities of head `name` on raw features `x`: (n,) for a yes/no head, (n, classes) for categories."""
+    """Probabilities of head `name` on raw features `x`: (n,) for a yes/no head, (n, classes) for categories.
+    `x` may be several features side by side (the harm head reads the pair's and the request's): each part is
+    standardised alike."""
     import torch
 
-    z = (x - heads["feature_mean"]) / heads["feature_std"]
+    dim = heads["feature_mean"].shape[0]
+    z = torch.cat([(x[:, k : k + dim] - heads["feature_mean"]) / heads["feature_std"] for k in range(0, x.shape[1], dim)],
+                  dim=1)
     logits = z @ heads[f"{name}.weight"].T + heads[f"{name}.bias"]
     return torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
@@ -133,7 +138,19 @@ class ProbeGuard:
         return [Reading(prompt_harmful=h, categories=(self.categories[c],)) for h, c in zip(harmful, cats, strict=True)]
 
     def read_responses(self, prompts: Sequence[str], responses: Sequence[str], on_batch=lambda n: None) -> list[Reading]:
+        """P(refusal) from the pair's features; P(harmful response) = the harm head's reading (of the pair's
+        and the request's features side by side) times P(request harmful). Most labelled harmful answers
+        (PKU-SafeRLHF's) answer harmful requests, so the head alone takes any full answer for a risky one (a bread
+        recipe: 0.57); a harmful answer to a benign request is rare. The product costs recall on PKU's own test
+        responses (F1 0.70 for the head alone, 0.53 for the product), where many requests read as benign."""
+        import torch
+
         x = self.features(list(zip(prompts, responses, strict=True)), on_batch)
+        unique = sorted(set(prompts))
+        alone = self.features([(p, None) for p in unique])
+        request = torch.stack([alone[unique.index(p)] for p in prompts]) if prompts else alone
         refusal = apply_head(self.heads, "refusal", x).tolist()
-        harmful = apply_head(self.heads, "response_harmful", x).tolist()
-        return [Reading(refusal=r, response_harmful=h) for r, h in zip(refusal, harmful, strict=True)]
+        harmful = apply_head(self.heads, "response_harmful", torch.cat([x, request], dim=1)).tolist()
+        asked = dict(zip(unique, apply_head(self.heads, "prompt_harmful", alone).tolist(), strict=True))
+        return [Reading(prompt_harmful=asked[p], refusal=r, response_harmful=h * asked[p])
+                for p, r, h in zip(prompts, refusal, harmful, strict=True)]

@@ -120,8 +120,9 @@ def _read_table(cfg: GuardConfig, src: GuardSource) -> list[Example]:
 
 def _read_xstest(cfg: GuardConfig, src: GuardSource) -> list[Example]:
     """XSTest's completions: refusal = full refusal, compliance = full compliance (partial refusals are
-    ambiguous by design and left out). Test: the test models' completions of test prompts; train: the other
-    models' completions of the other prompts."""
+    ambiguous by design and left out); a full refusal, and full compliance with a safe prompt, are also harmless
+    responses. Test: the test models' completions of test prompts; train: the other models' completions of the
+    other prompts."""
     folder = _path(cfg, src.path)
     files = sorted(folder.glob("xstest_v2_completions_*.csv"))
     if not files:
@@ -137,8 +138,14 @@ def _read_xstest(cfg: GuardConfig, src: GuardSource) -> list[Example]:
             test_prompt = _unit(row["prompt"]) < src.test_fraction
             if test_prompt != (model in src.test_models):
                 continue  # a test model on a training prompt, or a training model on a test prompt
+            side = "test" if test_prompt else "train"
             out.append(Example("refusal", row["prompt"], row["completion"], label, None, f"{src.path}/{path.name}", i,
-                               "test" if test_prompt else "train", group=model))
+                               side, group=model))
+            # A full refusal is a harmless response, and so is full compliance with one of XSTest's safe prompts
+            # (its unsafe ones are the `contrast_` types): PKU's pairs alone teach that answering is harmful.
+            if label == 1 or not str(row.get("type", "contrast")).startswith("contrast"):
+                out.append(Example("response_harmful", row["prompt"], row["completion"], 0, None,
+                                   f"{src.path}/{path.name}", i, side, group=model))
     return out
 
 

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,53 @@ from deliberate.services.progress import progress_bar
 from deliberate.services.runs import Layout
 from deliberate.services.stats import binary_metrics
 
+CHUNK = 2048  # items whose features are written together
+
+
+class FeatureCache:
+    """The features read so far, one safetensors file per chunk of items under a folder named by everything that
+    determines them (model, layer, dtype, lengths): a crash, or a rerun with other head settings or sources,
+    reads again only what was never read."""
+
+    def __init__(self, root: Path, settings: dict[str, Any]):
+        self.folder = root / hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+    @staticmethod
+    def key(prompt: str, response: str | None) -> str:
+        return hashlib.blake2b(json.dumps([prompt, response]).encode(), digest_size=12).hexdigest()
+
+    def _known(self) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        known: dict[str, Any] = {}
+        for path in sorted(self.folder.glob("chunk-*.safetensors")):
+            try:
+                known.update(load_file(str(path)))
+            except Exception:  # a chunk cut short by a crash: its items are read again
+                path.unlink(missing_ok=True)
+        return known
+
+    def features(self, items: list[tuple[str, str | None]], features: Features, show_progress: bool):
+        """(len(items), dim) features, reading only the items no chunk holds; and how many were read now."""
+        import torch
+        from safetensors.torch import save_file
+
+        keys = [self.key(p, r) for p, r in items]
+        known = self._known()
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.values(),
+                      key=lambda i: len(features.tokens(*items[i])[0]))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with progress_bar("guard features", total=len(todo), enabled=show_progress) as bar:
+            for start in range(0, len(todo), CHUNK):
+                part = todo[start : start + CHUNK]
+                x = features([items[i] for i in part], on_batch=bar.advance)
+                chunk = {keys[i]: x[j].contiguous() for j, i in enumerate(part)}
+                tmp = self.folder / f".chunk-{len(known)}.tmp"
+                save_file(chunk, str(tmp))
+                tmp.replace(self.folder / f"chunk-{len(known):07d}.safetensors")  # whole, or not at all
+                known.update(chunk)
+        return torch.stack([known[k] for k in keys]), len(todo)
+
 
 def _fit(x, y, classes: int, l2: float, steps: int = 200):
     """Multinomial (or, with classes == 1, binary) logistic regression by L-BFGS on standardised features."""
@@ -36,11 +85,19 @@ def _fit(x, y, classes: int, l2: float, steps: int = 200):
     b = torch.zeros(classes, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
 
+    # A yes/no head weighs its classes to balance (the sources' mix of harmful and harmless is no one's real
+    # prior): P = 0.5 is where a mistake either way costs the same. The category head is scored by accuracy, so
+    # it keeps the data's own frequencies (balancing them cost 11 points of held-out accuracy).
+    pos_weight = None
+    if classes == 1:
+        positives = float(y.sum())
+        pos_weight = torch.tensor((len(y) - positives) / max(positives, 1.0))
+
     def loss_fn():
         opt.zero_grad()
         logits = x @ w.T + b
         if classes == 1:
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], y.float())
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], y.float(), pos_weight=pos_weight)
         else:
             loss = torch.nn.functional.cross_entropy(logits, y)
         loss = loss + l2 * (w * w).sum()
@@ -103,14 +160,21 @@ def run_guard_train(recipe: Recipe, show_progress: bool = True) -> dict[str, Any
     features = Features(model, loaded.tokenizer, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.batch_size)
 
     items = [(e.prompt, None if e.task == "prompt_harmful" else e.response) for e in examples]
+    # The harm head also reads each response's request alone (judges/probe.py: read_responses).
+    requests = sorted({e.prompt for e in examples if e.task == "response_harmful"})
+    items += [(p, None) for p in requests]
+    out = Path(cfg.output) if cfg.output else Layout(recipe).guard
+    cache = FeatureCache(out.with_name(out.name + "_features"),
+                         {"model": loaded.path, "layer": keep, "dtype": cfg.dtype, "version": 1,
+                          "max_prompt_tokens": cfg.max_prompt_tokens, "max_response_tokens": cfg.max_response_tokens})
     feature_start = time.perf_counter()
-    with progress_bar("guard features", total=len(items), enabled=show_progress) as bar:
-        x = features(items, on_batch=bar.advance)
+    x, read_now = cache.features(items, features, show_progress)
     feature_seconds = time.perf_counter() - feature_start
 
+    request_row = {p: len(examples) + k for k, p in enumerate(requests)}
     is_train = torch.tensor([e.split == "train" for e in examples])
-    mean = x[is_train].mean(0)
-    std = x[is_train].std(0).clamp_min(1e-4)
+    mean = x[: len(examples)][is_train].mean(0)
+    std = x[: len(examples)][is_train].std(0).clamp_min(1e-4)
     z = (x - mean) / std
     heads: dict[str, torch.Tensor] = {"feature_mean": mean, "feature_std": std}
     penalties: dict[str, float] = {}
@@ -118,10 +182,15 @@ def run_guard_train(recipe: Recipe, show_progress: bool = True) -> dict[str, Any
     def rows(task: str, split: str) -> list[int]:
         return [i for i, e in enumerate(examples) if e.task == task and e.split == split]
 
+    def inputs(task: str, idx: list[int]):
+        if task != "response_harmful":
+            return z[idx]
+        return torch.cat([z[idx], z[[request_row[examples[i].prompt] for i in idx]]], dim=1)
+
     for task in BINARY_HEADS:
         idx = rows(task, "train")
         y = torch.tensor([examples[i].label for i in idx])
-        w, b, penalties[task] = train_head(z[idx], y, [examples[i].prompt for i in idx], 1, cfg.l2)
+        w, b, penalties[task] = train_head(inputs(task, idx), y, [examples[i].prompt for i in idx], 1, cfg.l2)
         heads[f"{task}.weight"], heads[f"{task}.bias"] = w, b
     # The category head: harmful requests whose source maps a spec category, and harmless requests as `safe`.
     cat_idx = [i for i in rows("prompt_harmful", "train") if examples[i].label == 0 or examples[i].category]
@@ -132,10 +201,9 @@ def run_guard_train(recipe: Recipe, show_progress: bool = True) -> dict[str, Any
     w, b, penalties["category"] = train_head(z[cat_idx], y, [examples[i].prompt for i in cat_idx], len(categories),
                                              cfg.l2)
     heads["category.weight"], heads["category.bias"] = w, b
-    heldout = evaluate_heads(heads, x, examples, categories)
+    heldout = evaluate_heads(heads, x, examples, categories, request_row)
     seconds = time.perf_counter() - start
 
-    out = Path(cfg.output) if cfg.output else Layout(recipe).guard
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         import shutil
@@ -147,8 +215,8 @@ def run_guard_train(recipe: Recipe, show_progress: bool = True) -> dict[str, Any
     summary = {"examples": data_summary["examples"], "dropped": data_summary["dropped"],
                "excluded_prompts": data_summary["excluded_prompts"], "heldout": heldout, "l2": penalties,
                "layer": keep, "of_layers": depth, "seconds": round(seconds, 1),
-               "feature_seconds": round(feature_seconds, 1),
-               "items_per_second": round(len(items) / feature_seconds, 1) if feature_seconds else None}
+               "feature_seconds": round(feature_seconds, 1), "features_read_now": read_now,
+               "items_per_second": round(read_now / feature_seconds, 1) if read_now and feature_seconds else None}
     meta = {"format_version": FORMAT_VERSION, "kind": "deliberate-probe-guard", "base_model": cfg.model,
             "layer": keep, "of_layers": depth, "dtype": cfg.dtype, "max_prompt_tokens": cfg.max_prompt_tokens,
             "max_response_tokens": cfg.max_response_tokens, "batch_size": cfg.batch_size, "categories": categories,
@@ -160,7 +228,8 @@ def run_guard_train(recipe: Recipe, show_progress: bool = True) -> dict[str, Any
     return {**summary, "output": str(out)}
 
 
-def evaluate_heads(heads, x, examples: list[Example], categories: list[str]) -> dict[str, Any]:
+def evaluate_heads(heads, x, examples: list[Example], categories: list[str],
+                   request_row: dict[str, int]) -> dict[str, Any]:
     """Held-out metrics of each head (the test side of every source)."""
     import torch
 
@@ -169,7 +238,9 @@ def evaluate_heads(heads, x, examples: list[Example], categories: list[str]) -> 
         idx = [i for i, e in enumerate(examples) if e.task == task and e.split == "test"]
         if not idx:
             continue
-        p = apply_head(heads, task, x[idx]).tolist()
+        features = x[idx] if task != "response_harmful" else \
+            torch.cat([x[idx], x[[request_row[examples[i].prompt] for i in idx]]], dim=1)
+        p = apply_head(heads, task, features).tolist()
         report[task] = binary_metrics([examples[i].label for i in idx], p)
     idx = [i for i, e in enumerate(examples) if e.task == "prompt_harmful" and e.split == "test"
            and (e.label == 0 or e.category)]
@@ -179,5 +250,4 @@ def evaluate_heads(heads, x, examples: list[Example], categories: list[str]) -> 
         truth = [examples[i].category if examples[i].label else "safe" for i in idx]
         report["category"] = {"n": len(idx), "accuracy": round(sum(a == b for a, b in zip(predicted, truth,
                                                                                          strict=True)) / len(idx), 4)}
-    del torch
     return report

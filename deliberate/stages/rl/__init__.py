@@ -74,6 +74,10 @@ def run_rl(recipe: Recipe, *, resume: bool = False, show_progress: bool = True) 
     judges = [] if cfg.reward_function else [cfg.reward_judge or recipe.judge]
     if cfg.algo == "ppo-lagrangian" and not cfg.cost_function:
         judges.append(cfg.cost_judge or cfg.reward_judge or recipe.judge)
+    if cfg.algo == "ppo-lagrangian" and cfg.cost == "p_harmful" and not cfg.cost_function and \
+            (cost_judge := cfg.cost_judge or cfg.reward_judge or recipe.judge).backend != "guard":
+        raise DeliberateError(f"rl.cost: p_harmful is the guard judge's P(harmful response); the cost judge is "
+                              f"{cost_judge.backend} (set rl.cost_judge.backend: guard, or rl.cost: unsafe / score)")
     rules = any(j.backend == "rules" for j in judges)
     if rules and (missing := [r.id for r in records if not r.category and not r.expected]):
         raise DeliberateError(f"rl: {len(missing)} prompts have neither a category nor an expected behaviour (e.g. "
