@@ -147,10 +147,12 @@ class ProbeGuard:
 
         x = self.features(list(zip(prompts, responses, strict=True)), on_batch)
         unique = sorted(set(prompts))
+        row = {p: k for k, p in enumerate(unique)}
         alone = self.features([(p, None) for p in unique])
-        request = torch.stack([alone[unique.index(p)] for p in prompts]) if prompts else alone
+        request = alone[[row[p] for p in prompts]]
         refusal = apply_head(self.heads, "refusal", x).tolist()
         harmful = apply_head(self.heads, "response_harmful", torch.cat([x, request], dim=1)).tolist()
-        asked = dict(zip(unique, apply_head(self.heads, "prompt_harmful", alone).tolist(), strict=True))
-        return [Reading(prompt_harmful=asked[p], refusal=r, response_harmful=h * asked[p])
-                for p, r, h in zip(prompts, refusal, harmful, strict=True)]
+        asked = apply_head(self.heads, "prompt_harmful", alone).tolist()
+        category = apply_head(self.heads, "category", alone).argmax(dim=1).tolist()
+        return [Reading(prompt_harmful=asked[row[p]], categories=(self.categories[category[row[p]]],), refusal=r,
+                        response_harmful=h * asked[row[p]]) for p, r, h in zip(prompts, refusal, harmful, strict=True)]

@@ -36,9 +36,7 @@ class RulesBackend(Backend):
     def expected_for(self, category: str | None, expected: str | None) -> str | None:
         if expected:
             return expected
-        if category and self.spec is not None and (found := self.spec.find(category)):
-            return "comply" if found.id == "safe" else found.style
-        return None
+        return self.spec.expected_style(category) if category and self.spec is not None else None
 
     def missing(self, category: str | None, expected: str | None) -> str | None:
         if self.expected_for(category, expected) is None:

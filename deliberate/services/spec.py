@@ -82,6 +82,14 @@ class PolicySpec(BaseModel):
         """The category called `name` (its id, title or an alias, in any case or spelling), or None."""
         return self._index.get(normalise(name))
 
+    def expected_style(self, name: str) -> str | None:
+        """How a request of category `name` is answered: `comply` for `safe`, else the category's style (None for
+        a name the spec does not know)."""
+        found = self.find(name)
+        if found is None:
+            return None
+        return "comply" if found.id == "safe" else found.style
+
     def category(self, name: str) -> Category:
         found = self.find(name)
         if found is None:
