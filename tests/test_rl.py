@@ -261,7 +261,7 @@ def test_ppo_checkpoints_hold_no_pickle_and_a_crafted_one_is_refused(rl_setup, t
 def test_ppo_lagrangian_lambda_follows_the_cost(rl_setup, tmp_path):
     summary, history = _rl(rl_setup, tmp_path, "ppo-lagrangian", 30, "rl.prompts_per_step=8",
                            "rl.learning_rate=1e-2", f"rl.cost_function={REWARDS}:letter_e_cost",
-                           "rl.cost_threshold=0.3", "rl.lambda_lr=0.2")
+                           "rl.cost_threshold=0.3", "rl.lambda_lr=0.2", "rl.cost_window=8")
     costs = [h["cost"] for h in history]
     lambdas = [h["lambda"] for h in history]
     peak = max(range(len(lambdas)), key=lambdas.__getitem__)

@@ -16,13 +16,15 @@ class RLOptions(TrainingOptions):
     PPO-Lagrangian are deliberate's own (`stages/rl/ppo.py`) and read the same fields."""
 
     DEFAULTS = {"learning_rate": 1e-6, "logging_steps": 1}
-    TRL_NAMES = {"kl_coef": "beta", "clip_range": "epsilon", "max_new_tokens": "max_completion_length"}
+    TRL_NAMES = {"kl_coef": "beta", "clip_range": "epsilon", "max_new_tokens": "max_completion_length",
+                 "warmup_ratio": "warmup_steps"}  # transformers 5 reads a float below 1 as a ratio of the steps
     OWN_FIELDS = TrainingOptions.OWN_FIELDS | {
         "algo", "start", "data", "reward_judge", "reward_function", "format_reward", "cost_judge", "cost",
         "cost_function", "cost_threshold", "lambda_init", "lambda_lr", "lambda_max", "lambda_update_delay",
         "max_steps", "prompts_per_step", "num_generations", "value_learning_rate", "adaptive_kl", "kl_target",
         "kl_horizon", "ppo_epochs", "mini_batch_size", "clip_range_value", "gamma", "lam", "whiten_advantages",
-        "loss_type"}
+        "loss_type", "clip_range_score", "loss_average", "cost_window", "value_weight_decay",
+        "value_lr_scheduler_type"}
 
     algo: Literal["grpo", "rloo", "ppo", "ppo-lagrangian"] = "grpo"
     """`grpo` / `rloo` (TRL's trainers, no value model), `ppo` (this toolkit's PPO with a value model) or
@@ -101,8 +103,37 @@ class RLOptions(TrainingOptions):
     """PPO: discount of generalised advantage estimation."""
     lam: float = Field(default=0.95, ge=0, le=1)
     """PPO: lambda of generalised advantage estimation."""
-    whiten_advantages: bool = True
-    """PPO: normalise advantages to mean 0 and std 1 over each step's tokens."""
+    whiten_advantages: bool | None = None
+    """PPO: normalise advantages to mean 0 and std 1 over each step's tokens (reward and cost advantages each,
+    before lambda combines them). When unset: on for `ppo` (as TRL's PPO), off for `ppo-lagrangian` (safe-rlhf
+    whitens neither)."""
+    loss_average: Literal["token", "sequence"] | None = None
+    """PPO: how the policy and value losses average over a mini-batch: over all its response tokens (`token`, as
+    TRL's PPO), or over each sequence's tokens and then over sequences (`sequence`, safe-rlhf's masked_mean). When
+    unset: `token` for `ppo`, `sequence` for `ppo-lagrangian`."""
+    clip_range_score: float | None = Field(default=None, gt=0)
+    """PPO: per-token rewards (and costs), the KL penalty plus the score on the last token, are clamped to
+    [-c, c] (safe-rlhf's clip_range_score, 50 in its scripts). When unset: no clamp for `ppo`, 50 for
+    `ppo-lagrangian`."""
+    cost_window: int = Field(default=128, ge=1)
+    """`ppo-lagrangian`: lambda moves on the mean of the last this-many completions' costs (safe-rlhf's
+    episode_cost_window_size), this step's included."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW weight decay of the policy (PPO: biases and norm weights are not decayed, as safe-rlhf and
+    transformers)."""
+    value_weight_decay: float = Field(default=0.0, ge=0)
+    """PPO: AdamW weight decay of the value models."""
+    adam_beta1: float = Field(default=0.9, gt=0, lt=1)
+    """AdamW beta1 (policy and value models)."""
+    adam_beta2: float = Field(default=0.999, gt=0, lt=1)
+    """AdamW beta2 (policy and value models; safe-rlhf uses 0.95)."""
+    lr_scheduler_type: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
+    """The policy's learning-rate schedule over `max_steps` (PPO: over its optimiser updates)."""
+    value_lr_scheduler_type: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
+    """PPO: the value models' learning-rate schedule."""
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    """Fraction of the optimiser updates over which the learning rates warm up from 0 (a `constant` schedule
+    with warmup is `constant_with_warmup`)."""
     max_grad_norm: float = Field(default=1.0, gt=0)
     """Gradients are clipped to this norm."""
     loss_type: str | None = None
@@ -120,6 +151,17 @@ class RLOptions(TrainingOptions):
         if self.ppo_epochs is not None:
             return self.ppo_epochs
         return 1 if self.algo in ("grpo", "rloo") else 4
+
+    def whiten(self) -> bool:
+        return self.whiten_advantages if self.whiten_advantages is not None else self.algo != "ppo-lagrangian"
+
+    def average(self) -> str:
+        return self.loss_average or ("sequence" if self.algo == "ppo-lagrangian" else "token")
+
+    def score_clip(self) -> float | None:
+        if self.clip_range_score is not None:
+            return self.clip_range_score
+        return 50.0 if self.algo == "ppo-lagrangian" else None
 
     def generations(self) -> int:
         if self.num_generations is not None:

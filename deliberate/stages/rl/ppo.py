@@ -7,16 +7,22 @@ TRL no longer has PPO, so this is ours. One step (`ppo_step`, over one `Rollout`
    the judge sees the final answer only). A completion with no score keeps its place in the batch (so every
    process runs the same number of updates) but carries no weight.
 3. **`logprob_pass`**: log-probabilities of the sampling policy and of the reference, and the values.
-4. **`advantages`**: per-token rewards, -kl_coef * (log pi - log pi_ref) on every token, plus the score on the last one.
-   PPO-Lagrangian splits the KL term between reward and cost as Safe RLHF does (half each, the cost with the
-   opposite sign) and adds the cost on the last token of the cost sequence.
+4. **`advantages`**: per-token rewards, -kl_coef * (log pi - log pi_ref) on every token, plus the score on the last one,
+   each token clamped to [-clip_range_score, clip_range_score] when set. PPO-Lagrangian follows safe-rlhf's
+   `ppo_lag` trainer formula by formula (`recipes/safe-rlhf.yaml` names the commit read): the cost sequence is
+   +kl_coef * (log pi - log pi_ref) per token (the full coefficient, opposite sign) plus the cost on the last
+   token, clamped the same way.
    **Generalised advantage estimation** (`gae`) against the value model's predictions (a second value model
-   for the cost), then advantages whitened over the step's tokens.
-   **PPO-Lagrangian**: the multiplier lambda = exp(log_lambda) takes an SGD step on
-   -(mean cost - threshold) * lambda (so it rises while the mean cost is above the threshold and falls below
-   it), and the policy's advantage is (A_reward - lambda * A_cost) / (1 + lambda).
+   for the cost); advantages whitened over the step's tokens for `ppo` (as TRL), not for `ppo-lagrangian` (as
+   safe-rlhf), unless `whiten_advantages` says otherwise.
+   **PPO-Lagrangian**: this step's costs join a window of the last `cost_window` costs; the multiplier
+   lambda = exp(log_lambda) takes an SGD step on -(window mean cost - threshold) * lambda (so it rises while the
+   mean cost is above the threshold and falls below it), is clamped to `lambda_max`, and the updated lambda
+   gives the policy's advantage (A_reward - lambda * A_cost) / (1 + lambda).
 5. **`update`**: `ppo_epochs` passes over the step's completions in mini-batches: the clipped policy loss on the ratio
-   pi / pi_old, and the clipped value loss, each with its own optimiser.
+   pi / pi_old, and the clipped value loss, each with its own AdamW optimiser and learning-rate schedule; the
+   losses average over tokens (`ppo`) or per sequence then over sequences (`ppo-lagrangian`, safe-rlhf's
+   masked_mean), as `loss_average` says.
 6. The KL coefficient stays fixed or follows Ziegler et al.'s adaptive controller.
 
 The reference is the starting model: the adapter-disabled policy with LoRA, a frozen copy otherwise. The value
@@ -34,6 +40,8 @@ import math
 import random
 import shutil
 import time
+import warnings
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +80,18 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
+def loss_mean(x: torch.Tensor, mask: torch.Tensor, average: str) -> torch.Tensor:
+    """A loss over (batch, tokens): the mean over every masked token (`token`, TRL), or each sequence's mean and
+    then the mean over sequences (`sequence`, safe-rlhf's masked_mean); a sequence with no token counts in
+    neither."""
+    if average == "token":
+        return masked_mean(x, mask)
+    lengths = mask.sum(-1)
+    present = (lengths > 0).float()
+    per_sequence = (x * mask).sum(-1) / lengths.clamp(min=1)
+    return (per_sequence * present).sum() / present.sum().clamp(min=1)
+
+
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
     """Normalise to std 1 (and mean 0) over the masked entries."""
     mean = masked_mean(x, mask)
@@ -100,28 +120,34 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask
 
 
-def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
-    """-kl_coef * kl on every token, plus each sequence's score on its last token."""
+def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
+                  clip: float | None = None) -> torch.Tensor:
+    """-kl_coef * kl on every token, plus each sequence's score on its last token, each token's value clamped
+    to [-clip, clip] when `clip` is set (safe-rlhf's clip_range_score, applied after the score is added)."""
     out = -kl_coef * kl * mask
     last = (mask.sum(1).long() - 1).clamp(min=0)
     out[torch.arange(len(scores)), last] += scores * (mask.sum(1) > 0)
+    if clip is not None:
+        out = out.clamp(-clip, clip) * mask
     return out
 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip: float) -> tuple[torch.Tensor, dict[str, float]]:
+                clip: float, average: str = "token") -> tuple[torch.Tensor, dict[str, float]]:
+    """The clipped surrogate -min(A * ratio, A * clip(ratio, 1 - e, 1 + e)), averaged by `loss_mean`."""
     ratio = torch.exp(logprobs - old_logprobs)
     losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
     with torch.no_grad():
         stats = {"clipfrac": masked_mean(((ratio - 1).abs() > clip).float(), mask).item(),
                  "approx_kl": masked_mean(0.5 * (logprobs - old_logprobs) ** 2, mask).item()}
-    return masked_mean(losses, mask), stats
+    return loss_mean(losses, mask, average), stats
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip: float) -> torch.Tensor:
+               clip: float, average: str = "token") -> torch.Tensor:
+    """0.5 * max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2), averaged by `loss_mean`."""
     clipped = old_values + (values - old_values).clamp(-clip, clip)
-    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    return 0.5 * loss_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask, average)
 
 
 class KLController:
@@ -137,17 +163,24 @@ class KLController:
 
 
 class Lagrange(nn.Module):
-    """lambda = exp(log_lambda) >= 0, moved by SGD on -(mean cost - threshold) * lambda (as Safe RLHF)."""
+    """lambda = exp(log_lambda) >= 0, moved by SGD on -(J_c - threshold) * lambda, where J_c is the mean cost of
+    the last `window` completions (safe-rlhf's deque of episode costs, this step's included)."""
 
-    def __init__(self, init: float, lr: float, threshold: float, max_value: float | None = None):
+    def __init__(self, init: float, lr: float, threshold: float, max_value: float | None = None, window: int = 128):
         super().__init__()
         self.log_lambda = nn.Parameter(torch.tensor(math.log(init)))
         self.threshold, self.max_value = threshold, max_value
+        self.costs: deque[float] = deque(maxlen=window)
         self.optimizer = torch.optim.SGD([self.log_lambda], lr=lr)  # as Safe RLHF: no momentum
 
     @property
     def value(self) -> float:
         return self.log_lambda.exp().item()
+
+    def observe(self, costs: list[float]) -> float:
+        """Add this step's costs to the window; returns the window's mean."""
+        self.costs.extend(costs)
+        return sum(self.costs) / len(self.costs) if self.costs else 0.0
 
     def update(self, mean_cost: float) -> None:
         self.optimizer.zero_grad()
@@ -331,11 +364,17 @@ class PPOModels:
     tokenizer: Any
     pad_id: int
     eos_ids: set[int]
+    schedulers: list[Any] = field(default_factory=list)  # the policy's, then each value model's
 
     def gather_mean(self, x: torch.Tensor, weights: torch.Tensor) -> float:
         """The weighted mean of a per-completion value over every process's completions."""
         gather = self.accelerator.gather
         return (gather(x * weights).sum() / gather(weights).sum().clamp(min=1)).item()
+
+    def gather_valid(self, x: torch.Tensor, valid: torch.Tensor) -> list[float]:
+        """Every process's values of its scored completions, in process order."""
+        values, keep = self.accelerator.gather(x), self.accelerator.gather(valid)
+        return values[keep > 0].tolist()
 
 
 @dataclass
@@ -429,20 +468,24 @@ def advantages(m: PPOModels, batch: Rollout, kl_ctl: KLController, lagrange: Lag
     KL to the reference."""
     cfg, mask = m.cfg, batch.mask
     kl = (batch.old_logp - batch.ref_logp) * mask
+    clip = cfg.score_clip()
     if lagrange is None:
-        rewards = token_rewards(batch.scores, kl, mask, kl_ctl.coef)
+        rewards = token_rewards(batch.scores, kl, mask, kl_ctl.coef, clip)
         adv, ret = gae(rewards, batch.old_values[0], mask, cfg.gamma, cfg.lam)
-        batch.advantages = whiten(adv, mask) if cfg.whiten_advantages else adv
+        batch.advantages = whiten(adv, mask) if cfg.whiten() else adv
         batch.returns = [ret]
         return kl
-    rewards = token_rewards(batch.scores, kl, mask, 0.5 * kl_ctl.coef)
-    cost_tokens = token_rewards(batch.costs, -kl, mask, 0.5 * kl_ctl.coef)
+    # safe-rlhf's add_kl_divergence_regularization: the full coefficient on both, reward - beta * KL and
+    # cost + beta * KL per token, the model's score added on the last token, then clamped.
+    rewards = token_rewards(batch.scores, kl, mask, kl_ctl.coef, clip)
+    cost_tokens = token_rewards(batch.costs, -kl, mask, kl_ctl.coef, clip)
     adv_r, ret_r = gae(rewards, batch.old_values[0], mask, cfg.gamma, cfg.lam)
     adv_c, ret_c = gae(cost_tokens, batch.old_values[1], mask, cfg.gamma, cfg.lam)
+    window_cost = lagrange.observe(m.gather_valid(batch.costs, batch.valid))
     if step >= cfg.lambda_update_delay:
-        lagrange.update(m.gather_mean(batch.costs, batch.valid))
-    lam = lagrange.value
-    if cfg.whiten_advantages:
+        lagrange.update(window_cost)
+    lam = lagrange.value  # the updated multiplier, as safe-rlhf's actor loss reads it
+    if cfg.whiten():
         adv_r, adv_c = whiten(adv_r, mask), whiten(adv_c, mask)
     batch.advantages = (adv_r - lam * adv_c) / (1 + lam)
     batch.returns = [ret_r, ret_c]
@@ -467,20 +510,23 @@ def update(m: PPOModels, batch: Rollout) -> dict[str, float]:
             ids, att, mk = batch.input_ids[idx], batch.attention[idx], mask[idx]
             with accelerator.autocast():
                 logp, entropy = response_logprobs(m.policy, ids, att, context, cfg.temperature, with_entropy=True)
-                loss, info = policy_loss(logp, batch.old_logp[idx], batch.advantages[idx], mk, cfg.clip_range)
+                loss, info = policy_loss(logp, batch.old_logp[idx], batch.advantages[idx], mk, cfg.clip_range,
+                                         cfg.average())
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(m.policy.parameters(), cfg.max_grad_norm)
             m.opt_policy.step()
             m.opt_policy.zero_grad()
+            m.schedulers[0].step()
             for k, (vm, opt) in enumerate(zip(m.value_models, m.opt_values, strict=True)):
                 with accelerator.autocast():
                     vpred = response_values(vm, ids, att, context)
                     vloss = value_loss(vpred, batch.old_values[k][idx], batch.returns[k][idx], mk,
-                                       cfg.clip_range_value)
+                                       cfg.clip_range_value, cfg.average())
                 accelerator.backward(vloss)
                 accelerator.clip_grad_norm_(vm.parameters(), cfg.max_grad_norm)
                 opt.step()
                 opt.zero_grad()
+                m.schedulers[k + 1].step()
                 if k == 0:
                     stats["value_loss"].append(vloss.item())
             stats["policy_loss"].append(loss.item())
@@ -534,8 +580,9 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], run: Mode
         raise DeliberateError(f"rl.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the number of "
                               f"processes ({world})")
     set_seed(recipe.seed + accelerator.process_index)
-    m = _models(recipe, start, accelerator, lagrangian)
-    lagrange = Lagrange(cfg.lambda_init, cfg.lambda_lr, cfg.cost_threshold, cfg.lambda_max) if lagrangian else None
+    m = _models(recipe, start, accelerator, lagrangian, cfg.max_steps * updates_per_step(cfg, world))
+    lagrange = Lagrange(cfg.lambda_init, cfg.lambda_lr, cfg.cost_threshold, cfg.lambda_max,
+                        cfg.cost_window * world) if lagrangian else None
     kl = KLController(cfg.kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
     state = PPOState(kl_coef=cfg.kl_coef)
     if resume:
@@ -544,6 +591,12 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], run: Mode
         if lagrange is not None and state.lagrange is not None:
             lagrange.load_state_dict(state.lagrange["module"])
             lagrange.optimizer.load_state_dict(state.lagrange["optimizer"])
+            lagrange.costs.extend(state.lagrange.get("window", []))
+        with warnings.catch_warnings():  # the schedules are functions of the update count: replay it
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            for scheduler in m.schedulers:
+                for _ in range(state.step * updates_per_step(cfg, world)):
+                    scheduler.step()
     resumed_from = state.step if resume else None
 
     per_rank = cfg.prompts_per_step // world
@@ -560,7 +613,8 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], run: Mode
             state.step += 1
             state.kl_coef = kl.coef
             if lagrange is not None:
-                state.lagrange = {"module": lagrange.state_dict(), "optimizer": lagrange.optimizer.state_dict()}
+                state.lagrange = {"module": lagrange.state_dict(), "optimizer": lagrange.optimizer.state_dict(),
+                                  "window": list(lagrange.costs)}
             state.history.append({"step": state.step, **metrics})
             if accelerator.is_main_process:  # the history is in every checkpoint, so a resumed log has no gaps
                 write_jsonl(run.folder / "log.jsonl", state.history)
@@ -590,9 +644,27 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], run: Mode
     return unwrapped, m.tokenizer, summary, history
 
 
-def _models(recipe: Recipe, start: str, accelerator, lagrangian: bool) -> PPOModels:
-    """The policy from `start` (loaded once; the reference and the value models start as copies of it), and
-    the optimisers, prepared by `accelerator`."""
+def updates_per_step(cfg: RLOptions, world: int) -> int:
+    """Optimiser updates of each model per RL step: `ppo_epochs` passes over the process's completions."""
+    per_rank = cfg.prompts_per_step // world * cfg.generations()
+    return cfg.epochs() * math.ceil(per_rank / (cfg.mini_batch_size or per_rank))
+
+
+def _adamw(model, lr: float, weight_decay: float, cfg: RLOptions) -> torch.optim.AdamW:
+    """AdamW with no decay on biases and norm weights (as safe-rlhf and transformers' Trainer)."""
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (plain if p.ndim < 2 or "norm" in name.lower() or name.endswith("bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+
+
+def _models(recipe: Recipe, start: str, accelerator, lagrangian: bool, total_updates: int) -> PPOModels:
+    """The policy from `start` (loaded once; the reference and the value models start as copies of it), the
+    optimisers and their learning-rate schedules, prepared by `accelerator`."""
+    from transformers import get_scheduler
+
     cfg = recipe.rl
     loaded = load_start(recipe, start, trainable=True)
     tokenizer = loaded.tokenizer
@@ -612,13 +684,17 @@ def _models(recipe: Recipe, start: str, accelerator, lagrangian: bool) -> PPOMod
     for module in [policy, *value_models]:  # no dropout: pi / pi_old must be 1 before the first update (as TRL)
         disable_dropout_in_model(module)
     value_lr = cfg.value_learning_rate or 5 * cfg.learning_rate
-    opt_policy = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate)
-    opt_values = [torch.optim.AdamW([p for p in v.parameters() if p.requires_grad], lr=value_lr)
-                  for v in value_models]
+    opt_policy = _adamw(policy, cfg.learning_rate, cfg.weight_decay, cfg)
+    opt_values = [_adamw(v, value_lr, cfg.value_weight_decay, cfg) for v in value_models]
+    warmup = int(total_updates * cfg.warmup_ratio)
+    schedulers = [get_scheduler(cfg.lr_scheduler_type, opt_policy, num_warmup_steps=warmup,
+                                num_training_steps=total_updates)]
+    schedulers += [get_scheduler(cfg.value_lr_scheduler_type, o, num_warmup_steps=warmup,
+                                 num_training_steps=total_updates) for o in opt_values]
     policy, opt_policy = accelerator.prepare(policy, opt_policy)
     prepared = [accelerator.prepare(v, o) for v, o in zip(value_models, opt_values, strict=True)]
     return PPOModels(cfg, accelerator, policy, reference, [p[0] for p in prepared], opt_policy,
-                     [p[1] for p in prepared], tokenizer, pad_id, eos_ids)
+                     [p[1] for p in prepared], tokenizer, pad_id, eos_ids, schedulers)
 
 
 def _as_list(x) -> list:
