@@ -9,7 +9,8 @@ RUNS ?= runs
 # Preference-optimisation recipes (recipes/<name>.yaml for a GPU, <name>-cpu.yaml for this machine)
 PREF_RECIPES := sacpo sacpo-kto-dpo sacpo-safety-first modpo
 
-.PHONY: install test demo demo-guard guard grpo-demo lint bench clean $(PREF_RECIPES) $(addsuffix -cpu,$(PREF_RECIPES))
+.PHONY: install test demo demo-guard guard grpo-demo lint bench clean safe-rlhf safe-rlhf-cpu $(PREF_RECIPES) \
+	$(addsuffix -cpu,$(PREF_RECIPES))
 
 install: $(VENV)/.installed
 
@@ -59,6 +60,17 @@ $(PREF_RECIPES) $(addsuffix -cpu,$(PREF_RECIPES)): install
 	$(BIN)/deliberate dpo --recipe recipes/$@.yaml
 	$(BIN)/deliberate merge --recipe recipes/$@.yaml
 	$(BIN)/deliberate eval --recipe recipes/$@.yaml
+
+# Safe RLHF in one recipe: reward and cost models (`deliberate rm`), PPO-Lagrangian, evaluation. The -cpu variant
+# trains a cost model on ../shared/datasets PKU-SafeRLHF pairs and uses the rules judge as the reward
+safe-rlhf: install
+	$(BIN)/deliberate rm --recipe recipes/$@.yaml
+	$(BIN)/deliberate rl --recipe recipes/$@.yaml
+	$(BIN)/deliberate eval --recipe recipes/$@.yaml
+safe-rlhf-cpu: install
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate rm --recipe recipes/$@.yaml
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate rl --recipe recipes/$@.yaml
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate eval --recipe recipes/$@.yaml
 
 lint: install
 	$(BIN)/ruff check deliberate tests benchmarks

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import trl
 
-from deliberate.config import DPOStage, RLOptions, SFTOptions, load_recipe
+from deliberate.config import DPOStage, RLOptions, RMOptions, SFTOptions, load_recipe
 from deliberate.services.training import trl_config
 
 PACKAGE = Path(__file__).resolve().parents[1] / "deliberate"
-TRL_CONFIGS = {SFTOptions: ["SFTConfig"], DPOStage: ["DPOConfig", "KTOConfig"], RLOptions: ["GRPOConfig", "RLOOConfig"]}
+TRL_CONFIGS = {SFTOptions: ["SFTConfig"], DPOStage: ["DPOConfig", "KTOConfig"], RLOptions: ["GRPOConfig", "RLOOConfig"],
+               RMOptions: ["RewardConfig"]}
 
 
 def accepted(config_names: list[str]) -> set[str]:
@@ -62,12 +63,15 @@ def _other_value(section, name: str):
         return 0.25 if default == 0 else default / 2
     if name == "loss_type":
         return ["ipo"] if section is DPOStage else "dapo"
+    if name.endswith("lr_scheduler_type"):
+        return "cosine" if default != "cosine" else "linear"
     raise AssertionError(f"no test value for {section.__name__}.{name} ({default!r})")
 
 
 CASES = [(SFTOptions, "SFTConfig", {}), (DPOStage, "DPOConfig", {}), (DPOStage, "KTOConfig", {"loss_type": "kto"}),
          (RLOptions, "GRPOConfig", {"num_generations": 2, "per_device_train_batch_size": 2}),
-         (RLOptions, "RLOOConfig", {"num_generations": 2, "per_device_train_batch_size": 2})]
+         (RLOptions, "RLOOConfig", {"num_generations": 2, "per_device_train_batch_size": 2}),
+         (RMOptions, "RewardConfig", {})]
 
 
 @pytest.mark.parametrize(("section", "config", "computed"), CASES, ids=[c[1] for c in CASES])
@@ -100,7 +104,8 @@ def test_every_recipe_field_is_read_by_deliberate_or_passed_to_trl():
     from deliberate.config.reference import reference
 
     read = attributes_read()
-    training = {name: section for name, section in (("sft", SFTOptions), ("dpo", DPOStage), ("rl", RLOptions))}
+    training = {name: section for name, section in (("sft", SFTOptions), ("dpo", DPOStage), ("rl", RLOptions),
+                                                    ("rm", RMOptions))}
     unused = []
     for field in reference():
         top, _, rest = field.path.partition(".")

@@ -1,4 +1,4 @@
-"""The stage verbs: generate, filter, sft, pipeline, pairs, dpo, rl, merge, eval."""
+"""The stage verbs: generate, filter, sft, pipeline, pairs, dpo, rm, rl, merge, eval."""
 
 from __future__ import annotations
 
@@ -161,6 +161,36 @@ def dpo(recipe: RecipeOpt = None, set_: SetOpt = None, model: ModelOpt = None, o
     table(f"{r.name}: preference optimisation",
           ["model", "method", "start", "beta", "w", "examples", "steps", "loss", "reward acc.", "time"], rows)
     say(f"models in {Layout(r).root / 'dpo'}")
+
+
+@command()
+def rm(recipe: RecipeOpt = None, set_: SetOpt = None, model: ModelOpt = None, output: OutputOpt = None,
+       name: Annotated[list[str] | None, typer.Option(help="Train only this model of rm.models (repeatable).")] = None,
+       resume: Annotated[bool, typer.Option(help="Continue each model from its last checkpoint.")] = False) -> None:
+    """Reward and cost models on preference pairs (TRL RewardTrainer): Safe RLHF's first step, MODPO's margin.
+
+    Input: a recipe (model, rm section: models, each a reward or cost model on pairs in any format dpo reads).
+    Output: <output_dir>/rm/<name>/model (full weights, deliberate_rm.json with held-out accuracy), adapter/,
+    checkpoints/, summary.json; `rm:<name>` names it as a classifier judge (rl.reward_judge, rl.cost_judge) or
+    a MODPO margin. Finished models are reused.
+    Example: deliberate rm --recipe recipes/safe-rlhf-cpu.yaml
+    """
+    from deliberate.services.runs import Layout
+    from deliberate.stages.rm import run_rm
+
+    r = load(recipe, set_, model, output)
+    rows = []
+    for s in run_rm(r, only=name, resume=resume):
+        held = s["held_out"]
+        acc, base = held["accuracy"], held["baseline_longer_wins"]
+        loss = "reused" if s.get("reused") else f"{num(s['first_loss'], 3)} -> {num(s['last_loss'], 3)}"
+        sign = held.get("sign_accuracy")
+        rows.append([s["model"], s["kind"], s["examples"], s["steps"], loss,
+                     f"{acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] (n={held['pairs']})",
+                     f"{base['value']:.3f}", f"{sign['value']:.3f}" if sign else "-", f"{s['seconds']:.0f}s"])
+    table(f"{r.name}: reward and cost models",
+          ["model", "kind", "pairs", "steps", "loss", "held-out accuracy", "longer wins", "sign acc.", "time"], rows)
+    say(f"models in {Layout(r).root / 'rm'}")
 
 
 @command()

@@ -16,6 +16,7 @@ from deliberate.config.model import ModelConfig
 from deliberate.config.preferences import DPOOptions, DPOStage, MarginConfig, PairsConfig, PreferenceData
 from deliberate.config.recipe import Recipe, load_recipe
 from deliberate.config.rl import RLOptions
+from deliberate.config.rm import RewardModelSpec, RMOptions
 from deliberate.config.sampling import ApiConfig, SamplingConfig
 from deliberate.config.training import DatasetTrainingOptions, SFTOptions, TrainingOptions
 
@@ -44,6 +45,8 @@ __all__ = [
     "PairsConfig",
     "PreferenceData",
     "RLOptions",
+    "RMOptions",
+    "RewardModelSpec",
     "Recipe",
     "SFTOptions",
     "SamplingConfig",

@@ -52,12 +52,14 @@ class PreferenceData(Section):
 
 
 class MarginConfig(Section):
-    kind: Literal["implicit", "columns"] = "implicit"
+    kind: Literal["implicit", "reward_model", "columns"] = "implicit"
     """`implicit`: the implicit reward beta * (log pi_m(y|x) - log pi_ref(y|x)) of a frozen model m (a DPO
-    adapter or model, e.g. the safety stage); `columns`: precomputed scores in the data (e.g. the judge scores
-    that `deliberate pairs` writes)."""
+    adapter or model, e.g. the safety stage, as MODPO's scripts); `reward_model`: the scalar r(x, y) of a reward
+    model (`rm:<name>` from `deliberate rm`, or any sequence classifier); `columns`: precomputed scores in the
+    data (e.g. the judge scores that `deliberate pairs` writes)."""
     model: str | None = None
-    """`implicit`: the scorer model (`stage:<dpo stage>`, a folder, an adapter or a Hub id)."""
+    """`implicit`: the scorer model (`stage:<dpo stage>`, a folder, an adapter or a Hub id); `reward_model`: the
+    reward model (`rm:<name>`, a folder or a Hub id)."""
     reference: str | None = None
     """`implicit`: its reference model; the stage's starting model when unset."""
     beta: float = Field(default=0.1, gt=0)

@@ -27,6 +27,7 @@ from deliberate.config.model import ModelConfig
 from deliberate.config.overrides import apply_override
 from deliberate.config.preferences import DPOOptions, PairsConfig
 from deliberate.config.rl import RLOptions
+from deliberate.config.rm import RMOptions
 from deliberate.config.sampling import SamplingConfig
 from deliberate.config.training import SFTOptions
 from deliberate.config.yamlio import load_yaml_file, validate
@@ -67,6 +68,8 @@ class Recipe(Section):
     """Judge-ranked preference pairs sampled from a policy."""
     dpo: DPOOptions = Field(default_factory=DPOOptions)
     """Offline preference optimisation (DPO, KTO, SACPO's stages, MODPO)."""
+    rm: RMOptions = Field(default_factory=RMOptions)
+    """Reward and cost models trained on preference pairs (Safe RLHF's first step; MODPO's margin)."""
     rl: RLOptions = Field(default_factory=RLOptions)
     """Online RL with a judge reward (GRPO, RLOO, PPO, PPO-Lagrangian)."""
     merge: MergeConfig = Field(default_factory=MergeConfig)

@@ -9,7 +9,7 @@ is one or the other, so an option cannot silently do nothing.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -63,6 +63,10 @@ class DatasetTrainingOptions(TrainingOptions):
     """Batches whose gradients are summed before each optimiser step."""
     max_length: int = Field(default=1024, ge=16)
     """Longest training sequence (prompt and completion) in tokens; longer examples are truncated."""
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """The learning-rate schedule over the training steps (TRL's default: linear decay)."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW weight decay."""
 
 
 class SFTOptions(DatasetTrainingOptions):

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 class ClassifierBackend(Backend):
     kind = "classifier"
+    deterministic = True
 
     def __init__(self, usage: Usage, cfg: JudgeConfig):
         super().__init__(usage)
@@ -65,29 +66,10 @@ class ClassifierBackend(Backend):
     def identity(self) -> dict[str, Any]:
         return {"backend": self.kind, "model": self.path}
 
-    def _text(self, prompt: str, response: str) -> str:
-        conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-        if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(conversation, tokenize=False)
-        return f"User: {prompt}\nAssistant: {response}"
-
     def scores(self, pairs: list[tuple[str, str]], on_chunk=lambda start, values: None) -> list[float]:
         """The classifier's score of each (prompt, response), `max_concurrency` at a time; `on_chunk(start,
         values)` after each chunk."""
-        import torch
-
-        out: list[float] = []
-        size = self.cfg.max_concurrency
-        for start in range(0, len(pairs), size):
-            texts = [self._text(p, r) for p, r in pairs[start : start + size]]
-            enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                                 add_special_tokens=False).to(self.model.device)
-            with torch.inference_mode():
-                logits = self.model(**enc).logits
-            values = logits[:, 0].float().tolist()
-            on_chunk(start, values)
-            out.extend(values)
-        return out
+        return classifier_scores(self.model, self.tokenizer, pairs, self.cfg.max_concurrency, on_chunk)
 
     async def pointwise(self, requests: list[PointwiseRequest], done: Done) -> list[dict[str, Any] | JudgeFailure]:
         def judgment(value: float) -> dict[str, Any]:
@@ -109,3 +91,30 @@ class ClassifierBackend(Backend):
             a, b = sign * values[2 * i], sign * values[2 * i + 1]
             out.append({"preferred": "tie" if a == b else ("A" if a > b else "B"), "rationale": None})
         return report_all(done, out)
+
+
+def conversation_text(tokenizer, prompt: str, response: str) -> str:
+    """(prompt, response) as the scorer reads it: the tokenizer's chat template, else a plain transcript."""
+    conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(conversation, tokenize=False)
+    return f"User: {prompt}\nAssistant: {response}"
+
+
+def classifier_scores(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int,
+                      on_chunk=lambda start, values: None) -> list[float]:
+    """A sequence classifier's first logit for each (prompt, response), `batch_size` at a time (the one scoring
+    path: the classifier judge, and `deliberate rm`'s held-out report)."""
+    import torch
+
+    out: list[float] = []
+    for start in range(0, len(pairs), batch_size):
+        texts = [conversation_text(tokenizer, p, r) for p, r in pairs[start : start + batch_size]]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                        add_special_tokens=False).to(model.device)
+        with torch.inference_mode():
+            logits = model(**enc).logits
+        values = logits[:, 0].float().tolist()
+        on_chunk(start, values)
+        out.extend(values)
+    return out

@@ -45,7 +45,7 @@ def prompt_hash(text: str) -> str:
     return hashlib.blake2b(normalise(text).encode(), digest_size=8).hexdigest()
 
 
-def _unit(text: str) -> float:
+def hash_unit(text: str) -> float:
     """A stable number in [0, 1) for a prompt."""
     return int(prompt_hash(text), 16) / 2**64
 
@@ -113,7 +113,7 @@ def _read_table(cfg: GuardConfig, src: GuardSource) -> list[Example]:
                 (src.response and not isinstance(response, str)):
             continue
         category = _category(row[src.category], src) if src.category else None
-        side = "test" if _unit(prompt) < src.test_fraction else "train"
+        side = "test" if hash_unit(prompt) < src.test_fraction else "train"
         out.append(Example(src.task, prompt, response, label, category, src.path, i, side))  # type: ignore[arg-type]
     return out
 
@@ -135,7 +135,7 @@ def _read_xstest(cfg: GuardConfig, src: GuardSource) -> list[Example]:
             label = {"1_full_compliance": 0, "2_full_refusal": 1}.get(row.get("final_label"))
             if label is None or not isinstance(row.get("completion"), str):
                 continue
-            test_prompt = _unit(row["prompt"]) < src.test_fraction
+            test_prompt = hash_unit(row["prompt"]) < src.test_fraction
             if test_prompt != (model in src.test_models):
                 continue  # a test model on a training prompt, or a training model on a test prompt
             side = "test" if test_prompt else "train"
@@ -158,7 +158,7 @@ def _read_pku(cfg: GuardConfig, src: GuardSource) -> list[Example]:
         pair = row[src.response or "response"]
         if not isinstance(row[src.prompt], str) or len(pair) != 2:
             continue
-        side = "test" if _unit(row[src.prompt]) < src.test_fraction else "train"
+        side = "test" if hash_unit(row[src.prompt]) < src.test_fraction else "train"
         for label, text in ((0, pair[0]), (1, pair[1])):  # the safe response, then the unsafe one
             out.append(Example("response_harmful", row[src.prompt], str(text), label, None, src.path, i, side))
     return out

@@ -168,8 +168,12 @@ def _convert(df, label: str, fmt: str, data: PreferenceData,
             if responses[0] == responses[1]:
                 skipped += 1
                 continue
-            paired.append({"prompt": prompt, "chosen": _assistant(responses[best]),
-                           "rejected": _assistant(responses[1 - best])})
+            pair = {"prompt": prompt, "chosen": _assistant(responses[best]),
+                    "rejected": _assistant(responses[1 - best])}
+            if "is_response_0_safe" in row and "is_response_1_safe" in row:  # for a cost model's sign loss
+                pair["chosen_safe"] = _label(row[f"is_response_{best}_safe"], i)
+                pair["rejected_safe"] = _label(row[f"is_response_{1 - best}_safe"], i)
+            paired.append(pair)
     if kind == "unpaired":
         rows = unpaired or [x for p in paired for x in unpair(p)]
     else:

@@ -8,6 +8,7 @@ Under a recipe's `output_dir`, one folder per stage (`Layout`):
     dpo/<stage>[/<variant>]  a trained model             stage:<stage>[/<variant>], stage:<stage>/* for all
     rl/                      a trained model, log.jsonl  stage:rl
     merge/<name>[/<variant>] a merged model              merge:<name>[/<variant>], merge:<name>/* for all
+    rm/<name>                a reward or cost model      rm:<name> (a `classifier` judge, a MODPO margin)
     eval/  answers/  judge/  reports and answer files
 
 A trained or merged model's folder (`ModelRun`) holds `model/` (full weights, tokenizer, a model card, and,
@@ -15,7 +16,7 @@ written last, the marker `deliberate_model.json` with the run's summary and fing
 `checkpoints/` (for `--resume`; each `checkpoint-N` records, written last, the fingerprint of the run that wrote
 it in `deliberate_checkpoint.json`) and `summary.json`. `model/` is replaced whole, never half-written. A stage whose
 inputs (settings, data, start model) have the same fingerprint as a finished run's reuses it instead of training
-again (`ModelRun.reusable`). Any name that is not a `stage:` or `merge:` reference is a model as in `model.name`
+again (`ModelRun.reusable`). Any name that is not a `stage:`, `merge:` or `rm:` reference is a model as in `model.name`
 (folder, adapter folder, Hub id, `smollm2`) and is returned as is.
 """
 
@@ -165,9 +166,12 @@ class ModelRun:
                 "--resume to start afresh")
         return str(mine[-1])
 
-    def finish(self, tmp: Path, summary: dict[str, Any], card: str) -> None:
-        """Make the complete model in `tmp` this run's `model/`: card, then marker, then one rename."""
+    def finish(self, tmp: Path, summary: dict[str, Any], card: str, files: dict[str, Any] | None = None) -> None:
+        """Make the complete model in `tmp` this run's `model/`: card and `files` (name -> JSON), then marker,
+        then one rename."""
         atomic_write_text(tmp / "README.md", card)
+        for name, value in (files or {}).items():
+            write_json(tmp / name, value)
         write_json(tmp / MARKER, summary)
         replace_dir(tmp, self.model)
         write_json(self.folder / "summary.json", summary)
@@ -203,6 +207,9 @@ class Layout:
     def merge(self, name: str, variant: str = "") -> ModelRun:
         return ModelRun(self.root / "merge" / name / variant if variant else self.root / "merge" / name)
 
+    def rm(self, name: str) -> ModelRun:
+        return ModelRun(self.root / "rm" / name)
+
 
 def model_card(recipe: Recipe, title: str, text: str, sections: dict[str, Any] | None = None) -> str:
     """A model folder's README: what it is, how it was made, then YAML blocks (the recipe last)."""
@@ -216,7 +223,7 @@ def model_card(recipe: Recipe, title: str, text: str, sections: dict[str, Any] |
 # ---- references to a recipe's models ----
 
 def is_reference(name: str) -> bool:
-    return name.startswith(("stage:", "merge:"))
+    return name.startswith(("stage:", "merge:", "rm:"))
 
 
 def _variants(folder: Path) -> dict[str, Path]:
@@ -238,7 +245,7 @@ def stage_models(recipe: Recipe, ref: str) -> list[tuple[str, str]]:
         if not run.finished:
             raise DeliberateError(f"{ref}: no model yet ({run.model}); run `deliberate {name}` first")
         return [(ref, str(run.model))]
-    verb = "dpo" if kind == "stage" else "merge"
+    verb = {"stage": "dpo", "merge": "merge", "rm": "rm"}[kind]
     folder = layout.root / verb / name
     found = _variants(folder)
     if not found:
@@ -269,3 +276,11 @@ class StageRun:
     rows: list[dict[str, Any]]
     path: Path
     summary: dict[str, Any]
+
+
+def resolve_judge(recipe: Recipe, cfg):
+    """A judge config whose model is a reference to this recipe's outputs (`rm:cost`, `stage:sft`), with the
+    model's folder in its place; any other config as it is."""
+    if cfg.model and is_reference(cfg.model):
+        return cfg.model_copy(update={"model": stage_model(recipe, cfg.model)})
+    return cfg

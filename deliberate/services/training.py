@@ -129,10 +129,12 @@ def load_start(recipe: Recipe, path: str, trainable: bool):
     return loaded
 
 
-def save_trained(trainer, run: ModelRun, *, lora: bool, card: str, summary: dict[str, Any]) -> None:
+def save_trained(trainer, run: ModelRun, *, lora: bool, card: str, summary: dict[str, Any],
+                 files: dict[str, Any] | None = None) -> None:
     """`save_policy` for a TRL trainer, called on every process: `trainer.save_model` runs everywhere (under FSDP
     or ZeRO-3 it gathers the sharded weights) and the main process writes; the others wait for it. With LoRA
-    the gathered adapter is saved as is, and the merge into full weights happens on the main process."""
+    the gathered adapter is saved as is, and the merge into full weights happens on the main process. `files`
+    (name -> JSON) are written into the model folder before it is put in place."""
     tokenizer = trainer.processing_class
     saved = run.folder / ("adapter.tmp" if lora else "model.tmp")
     trainer.save_model(str(saved))
@@ -142,14 +144,14 @@ def save_trained(trainer, run: ModelRun, *, lora: bool, card: str, summary: dict
         (saved / "training_args.bin").unlink(missing_ok=True)  # a pickle: the recipe in the model card says it all
         tokenizer.save_pretrained(str(saved))
         if not lora:
-            run.finish(saved, summary, card)
+            run.finish(saved, summary, card, files)
             return
         replace_dir(saved, run.adapter)
         merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         tmp = run.folder / "model.tmp"
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        run.finish(tmp, summary, card)
+        run.finish(tmp, summary, card, files)
 
 
 def save_policy(model, tokenizer, run: ModelRun, *, lora: bool, card: str, summary: dict[str, Any]) -> None:

@@ -29,7 +29,8 @@ from trl import DPOConfig, DPOTrainer
 
 from deliberate.config import DPOStage, Recipe
 from deliberate.errors import DeliberateError
-from deliberate.services.models import resolve_model_path
+from deliberate.judges.classifier import classifier_scores
+from deliberate.services.models import pick_device, resolve_model_path
 from deliberate.services.preferences import load_preferences
 from deliberate.services.runs import (
     Layout,
@@ -112,6 +113,12 @@ def train_stage(recipe: Recipe, stage: DPOStage, start: str, beta: float, weight
     start_path = resolve_model_path(start)
     settings = stage.model_dump(exclude={"stages", "name", "beta", "weight", "start"})
     margin_model = None
+    if stage.method == "modpo" and stage.margin.kind == "reward_model":
+        if not stage.margin.model:
+            raise DeliberateError(f"dpo: stage '{stage.name}': MODPO with a reward-model margin needs "
+                                  "dpo.margin.model (e.g. rm:safety, trained by `deliberate rm`)")
+        margin_model = resolve_model_path(stage_model(recipe, stage.margin.model))
+        margin_ref = None
     if stage.method == "modpo" and stage.margin.kind == "implicit":
         if not stage.margin.model:
             raise DeliberateError(f"dpo: stage '{stage.name}': MODPO with an implicit-reward margin needs "
@@ -253,6 +260,8 @@ def _with_margins(recipe: Recipe, stage: DPOStage, rows: list[dict[str, Any]], m
                                   f"the data (it has {', '.join(rows[0])})")
         return [{**r, "margin_chosen": m.scale * float(r[m.chosen_column]),
                  "margin_rejected": m.scale * float(r[m.rejected_column])} for r in rows]
+    if m.kind == "reward_model":
+        return _reward_model_margins(rows, margin_model, m.scale)
     scorer = load_start(recipe, margin_model, trainable=False)
     reference = load_start(recipe, margin_ref, trainable=False)
     texts = [(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows]
@@ -260,6 +269,23 @@ def _with_margins(recipe: Recipe, stage: DPOStage, rows: list[dict[str, Any]], m
                                   sequence_logps(reference.model, reference.tokenizer, texts), strict=True)]
     n = len(rows)
     return [{**r, "margin_chosen": m.scale * m.beta * diff[i], "margin_rejected": m.scale * m.beta * diff[n + i]}
+            for i, r in enumerate(rows)]
+
+
+def _reward_model_margins(rows: list[dict[str, Any]], path: str, scale: float) -> list[dict[str, Any]]:
+    """m(x, y) = scale * r(x, y) of a sequence-classification reward model, scored as the classifier judge scores."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(path).to(pick_device("auto")).eval()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    text = lambda messages: "\n".join(t["content"] for t in messages)  # noqa: E731
+    pairs = [(text(r["prompt"]), r[side][-1]["content"]) for side in ("chosen", "rejected") for r in rows]
+    scores = classifier_scores(model, tokenizer, pairs, 8)
+    n = len(rows)
+    return [{**r, "margin_chosen": scale * scores[i], "margin_rejected": scale * scores[n + i]}
             for i, r in enumerate(rows)]
 
 

@@ -38,7 +38,7 @@ from deliberate.services.io import ResumableJsonl, write_json
 from deliberate.services.models import load_model, resolve_model_path
 from deliberate.services.progress import progress_bar
 from deliberate.services.reasoning import CLOSE, retrieval_summary, split_reasoning
-from deliberate.services.runs import Layout, StageRun, fingerprint, row_key
+from deliberate.services.runs import Layout, StageRun, fingerprint, resolve_judge, row_key
 from deliberate.services.spec import PolicySpec, load_spec
 
 DEFAULT_INSTRUCTIONS = """\
@@ -208,7 +208,7 @@ def assign_categories(recipe: Recipe, spec: PolicySpec, records: list[PromptReco
     missing = [r for r in records if not r.category]
     if not missing:
         return records
-    judge = make_judge(recipe.judge, spec, show_progress=show_progress)
+    judge = make_judge(resolve_judge(recipe, recipe.judge), spec, show_progress=show_progress)
     assigned = judge.classify([r.prompt for r in missing])
     failed = sum(c is None for c in assigned)
     if failed:

@@ -23,14 +23,14 @@ from deliberate.judges import PointwiseItem, make_judge, require_scale
 from deliberate.services.answering import answer_records
 from deliberate.services.data import PromptRecord, load_prompts
 from deliberate.services.failures import publish
-from deliberate.services.runs import Layout, stage_model
+from deliberate.services.runs import Layout, resolve_judge, stage_model
 from deliberate.services.spec import load_spec
 
 
 def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     """Sample, judge and pair; see the module docstring. Returns the summary."""
     cfg = recipe.pairs
-    require_scale(recipe.judge, "pairs.min_margin / pairs.kto_threshold")  # before any sampling
+    require_scale(resolve_judge(recipe, recipe.judge), "pairs.min_margin / pairs.kto_threshold")  # before any sampling
     spec = load_spec(recipe.spec)
     records = load_prompts(recipe.data, spec)
     policy = stage_model(recipe, cfg.policy) if cfg.policy else recipe.model.name
@@ -41,7 +41,7 @@ def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     folder = Layout(recipe).pairs
     run = answer_records(model, samples, cfg.sampling(), folder / "completions.jsonl", seed=recipe.seed,
                          show_progress=show_progress, description="sampling completions")
-    judge = make_judge(recipe.judge, spec, show_progress=show_progress)
+    judge = make_judge(resolve_judge(recipe, recipe.judge), spec, show_progress=show_progress)
     try:
         usable = [r for r in run.rows if not (cfg.drop_cut_off and r["finish_reason"] == "length")]
         results = judge.score([PointwiseItem(r["prompt"], r["answer"], r.get("category"), r.get("expected"))

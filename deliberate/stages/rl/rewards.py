@@ -34,6 +34,7 @@ from deliberate.errors import DeliberateError
 from deliberate.judges import Judge, PointwiseItem, make_judge
 from deliberate.judges.base import run_sync
 from deliberate.services.reasoning import split_reasoning
+from deliberate.services.runs import resolve_judge
 from deliberate.services.spec import load_spec
 
 
@@ -164,7 +165,7 @@ class Scorer:
 
 def _judge(recipe: Recipe, cfg: JudgeConfig) -> Judge:
     # Asked once per RL step: no progress bar per call.
-    return make_judge(cfg, load_spec(recipe.spec), show_progress=False)
+    return make_judge(resolve_judge(recipe, cfg), load_spec(recipe.spec), show_progress=False)
 
 
 def reward_scorer(recipe: Recipe) -> Scorer:
