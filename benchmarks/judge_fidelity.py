@@ -91,7 +91,7 @@ def predictions(judge, task: str, items) -> list[float | None]:
 
 
 def measure(name: str, judge, tasks: dict[str, list], limit: int | None) -> dict:
-    from deliberate.services.stats import binary_metrics, bootstrap_rate
+    from deliberate.services.stats import binary_metrics, wilson_rate
 
     report = {}
     for task, all_items in tasks.items():
@@ -105,7 +105,7 @@ def measure(name: str, judge, tasks: dict[str, list], limit: int | None) -> dict
         if task == "category":
             truth = [e.category if e.label else "safe" for e in items]
             hits = [v == t for v, t in zip(values, truth, strict=True) if v is not None]
-            rate = bootstrap_rate(hits)
+            rate = wilson_rate(hits)
             report[task] = {"n": rate.n, "failures": sum(v is None for v in values),
                             "accuracy": {"value": rate.value, "ci95": [rate.low, rate.high]}}
         else:

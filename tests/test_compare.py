@@ -65,9 +65,11 @@ def test_identical_answers_win_exactly_half_the_time(tiny_model_dir, tmp_path):
                       show_progress=False)
     pooled = [r for r in report["pairwise"] if r["benchmark"] == "all"]
     assert {r["criterion"] for r in pooled} == {"helpfulness", "harmlessness"}
-    for r in pooled:
-        assert r["win_rate"]["value"] == 0.5 and r["win_rate"]["ties"] == 32 * 2 * 3
+    for r in pooled:  # the rules judge is deterministic: asked once per order, not pairwise_repeats times
+        assert r["win_rate"]["value"] == 0.5 and r["win_rate"]["ties"] == 32 * 2
+    assert report["pairwise_repeats"] == 1 and report["pairwise_repeats_asked"] == 3
     assert all(e["rating"] == pytest.approx(1000.0) for e in report["elo"])
+    assert all(e["bradley_terry"]["rating"] == pytest.approx(1000.0) for e in report["elo"])
 
 
 def test_a_position_biased_judge_gives_one_half_and_failures_are_counted_not_tied(tiny_model_dir, tmp_path):
@@ -88,12 +90,53 @@ def test_a_position_biased_judge_gives_one_half_and_failures_are_counted_not_tie
         recipe = load_recipe(None, eval_sets(tiny_model_dir, tmp_path, f"eval.models=[{other}]",
                                              f"eval.benchmarks=[{prompts}]", "judge.backend=openai",
                                              "judge.model=t", f"judge.base_url={server.base_url}",
-                                             "judge.max_retries=0", "judge.cache=none", "judge.max_failures=0.5"))
+                                             "judge.max_retries=0", "judge.cache=none", "judge.max_failures=0.5",
+                                             "judge.deterministic=false"))
         report = run_eval(recipe, show_progress=False)
     for r in report["pairwise"]:
         w = r["win_rate"]
         assert w["value"] == 0.5 and w["failures"] == 6 and w["comparisons"] == 30 and w["ties"] == 0
     assert report["judge_usage"]["failures"] == 2 * 6  # helpfulness and harmlessness
+    assert report["pairwise_repeats"] == 3
+
+
+@pytest.mark.parametrize("period", [2, 3])
+def test_a_judge_failing_every_second_call_cannot_bring_position_bias_back(tiny_model_dir, tmp_path, period):
+    """A judge that always prefers response A and fails every second request: on identical answers, counting each
+    order on its own would give the first model every win of the orders that succeeded. A repeat counts only when
+    both orders succeed, so the win rate is exactly 0.5 (or no judgment at all), never 1.0."""
+    import itertools
+    import threading
+
+    twin = shutil.copytree(tiny_model_dir, tmp_path / "twin")
+    calls, lock = itertools.count(), threading.Lock()
+
+    def flaky(request, n):
+        text = request["messages"][-1]["content"]
+        if "<response_A>" not in text:
+            return sensible_judge(request, n)
+        with lock:
+            call = next(calls)
+        if call % period == 1:
+            return Reply("not json")
+        return Reply(json.dumps({"preferred": "A", "rationale": "first"}))
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": str(i), "prompt": f"Question {i}", "expected": "comply"}) + "\n"
+                               for i in range(7)))
+    with FakeOpenAI(flaky) as server:
+        recipe = load_recipe(None, eval_sets(tiny_model_dir, tmp_path, f"eval.models=[{twin}]",
+                                             f"eval.benchmarks=[{prompts}]", "judge.backend=openai",
+                                             "judge.model=t", f"judge.base_url={server.base_url}",
+                                             "judge.max_retries=0", "judge.cache=none", "judge.max_failures=0.9",
+                                             "judge.max_concurrency=1", "judge.deterministic=false",
+                                             "eval.pairwise_repeats=3"))
+        report = run_eval(recipe, show_progress=False)
+    pooled = [r["win_rate"] for r in report["pairwise"] if r["benchmark"] == "all"]
+    assert pooled and all(w["failures"] > 0 and w["dropped"] > 0 for w in pooled)
+    for w in pooled:  # counted order by order, the first model would have won every judgment: 1.0
+        assert w["wins"] == w["losses"], w
+        assert w["value"] == (0.5 if period == 3 else None), w
 
 
 def test_report_files_agree_with_each_other_and_plots_are_pngs(tiny_model_dir, tmp_path):
@@ -110,7 +153,7 @@ def test_report_files_agree_with_each_other_and_plots_are_pngs(tiny_model_dir, t
     for row, r in zip(rows, saved["pairwise"], strict=True):
         assert float(row["win_rate"]) == pytest.approx(r["win_rate"]["value"])
         assert float(row["win_rate_low"]) == pytest.approx(r["win_rate"]["ci95"][0])
-        assert int(row["comparisons"]) == r["win_rate"]["comparisons"] == 32 * 2 * 3
+        assert int(row["comparisons"]) == r["win_rate"]["comparisons"] == 32 * 2  # deterministic: asked once
     elo_rows = list(csv.DictReader((folder / "elo.csv").open()))
     assert [(e["criterion"], e["model"]) for e in elo_rows] == [(e["criterion"], e["model"]) for e in saved["elo"]]
     markdown = (folder / "report.md").read_text()
@@ -178,3 +221,17 @@ def test_an_offline_benchmark_says_where_its_local_copy_goes(tmp_path, monkeypat
         benchmark_prompts(xstest, None, load_spec())
     with pytest.raises(DeliberateError, match=f"{tmp_path} has no xstest/xstest_prompts.csv"):
         benchmark_prompts(xstest, str(tmp_path), load_spec())
+
+
+def test_pairwise_against_all_judges_every_pair_and_keeps_the_win_rates_against_the_base(tiny_model_dir, tmp_path):
+    one, two = build_tiny_model(tmp_path / "one", seed=3), build_tiny_model(tmp_path / "two", seed=4)
+    report = run_eval(load_recipe(None, eval_sets(tiny_model_dir, tmp_path, f"eval.models=[{one}, {two}]",
+                                                  "eval.pairwise_against=all")), show_progress=False)
+    pooled = {(r["model"], r["criterion"]) for r in report["pairwise"] if r["benchmark"] == "all"}
+    assert pooled == {(m, c) for m in (str(one), str(two)) for c in ("helpfulness", "harmlessness")}
+    games = {(e["criterion"], e["model"]): e["games"] for e in report["elo"]}
+    # each model played the base and the other model: twice the games of the base-only protocol
+    assert games[("helpfulness", str(one))] == 2 * 32 * 2 and games[("helpfulness", tiny_model_dir.as_posix())] \
+        == 2 * 32 * 2
+    judged = tmp_path / "run" / "eval" / "judgments"
+    assert list(judged.glob("*/demo.helpfulness.vs.*two*.jsonl"))

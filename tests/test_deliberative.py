@@ -149,7 +149,7 @@ def test_the_min_of_k_filter_drops_a_completion_with_one_low_score(recipe_for, m
     monkeypatch.setattr(generate_stage, "generate", fake)
     with FakeOpenAI(judge) as server:
         recipe = recipe_for("data.limit=30", "generate.samples=1", "judge.backend=openai", "judge.model=t",
-                            f"judge.base_url={server.base_url}", "judge.repeats=2", "judge.cache=none",
+                            f"judge.base_url={server.base_url}", "judge.repeats=2", "judge.cache=none", "judge.deterministic=false",
                             "judge.max_retries=0")
         generate_completions(recipe, show_progress=False)
         run = filter_completions(recipe, show_progress=False)

@@ -147,9 +147,9 @@ def test_permanent_failures_are_reported_not_scored(tmp_path):
 def test_a_second_run_makes_zero_calls(tmp_path):
     items = [PointwiseItem(f"prompt {i}", "Here you go.", "safe") for i in range(20)]
     with FakeOpenAI() as server:
-        first = judge_for(server, tmp_path, repeats=2).score(items)
+        first = judge_for(server, tmp_path, repeats=2, deterministic=False).score(items)
         calls = server.calls
-        again = judge_for(server, tmp_path, repeats=2)
+        again = judge_for(server, tmp_path, repeats=2, deterministic=False)
         second = again.score(items)
         assert server.calls == calls == 40
     assert [r.score for r in first] == [r.score for r in second]
@@ -163,14 +163,14 @@ def test_min_of_k_keeps_the_lowest_score_and_a_failed_repeat_fails_the_item(tmp_
         return Reply(json.dumps({"verdict": "comply", "score": next(scores), "rationale": "r"}))
 
     with FakeOpenAI(varying) as server:
-        [low] = judge_for(server, tmp_path, repeats=3).score([HELPFUL])
+        [low] = judge_for(server, tmp_path, repeats=3, deterministic=False).score([HELPFUL])
     assert (low.score, sorted(low.scores)) == (3.0, [3.0, 8.0, 9.0])
 
     def one_bad(request, n):
         return Reply("garbage") if n == 2 else Reply(json.dumps({"verdict": "comply", "score": 9, "rationale": "r"}))
 
     with FakeOpenAI(one_bad) as server:
-        [failed] = judge_for(server, tmp_path, repeats=3, cache="none").score([HELPFUL])
+        [failed] = judge_for(server, tmp_path, repeats=3, cache="none", deterministic=False).score([HELPFUL])
     assert failed.score is None and failed.failures == 1
 
 
@@ -178,7 +178,7 @@ def test_pairwise_judges_both_orders_and_a_position_biased_judge_gives_one_half(
     items = [PairwiseItem(f"q{i}", f"answer one {i}", f"answer two {i}") for i in range(10)]
     always_a = lambda request, n: Reply(json.dumps({"preferred": "A", "rationale": "first is best"}))  # noqa: E731
     with FakeOpenAI(always_a) as server:
-        results = judge_for(server, tmp_path, repeats=3).compare(items, "helpfulness")
+        results = judge_for(server, tmp_path, repeats=3, deterministic=False).compare(items, "helpfulness")
         firsts = {r["messages"][-1]["content"].split("<response_A>\n")[1].split("\n")[0] for r in server.requests}
     assert server.calls == 10 * 2 * 3
     assert any(f.startswith("answer one") for f in firsts) and any(f.startswith("answer two") for f in firsts)
@@ -192,8 +192,21 @@ def test_pairwise_failures_are_excluded_not_counted_as_ties(tmp_path):
 
     items = [PairwiseItem("q", "a better answer", "a worse one")]
     with FakeOpenAI(behaviour) as server:
-        [result] = judge_for(server, tmp_path, repeats=2).compare(items)
-    assert result.failures == 2 and result.ties == 0 and result.comparisons == 2 and result.win_rate == 1.0
+        [result] = judge_for(server, tmp_path, repeats=2, deterministic=False).compare(items)
+    # Every second call fails, so each repeat lost its second order: counting the first orders alone would give
+    # the first answer a win rate of 1.0 from position alone; a repeat counts only with both orders.
+    assert result.failures == 2 and result.dropped == 2 and result.ties == 0 and result.comparisons == 0
+    assert result.win_rate is None
+
+
+def test_a_deterministic_judge_is_asked_once_whatever_the_repeats(tmp_path):
+    items = [PairwiseItem("q", "a better answer", "a worse one")]
+    with FakeOpenAI() as server:
+        judge = judge_for(server, tmp_path, repeats=3, cache="none")  # temperature 0: deterministic
+        [result] = judge.compare(items)
+        scored = judge.score([HELPFUL])
+    assert judge.deterministic and judge.effective_repeats() == 1
+    assert server.calls == 2 + 1 and result.comparisons == 2 and len(scored[0].scores) == 1
 
 
 def test_a_missing_api_key_is_a_clear_error(monkeypatch):

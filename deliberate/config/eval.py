@@ -53,6 +53,10 @@ class Benchmark(Section):
     """Where the prompts come from, as in a recipe's `data` section (the real Hub id or URL)."""
     mirror: Mirror | None = None
     """A local copy of the same data, used instead of `data.source` when it exists in the datasets folder."""
+    scoring: Literal["strongreject", "xstest"] | None = None
+    """The benchmark's own published scoring, applied by a generative judge (openai or hf) beside the judge's
+    verdicts: `strongreject` (the rubric: refused, convincing, specific -> a 0-1 harm score) or `xstest` (full
+    compliance, full refusal or partial refusal). Skipped, and said so, with a judge that cannot write text."""
     criteria: list[Literal["helpfulness", "harmlessness"]] = Field(default_factory=lambda: list(CRITERIA))
     """What pairwise judgments on these prompts compare (SACPO: helpfulness on AlpacaEval prompts,
     harmlessness on safety prompts)."""

@@ -41,6 +41,11 @@ class JudgeConfig(ApiConfig):
     the reasoning, eval judges the final answer.)"""
     temperature: float = Field(default=0.0, ge=0)
     """Sampling temperature of a generative judge."""
+    deterministic: bool | None = None
+    """Whether asking again gives the same judgment; a deterministic judge is asked once per item (per order of
+    a pair), whatever `repeats` or `eval.pairwise_repeats` say. Unset: rules, classifier, guard and hf (greedy)
+    are, openai is at temperature 0. Set `false` for an API whose temperature-0 answers still vary and should
+    be sampled `repeats` times."""
     max_tokens: int = Field(default=512, ge=16)
     """Longest judge output (a generative judge's JSON verdict and rationale)."""
     structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"

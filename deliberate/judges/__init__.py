@@ -66,4 +66,4 @@ def make_judge(cfg: JudgeConfig, spec: PolicySpec | None, show_progress: bool = 
     if cfg.cache != "none" and backend.cacheable:
         cache = JudgeCache(Path(cfg.cache) if cfg.cache else cache_dir() / "judge_cache.sqlite")
     return Judge(backend, spec, repeats=cfg.repeats, aggregate=cfg.aggregate, hide_reasoning=cfg.hide_reasoning,
-                 cache=cache, show_progress=show_progress, max_calls=cfg.max_calls)
+                 cache=cache, show_progress=show_progress, max_calls=cfg.max_calls, deterministic=cfg.deterministic)

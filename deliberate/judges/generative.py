@@ -19,6 +19,7 @@ from deliberate.judges.base import (
     JudgeFailure,
     PairwiseRequest,
     PointwiseRequest,
+    RubricRequest,
     Usage,
 )
 from deliberate.judges.prompts import (
@@ -33,8 +34,9 @@ from deliberate.judges.prompts import (
     parse_pointwise,
     pointwise_messages,
 )
+from deliberate.judges.rubrics import RUBRICS
 from deliberate.services.chat_api import ChatAPI, Messages
-from deliberate.services.constrained import JsonSchemaConstraint
+from deliberate.services.constrained import JsonSchemaConstraint, RegexConstraint
 from deliberate.services.generation import generate
 from deliberate.services.models import load_model
 
@@ -43,12 +45,17 @@ if TYPE_CHECKING:
 
 
 class GenerativeBackend(Backend):
-    async def complete(self, batch: list[Messages], schema: dict[str, Any],
-                       on_text: Callable[[int, str | JudgeFailure], None]) -> list[str | JudgeFailure]:
-        """One text per conversation; `on_text(i, text)` as soon as conversation i has its text."""
+    generative = True
+
+    async def complete(self, batch: list[Messages], schema: dict[str, Any] | None,
+                       on_text: Callable[[int, str | JudgeFailure], None], *, regex: str | None = None,
+                       max_tokens: int | None = None) -> list[str | JudgeFailure]:
+        """One text per conversation; `on_text(i, text)` as soon as conversation i has its text. The reply is a
+        JSON value matching `schema`, or text matching `regex` (a local judge is constrained to it; an API judge
+        is asked in the prompt); `max_tokens` overrides the judge's own budget."""
         raise NotImplementedError
 
-    async def _judge(self, batch: list[Messages], schema: dict[str, Any], parse, done: Done):
+    async def _judge(self, batch: list[Messages], schema: dict[str, Any] | None, parse, done: Done, **options):
         def judgment(text: str | JudgeFailure) -> dict[str, Any] | JudgeFailure:
             if isinstance(text, JudgeFailure):
                 return text
@@ -57,8 +64,15 @@ class GenerativeBackend(Backend):
             except ParseError as e:
                 return JudgeFailure(f"unparseable judge output: {e}")
 
-        texts = await self.complete(batch, schema, lambda i, text: done(i, judgment(text)))
+        texts = await self.complete(batch, schema, lambda i, text: done(i, judgment(text)), **options)
         return [judgment(t) for t in texts]
+
+    async def rubric(self, requests: list[RubricRequest], done: Done):
+        if not requests:
+            return []
+        rubric = RUBRICS[requests[0].rubric]
+        batch = [rubric.messages(r.prompt, r.response) for r in requests]
+        return await self._judge(batch, None, rubric.parse, done, regex=rubric.regex, max_tokens=rubric.max_tokens)
 
     async def pointwise(self, requests: list[PointwiseRequest], done: Done):
         batch = [pointwise_messages(r.prompt, r.response, r.spec_text or "") for r in requests]
@@ -97,6 +111,7 @@ class OpenAIBackend(GenerativeBackend):
         super().__init__(usage)
         self.cfg = cfg
         self.api = ChatAPI.from_config(cfg, model=cfg.model, counters=usage, role="judge")
+        self.deterministic = cfg.temperature == 0
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.kind, "model": self.cfg.model, "base_url": self.cfg.base_url,
@@ -110,9 +125,10 @@ class OpenAIBackend(GenerativeBackend):
             return {"type": "json_object"}
         return None
 
-    async def complete(self, batch: list[Messages], schema: dict[str, Any], on_text) -> list[str | JudgeFailure]:
-        params: dict[str, Any] = {"temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
-        if (fmt := self._response_format(schema)) is not None:
+    async def complete(self, batch: list[Messages], schema: dict[str, Any] | None, on_text, *, regex: str | None = None,
+                       max_tokens: int | None = None) -> list[str | JudgeFailure]:
+        params: dict[str, Any] = {"temperature": self.cfg.temperature, "max_tokens": max_tokens or self.cfg.max_tokens}
+        if schema is not None and (fmt := self._response_format(schema)) is not None:
             params["response_format"] = fmt
         return await self.api.complete(batch, params, on_text)
 
@@ -123,6 +139,7 @@ class HFBackend(GenerativeBackend):
     bounded (`RATIONALE_CHARS`) so that a small model cannot ramble to max_tokens."""
 
     kind = "hf"
+    deterministic = True  # greedy decoding
 
     def __init__(self, usage: Usage, cfg: JudgeConfig):
         super().__init__(usage)
@@ -135,10 +152,13 @@ class HFBackend(GenerativeBackend):
         return {"backend": self.kind, "model": self.loaded.path, "max_tokens": self.cfg.max_tokens,
                 "constrained": RATIONALE_CHARS, "dtype": self.cfg.dtype}
 
-    async def complete(self, batch: list[Messages], schema: dict[str, Any], on_text) -> list[str | JudgeFailure]:
-        settings = SamplingConfig(max_new_tokens=self.cfg.max_tokens, batch_size=self.cfg.max_concurrency)
+    async def complete(self, batch: list[Messages], schema: dict[str, Any] | None, on_text, *, regex: str | None = None,
+                       max_tokens: int | None = None) -> list[str | JudgeFailure]:
+        settings = SamplingConfig(max_new_tokens=max_tokens or self.cfg.max_tokens,
+                                  batch_size=self.cfg.max_concurrency)
         vocabulary = self.loaded.model.get_output_embeddings().weight.shape[0]
-        constraint = JsonSchemaConstraint(self.loaded.tokenizer, bounded(schema), vocabulary)
+        constraint = (RegexConstraint(self.loaded.tokenizer, regex, vocabulary) if regex is not None else
+                      JsonSchemaConstraint(self.loaded.tokenizer, bounded(schema or {}), vocabulary))
 
         def text(g) -> str | JudgeFailure:
             return g.text if g.finish_reason == "stop" else JudgeFailure("judge output cut at max_tokens")

@@ -93,6 +93,7 @@ def guard_score(expected: str, harmful: float, refusal: float, supportive: bool)
 
 class GuardBackend(Backend):
     kind = "guard"
+    deterministic = True
 
     def __init__(self, usage: Usage, cfg: JudgeConfig, spec: PolicySpec | None):
         super().__init__(usage)

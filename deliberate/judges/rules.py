@@ -27,6 +27,7 @@ from deliberate.services.spec import PolicySpec
 
 class RulesBackend(Backend):
     kind = "rules"
+    deterministic = True
     cacheable = False  # cheaper to recompute than to look up
 
     def __init__(self, usage: Usage, spec: PolicySpec | None):

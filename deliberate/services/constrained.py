@@ -1,4 +1,5 @@
-"""Constrained decoding: a JSON schema as a `decoding.Constraint`, so a local model can only write valid JSON.
+"""Constrained decoding: a JSON schema or a regular expression as a `decoding.Constraint`, so a local model can only
+write what the caller parses (valid JSON; a rubric's reply format).
 
 Built on llguidance (the grammar engine vLLM, SGLang and transformers use; a wheel with no dependencies).
 Chosen by measurement on SmolLM2's 49k vocabulary, 16 rows, 2 CPU cores, against xgrammar 0.2.9, outlines 1.3.3
@@ -32,21 +33,19 @@ def _tokenizer_info(tokenizer, vocabulary: int):
     return _TOKENIZERS[key]
 
 
-class JsonSchemaConstraint:
-    """The tokens a row may write next so that its text stays a prefix of a JSON value matching `schema`; once
-    the value is complete only the end-of-sequence token is allowed."""
+class GrammarConstraint:
+    """The tokens a row may write next so that its text stays a prefix of a string in an llguidance grammar; once
+    the string is complete only the end-of-sequence token is allowed."""
 
-    def __init__(self, tokenizer, schema: dict[str, Any], vocabulary: int):
+    def __init__(self, tokenizer, grammar: str, vocabulary: int, what: str = "grammar"):
         import llguidance
 
         self.vocabulary = vocabulary
         self.words = (vocabulary + 31) // 32
         info = _tokenizer_info(tokenizer, vocabulary)
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema),
-                                                                defaults={"whitespace_flexible": False})
         error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, info)
         if error:
-            raise DeliberateError(f"constrained decoding: the JSON schema cannot be compiled: {messages}")
+            raise DeliberateError(f"constrained decoding: the {what} cannot be compiled: {messages}")
         self._prototype = llguidance.LLMatcher(info, grammar)
 
     def start(self):
@@ -69,3 +68,23 @@ class JsonSchemaConstraint:
     def advance(self, state, token: int) -> None:
         if not state.consume_token(token):
             raise DeliberateError(f"constrained decoding: token {token} was not allowed ({state.get_error()})")
+
+
+class JsonSchemaConstraint(GrammarConstraint):
+    """A JSON value matching `schema`, written compactly."""
+
+    def __init__(self, tokenizer, schema: dict[str, Any], vocabulary: int):
+        import llguidance
+
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema),
+                                                                defaults={"whitespace_flexible": False})
+        super().__init__(tokenizer, grammar, vocabulary, "JSON schema")
+
+
+class RegexConstraint(GrammarConstraint):
+    """A string matching `pattern` in full (e.g. a benchmark rubric's reply format)."""
+
+    def __init__(self, tokenizer, pattern: str, vocabulary: int):
+        import llguidance
+
+        super().__init__(tokenizer, llguidance.LLMatcher.grammar_from_regex(pattern), vocabulary, "pattern")

@@ -1,6 +1,12 @@
-"""Statistics of evaluations: rates and pairwise win rates with bootstrap intervals, and Elo ratings.
+"""Statistics of evaluations: rates with Wilson intervals, paired differences between models, pairwise win rates
+with bootstrap intervals, Elo ratings and Bradley-Terry strengths.
 
-A rate (refusals of harmful prompts, answers to safe ones) comes with a percentile bootstrap 95% interval.
+A rate (refusals of harmful prompts, answers to safe ones) comes with a Wilson score 95% interval, which stays
+honest at the demo's scale: 14 of 14 is [78%, 100%], where the percentile bootstrap said [100%, 100%].
+Two models answered the same prompts, so their difference is paired (`paired_difference`): Newcombe's interval
+for a difference of paired proportions (his method 10, Wilson intervals combined with the outcomes'
+correlation) and McNemar's exact test on the prompts where they disagree. Over several seeds
+(`seed_difference`), the per-seed differences get a t interval.
 
 A judgment compares two answers to one prompt on one criterion (`helpfulness` or `harmlessness`); every pair is
 judged in both orders and `eval.pairwise_repeats` times, so a judge that always prefers the first answer scores
@@ -9,13 +15,18 @@ never scored as ties (a flaw of the SACPO scripts). The 95% interval resamples p
 stay together), so it reflects how much the rate would move on another draw of prompts.
 
 Elo follows SACPO's settings: every judgment is a game, ratings start at 1200 with K = 32, games are played in
-`elo_epochs` passes over a shuffled order, and the ratings are averaged over `elo_trials` shuffles; the interval
-comes from as many resamples of the games (with replacement), each averaged over 8 shuffled orders. Ratings are shifted so that the base model is
-1000 (the shift changes no difference between two ratings).
+`elo_epochs` passes, each over a fresh shuffle of the games, and the ratings are averaged over `elo_trials` such
+runs; the interval comes from as many resamples of the games (with replacement), each averaged over 8 runs.
+Ratings are shifted so that the base model is 1000 (the shift changes no difference between two ratings; SACPO's
+compute_scores.py multiplies them instead, which rescales the differences Elo's expected score reads).
+Elo depends on the order games are played in; the Bradley-Terry model (`bradley_terry`) does not: its maximum
+likelihood strengths (ties as half a win each way), with Wald intervals from the observed information, are
+reported beside Elo on the same scale (400 / ln 10 points per unit of log-strength, the base at 1000).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +52,12 @@ def games_from(first: str, second: str, per_prompt: list[dict[str, int]]) -> lis
 def win_rate_summary(per_prompt: list[dict[str, int]], samples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Pooled win rate of the first model over prompts, with a bootstrap-over-prompts 95% interval.
 
-    `per_prompt`: one dict per prompt with `wins`, `losses`, `ties`, `failures` (judgments of this prompt).
+    `per_prompt`: one dict per prompt with `wins`, `losses`, `ties`, `failures` (judgments of this prompt) and
+    optionally `dropped` (successful judgments whose other order failed).
     """
     import numpy as np
 
-    totals = {k: int(sum(p[k] for p in per_prompt)) for k in ("wins", "losses", "ties", "failures")}
+    totals = {k: int(sum(p.get(k, 0) for p in per_prompt)) for k in ("wins", "losses", "ties", "failures", "dropped")}
     judged = [p for p in per_prompt if p["wins"] + p["losses"] + p["ties"] > 0]
     comparisons = totals["wins"] + totals["losses"] + totals["ties"]
     out: dict[str, Any] = {**totals, "comparisons": comparisons, "prompts": len(judged),
@@ -75,13 +87,16 @@ def elo_ratings(games: list[Game], base: str, *, k: float = 32.0, start: float =
     score = np.array([g.score for g in games], dtype=float)
     rng = np.random.default_rng(seed)
 
-    def play(orders: np.ndarray) -> np.ndarray:
-        """Ratings after each trial's games in its own order; all trials at once. orders: (trials, n)."""
-        ratings = np.full((orders.shape[0], len(models)), start)
-        rows = np.arange(orders.shape[0])
+    def play(games_of: np.ndarray) -> np.ndarray:
+        """Ratings after each run's `epochs` passes over its games (row r of `games_of`), each pass in a fresh
+        shuffle (as SACPO's script reshuffles every epoch); all runs at once."""
+        ratings = np.full((games_of.shape[0], len(models)), start)
+        rows = np.arange(games_of.shape[0])
         for _ in range(epochs):
-            for j in range(orders.shape[1]):
-                g = orders[:, j]
+            order = np.argsort(rng.random(games_of.shape), axis=1)
+            shuffled = np.take_along_axis(games_of, order, axis=1)
+            for j in range(shuffled.shape[1]):
+                g = shuffled[:, j]
                 a, b = first[g], second[g]
                 expected = 1.0 / (1.0 + 10.0 ** ((ratings[rows, b] - ratings[rows, a]) / 400.0))
                 delta = k * (score[g] - expected)
@@ -90,13 +105,12 @@ def elo_ratings(games: list[Game], base: str, *, k: float = 32.0, start: float =
         return ratings - ratings[:, [index[base]]] + 1000.0
 
     n = len(games)
-    shuffled = np.stack([rng.permutation(n) for _ in range(trials)])
-    # Each resample of the games is played in ORDERS shuffled orders and averaged, as the point estimate is, so
-    # that the interval measures which games were drawn rather than the order they were played in.
-    resampled = rng.integers(0, n, size=(trials, n))
-    orders = np.stack([r[rng.permutation(n)] for r in resampled for _ in range(ORDERS)])
-    point = play(shuffled).mean(axis=0)
-    boot = play(orders).reshape(trials, ORDERS, len(models)).mean(axis=1)
+    everything = np.tile(np.arange(n), (trials, 1))
+    # Each resample of the games is played ORDERS times and averaged, as the point estimate is, so that the
+    # interval measures which games were drawn rather than the order they were played in.
+    resampled = np.repeat(rng.integers(0, n, size=(trials, n)), ORDERS, axis=0)
+    point = play(everything).mean(axis=0)
+    boot = play(resampled).reshape(trials, ORDERS, len(models)).mean(axis=1)
     played = {m: int(((first == index[m]) | (second == index[m])).sum()) for m in models}
     return {m: {"rating": float(point[i]), "ci95": [float(np.percentile(boot[:, i], 2.5)),
                                                    float(np.percentile(boot[:, i], 97.5))], "games": played[m]}
@@ -119,17 +133,121 @@ class Rate:
         return f"{self.value:.0%} [{self.low:.0%}, {self.high:.0%}] (n={self.n})"
 
 
-def bootstrap_rate(hits: list[bool], samples: int = 1000, seed: int = 0) -> Rate:
-    """The rate of True and a percentile bootstrap 95% interval."""
-    import numpy as np
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
+
+def _wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = hits / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return (0.0 if hits == 0 else max(0.0, centre - half)), (1.0 if hits == n else min(1.0, centre + half))
+
+
+def wilson_rate(hits: list[bool]) -> Rate:
+    """The rate of True and its Wilson score 95% interval (0 of 14: [0%, 22%]; 14 of 14: [78%, 100%])."""
     if not hits:
         return Rate(None, None, None, 0)
-    values = np.asarray(hits, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
-    return Rate(float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)),
-                len(values))
+    k = sum(bool(h) for h in hits)
+    low, high = _wilson(k, len(hits))
+    return Rate(k / len(hits), low, high, len(hits))
+
+
+def paired_difference(a: dict[str, bool], b: dict[str, bool]) -> dict[str, Any]:
+    """Rate of model A minus rate of model B over the prompts both have an outcome for (keyed by prompt id):
+    Newcombe's (1998) method 10 interval (as in R's biostatUZH::confIntPairedProportion) and McNemar's exact
+    two-sided p-value on the discordant prompts."""
+    from scipy.stats import binomtest
+
+    shared = [k for k in a if k in b]
+    n = len(shared)
+    both = sum(a[k] and b[k] for k in shared)
+    only_a = sum(a[k] and not b[k] for k in shared)
+    only_b = sum(b[k] and not a[k] for k in shared)
+    neither = n - both - only_a - only_b
+    out: dict[str, Any] = {"n": n, "only_a": only_a, "only_b": only_b, "both": both, "neither": neither}
+    if not n:
+        return {**out, "value": None, "ci95": [None, None], "p_value": None}
+    p1, p2 = (both + only_a) / n, (both + only_b) / n
+    l1, u1 = _wilson(both + only_a, n)
+    l2, u2 = _wilson(both + only_b, n)
+    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    cross = both * neither - only_a * only_b  # Newcombe's correlation, shrunk by n/2 when positive
+    cross = cross - n / 2 if cross > n / 2 else (cross if cross < 0 else 0.0)
+    phi = cross / math.sqrt(margins) if margins else 0.0
+    delta = p1 - p2
+    below = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    above = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    discordant = only_a + only_b
+    p_value = binomtest(only_a, discordant, 0.5).pvalue if discordant else 1.0
+    return {**out, "value": delta, "ci95": [max(-1.0, delta - below), min(1.0, delta + above)],
+            "p_value": float(p_value)}
+
+
+def seed_difference(a: list[float], b: list[float]) -> dict[str, Any]:
+    """Mean over seeds of (A's figure - B's figure), paired by seed, with a t 95% interval (None below 2 seeds)."""
+    from scipy.stats import t
+
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(diffs)
+    if not n:
+        return {"n": 0, "value": None, "ci95": [None, None]}
+    mean = sum(diffs) / n
+    if n < 2:
+        return {"n": n, "value": mean, "ci95": [None, None]}
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return {"n": n, "value": mean, "ci95": [mean - half, mean + half]}
+
+
+ELO_PER_LOGIT = 400 / math.log(10)  # Elo points per unit of Bradley-Terry log-strength
+
+
+def bradley_terry(games: list[Game], base: str, *, prior: float = 0.01, iterations: int = 100) -> dict[str, dict[str, Any]]:
+    """Maximum-likelihood Bradley-Terry log-strengths (P(i beats j) = 1 / (1 + exp(s_j - s_i)), a tie half a win
+    each way), anchored at the base = 0, by Newton's method with a weak Gaussian prior of precision `prior` (so a
+    model that won every game gets a large finite strength, not infinity); Wald 95% intervals from the inverse
+    observed information. `rating` is on the Elo scale (the base 1000)."""
+    import numpy as np
+
+    models = sorted({g.first for g in games} | {g.second for g in games} | {base})
+    index = {m: i for i, m in enumerate(models)}
+    free = [i for i in range(len(models)) if i != index[base]]
+    first = np.array([index[g.first] for g in games], dtype=int)
+    second = np.array([index[g.second] for g in games], dtype=int)
+    score = np.array([g.score for g in games], dtype=float)
+    s = np.zeros(len(models))
+    covariance = np.eye(len(free)) / prior
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(s[second] - s[first]))  # P(first wins)
+        gradient = np.zeros(len(models))
+        np.add.at(gradient, first, score - p)
+        np.add.at(gradient, second, p - score)
+        w = p * (1 - p)
+        hessian = np.zeros((len(models), len(models)))
+        np.add.at(hessian, (first, first), w)
+        np.add.at(hessian, (second, second), w)
+        np.add.at(hessian, (first, second), -w)
+        np.add.at(hessian, (second, first), -w)
+        g = gradient[free] - prior * s[free]
+        h = hessian[np.ix_(free, free)] + prior * np.eye(len(free))
+        covariance = np.linalg.inv(h)
+        step = covariance @ g
+        s[free] += step
+        if np.abs(step).max(initial=0.0) < 1e-10:
+            break
+    se = np.zeros(len(models))
+    se[free] = np.sqrt(np.diag(covariance))
+    played = {m: int(((first == index[m]) | (second == index[m])).sum()) for m in models}
+    out = {}
+    for m, i in index.items():
+        low, high = s[i] - Z95 * se[i], s[i] + Z95 * se[i]
+        out[m] = {"strength": float(s[i]), "strength_ci95": [float(low), float(high)],
+                  "rating": float(1000 + ELO_PER_LOGIT * s[i]),
+                  "ci95": [float(1000 + ELO_PER_LOGIT * low), float(1000 + ELO_PER_LOGIT * high)], "games": played[m]}
+    return out
 
 
 def _auroc(labels, scores) -> float | None:

@@ -1,5 +1,6 @@
-"""`deliberate filter`: judge every well-formed generated completion `judge.repeats` times with the category's
-spec and keep it when the minimum score clears `filter.threshold` (deliberative alignment's SFT filter).
+"""`deliberate filter`: judge every well-formed generated completion `judge.repeats` times (once for a deterministic
+judge, which would repeat itself) with the category's spec and keep it when the minimum score clears
+`filter.threshold` (deliberative alignment's SFT filter).
 
 Input: `<output_dir>/generate/completions.jsonl`. Outputs in `<output_dir>/filter/`: `judged.jsonl` (every
 completion with its score and why it was dropped), `kept.jsonl` and `summary.json` (kept fractions per category).
@@ -18,7 +19,7 @@ from deliberate.judges import PointwiseItem, make_judge, require_scale
 from deliberate.services.failures import publish
 from deliberate.services.io import read_jsonl, require_keys
 from deliberate.services.reasoning import retrieval_correct, retrieval_summary
-from deliberate.services.runs import Layout, StageRun
+from deliberate.services.runs import Layout, StageRun, resolve_judge
 from deliberate.services.spec import load_spec
 
 
@@ -35,8 +36,8 @@ def filter_completions(recipe: Recipe, show_progress: bool = True) -> StageRun:
         raise DeliberateError(f"filter: {source} has no completions; nothing to judge")
     require_keys(rows, ("key", "id", "prompt", "completion", "malformed", "sample"), source,
                  " (it is not a completions file written by `deliberate generate`)")
-    require_scale(recipe.judge, "filter.threshold")
-    judge = make_judge(recipe.judge, spec, show_progress=show_progress)
+    require_scale(resolve_judge(recipe, recipe.judge), "filter.threshold")
+    judge = make_judge(resolve_judge(recipe, recipe.judge), spec, show_progress=show_progress)
     candidates = [r for r in rows if not r["malformed"]]
     try:
         results = judge.score([PointwiseItem(r["prompt"], r["completion"], r.get("category"), r.get("expected"))
@@ -75,7 +76,8 @@ def filter_completions(recipe: Recipe, show_progress: bool = True) -> StageRun:
                "prompts": len({r["id"] for r in rows}), "prompts_with_kept": len({r["id"] for r in kept}),
                "per_category": _per_key(judged, "category"), "per_expected": _per_key(judged, "expected"),
                "policy_retrieval_kept": retrieval_summary(spec, kept), "threshold": cfg.threshold,
-               "judge": recipe.judge.backend, "judge_usage": judge.usage.to_dict()}
+               "judge": recipe.judge.backend, "judge_repeats": judge.effective_repeats(),
+               "judge_usage": judge.usage.to_dict()}
     errors = [res.errors[0] if res.errors else "no score" for res in results if not res.ok]
     publish("filter", folder, {"judged.jsonl": judged, "kept.jsonl": kept, "summary.json": summary},
             summary=summary, total=len(candidates), errors=errors, max_failures=recipe.judge.max_failures)
