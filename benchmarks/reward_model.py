@@ -1,6 +1,7 @@
 """Reward-model training on SmolLM2 (`deliberate rm`): held-out pair accuracy and training time.
 
     python benchmarks/reward_model.py [--pairs 2000] [--kind reward] [--epochs 1] [--source pku|hh] [--json out.json]
+                                      [--out runs/rm-bench --resume]
 
 A harmlessness model on public pairs from ../shared/datasets, none of whose held-out prompts is trained on (a
 hash of the prompt picks 20% of them):
@@ -36,13 +37,15 @@ def main() -> None:
     parser.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--datasets", default=os.environ.get("DELIBERATE_DATASETS", str(ROOT.parent / "shared" / "datasets")))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--out", type=Path, help="the run folder (a fresh temporary one when unset)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     args = parser.parse_args()
 
     from deliberate.config import load_recipe
     from deliberate.stages.rm import run_rm
 
     path, fmt = SOURCES[args.source]
-    out = Path(tempfile.mkdtemp(prefix="rm-bench-"))
+    out = args.out or Path(tempfile.mkdtemp(prefix="rm-bench-"))
     spec = {"name": "bench", "kind": args.kind,
             "data": {"source": str(Path(args.datasets) / path), "format": fmt, "split": None,
                      "limit": args.pairs}}
@@ -51,7 +54,7 @@ def main() -> None:
         f"rm.num_train_epochs={args.epochs}", "rm.per_device_train_batch_size=8", "rm.max_length=384",
         "rm.eval_fraction=0.2", "rm.bf16=true", f"rm.models=[{json.dumps(spec)}]"])
     start = time.perf_counter()
-    [summary] = run_rm(recipe)
+    [summary] = run_rm(recipe, resume=args.resume)
     total = time.perf_counter() - start
     held = summary["held_out"]
     acc, base = held["accuracy"], held["baseline_longer_wins"]

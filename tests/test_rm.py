@@ -84,6 +84,9 @@ def test_a_finished_model_is_reused_and_bad_names_are_refused(tiny_model_dir, tm
         from deliberate.services.runs import stage_model
 
         stage_model(recipe, "rm:missing")
+    short = recipe_for(tiny_model_dir, tmp_path / "short", "rm.max_length=16")
+    with pytest.raises(DeliberateError, match="longer than rm.max_length=16 tokens"):
+        run_rm(short, only=["reward"], show_progress=False)
 
 
 def test_cost_pairs_put_the_less_safe_response_first_and_drop_contradictions():
@@ -142,14 +145,16 @@ def test_a_trained_reward_model_is_a_modpo_margin(tiny_model_dir, tmp_path):
         f"model.name={tiny_model_dir}", f"output_dir={tmp_path / 'run'}", "dpo.method=modpo", "dpo.max_steps=1",
         "dpo.per_device_train_batch_size=4", "dpo.max_length=64", "dpo.lora=false", "dpo.data.limit=8",
         f"dpo.data.source={data}", "dpo.data.preference=better", "dpo.margin.kind=reward_model",
-        "dpo.margin.model=rm:cost", "dpo.margin.scale=-1.0"])  # minus the cost: a harmlessness reward
+        "dpo.margin.model=rm:cost"])  # a cost model enters negated: the harmlessness reward -c(x, y)
     [summary] = run_dpo(recipe, show_progress=False)
     assert summary["steps"] == 1 and summary["margin"] == "reward_model"
     rows, _ = load_preferences(recipe, recipe.dpo.data, "paired")
-    margins = _reward_model_margins(rows[:2], str(tmp_path / "run" / "rm" / "cost" / "model"), -1.0)
-    judge = make_judge(resolve_judge(recipe, recipe.judge.model_copy(update={"backend": "classifier",
-                                                                             "model": "rm:cost", "cache": "none"})),
-                       None, show_progress=False)
+    margins = _reward_model_margins(rows[:2], str(tmp_path / "run" / "rm" / "cost" / "model"), 1.0)
+    cost = recipe.judge.model_copy(update={"backend": "classifier", "model": "rm:cost", "cache": "none"})
+    with pytest.raises(DeliberateError, match="is a cost model .higher = less safe.: set higher_is_better: false"):
+        make_judge(resolve_judge(recipe, cost), None, show_progress=False)
+    judge = make_judge(resolve_judge(recipe, cost.model_copy(update={"higher_is_better": False})), None,
+                       show_progress=False)
     served = judge.score([PointwiseItem(r["prompt"][0]["content"], r["chosen"][0]["content"]) for r in rows[:2]])
     assert [m["margin_chosen"] for m in margins] == pytest.approx([-s.score for s in served], abs=1e-5)
     judge.close()

@@ -66,7 +66,7 @@ def generate(recipe: RecipeOpt = None, set_: SetOpt = None, model: ModelOpt = No
 
 @command(name="filter")
 def filter_(recipe: RecipeOpt = None, set_: SetOpt = None, output: OutputOpt = None) -> None:
-    """Judge the generated completions (min of judge.repeats) and keep those that clear filter.threshold.
+    """Judge the generated completions (min of judge.repeats; once for a deterministic judge) and keep those that clear filter.threshold.
 
     Input: <output_dir>/generate/completions.jsonl and the recipe's judge and filter sections. Output:
     <output_dir>/filter/judged.jsonl, kept.jsonl and summary.json (kept fractions per category).

@@ -88,7 +88,7 @@ def judge(
     from deliberate.errors import did_you_mean
     from deliberate.judges import make_judge
     from deliberate.judges.prompts import CRITERIA
-    from deliberate.services.runs import Layout
+    from deliberate.services.runs import Layout, resolve_judge
     from deliberate.services.spec import load_spec
     from deliberate.stages.judge import compare_files, judge_file
 
@@ -97,7 +97,7 @@ def judge(
                               f"{', '.join(CRITERIA)}")
     r = load(recipe, set_, None, output, uses_model=False)
     spec = load_spec(r.spec)
-    j = make_judge(r.judge, spec)
+    j = make_judge(resolve_judge(r, r.judge), spec)
     out_dir = Layout(r).judge
     how = {"data": r.data, "spec": spec, "max_failures": r.judge.max_failures}
     try:

@@ -23,7 +23,8 @@ class EvalConfig(Section):
     pairwise_against: Literal["base", "all"] = "base"
     """`base`: every model against the base; `all`: every pair of models (more judge calls, better Elo)."""
     pairwise_repeats: int = Field(default=3, ge=1)
-    """Times each answer pair is judged in each order (SACPO: 3)."""
+    """Times each answer pair is judged in each order (SACPO: 3); once for a deterministic judge
+    (`judge.deterministic`)."""
     bootstrap_samples: int = Field(default=1000, ge=100)
     """Resamples for the 95% confidence intervals."""
     elo_trials: int = Field(default=50, ge=1)

@@ -24,7 +24,7 @@ class RLOptions(TrainingOptions):
         "max_steps", "prompts_per_step", "num_generations", "value_learning_rate", "adaptive_kl", "kl_target",
         "kl_horizon", "ppo_epochs", "mini_batch_size", "clip_range_value", "gamma", "lam", "whiten_advantages",
         "loss_type", "clip_range_score", "loss_average", "cost_window", "value_weight_decay",
-        "value_lr_scheduler_type"}
+        "value_lr_scheduler_type", "lr_scheduler_type"}
 
     algo: Literal["grpo", "rloo", "ppo", "ppo-lagrangian"] = "grpo"
     """`grpo` / `rloo` (TRL's trainers, no value model), `ppo` (this toolkit's PPO with a value model) or
@@ -116,8 +116,10 @@ class RLOptions(TrainingOptions):
     [-c, c] (safe-rlhf's clip_range_score, 50 in its scripts). When unset: no clamp for `ppo`, 50 for
     `ppo-lagrangian`."""
     cost_window: int = Field(default=128, ge=1)
-    """`ppo-lagrangian`: lambda moves on the mean of the last this-many completions' costs (safe-rlhf's
-    episode_cost_window_size), this step's included."""
+    """`ppo-lagrangian`: lambda moves on the mean cost of the last this-many completions per process (safe-rlhf's
+    episode_cost_window_size, a deque on each device), this step's included. Lambda takes one step per RL step,
+    before the policy's update; safe-rlhf steps it per micro-batch, which is the same with one mini-batch and
+    `ppo_epochs: 1` (its scripts' setting)."""
     weight_decay: float = Field(default=0.0, ge=0)
     """AdamW weight decay of the policy (PPO: biases and norm weights are not decayed, as safe-rlhf and
     transformers)."""
@@ -127,8 +129,10 @@ class RLOptions(TrainingOptions):
     """AdamW beta1 (policy and value models)."""
     adam_beta2: float = Field(default=0.999, gt=0, lt=1)
     """AdamW beta2 (policy and value models; safe-rlhf uses 0.95)."""
-    lr_scheduler_type: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
-    """The policy's learning-rate schedule over `max_steps` (PPO: over its optimiser updates)."""
+    lr_scheduler_type: Literal["constant", "constant_with_warmup", "cosine", "linear"] | None = None
+    """The policy's learning-rate schedule over `max_steps` (PPO: over its optimiser updates, which a resume with
+    another `max_steps` or number of processes stretches). Unset: TRL's default (linear decay) for grpo/rloo,
+    constant for PPO."""
     value_lr_scheduler_type: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
     """PPO: the value models' learning-rate schedule."""
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)

@@ -37,14 +37,17 @@ class RewardModelSpec(Section):
 class RMOptions(DatasetTrainingOptions):
     """`rm`: reward and cost models (TRL RewardTrainer: -log sigmoid(r(x, y_w) - r(x, y_l)) per pair)."""
 
-    DEFAULTS = {"learning_rate": 2e-5, "num_train_epochs": 2.0, "per_device_train_batch_size": 8,
-                "max_length": 512}  # safe-rlhf's scripts: weight decay 0.1, cosine, warmup 0.03
+    DEFAULTS = {"learning_rate": 2e-5, "num_train_epochs": 2.0, "per_device_train_batch_size": 8}
+    # safe-rlhf's scripts: weight decay 0.1, cosine, warmup 0.03 (recipes/safe-rlhf.yaml)
     OWN_FIELDS = DatasetTrainingOptions.OWN_FIELDS | {"models", "regularization", "eval_fraction"}
 
     models: list[RewardModelSpec] = Field(
         default_factory=lambda: [RewardModelSpec(name="reward")])
     """The models to train, in order (Safe RLHF: a `reward` model on `better` pairs, a `cost` model on `safer`
     pairs). Default: one reward model on `deliberate pairs`' output."""
+    max_length: int = Field(default=512, ge=16)
+    """Longest pair side (prompt and response) in tokens; TRL's RewardTrainer leaves longer pairs out (the
+    summary counts the pairs trained on)."""
     regularization: float = Field(default=0.0, ge=0)
     """Adds regularization * mean(score^2) over both responses (safe-rlhf's score regularisation, 0.001 in its
     scripts), which keeps scores near 0 rather than drifting."""

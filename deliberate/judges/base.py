@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from deliberate.errors import DeliberateError, redact
 from deliberate.judges.cache import JudgeCache, cache_key
 from deliberate.judges.prompts import PROMPT_VERSION
+from deliberate.judges.rubrics import RUBRIC_VERSION
 from deliberate.services.chat_api import Failure
 from deliberate.services.progress import progress_bar
 from deliberate.services.reasoning import split_reasoning
@@ -91,6 +92,7 @@ class RubricRequest:
     prompt: str
     response: str
     rubric: str  # a benchmark's own scoring prompt (judges/rubrics.py): strongreject, xstest
+    version: int = RUBRIC_VERSION
     repeat: int = 0
 
 

@@ -9,6 +9,8 @@ the lower one for a cost model (`judge.higher_is_better: false`).
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deliberate.errors import DeliberateError
@@ -22,9 +24,13 @@ from deliberate.judges.base import (
     report_all,
 )
 from deliberate.services.models import pick_device, resolve_model_path
+from deliberate.services.runs import model_identity
 
 if TYPE_CHECKING:
     from deliberate.config import JudgeConfig
+
+
+RM_FILE = "deliberate_rm.json"  # what `deliberate rm` declares about a model it trained: kind, direction, held-out
 
 
 class ClassifierBackend(Backend):
@@ -48,6 +54,11 @@ class ClassifierBackend(Backend):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.scale = "0-10" if str(getattr(self.model.config, "score_scale", "")) == "0-10" else "raw"
+        meta = Path(self.path) / RM_FILE
+        if meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("kind") == "cost" \
+                and cfg.higher_is_better:
+            raise DeliberateError(f"judge.model '{cfg.model}' is a cost model (higher = less safe): set "
+                                  "higher_is_better: false, or it would prefer the less safe answer")
 
     @staticmethod
     def scale_of(cfg: JudgeConfig) -> str:
@@ -64,7 +75,7 @@ class ClassifierBackend(Backend):
         return "0-10" if str(getattr(config, "score_scale", "")) == "0-10" else "raw"
 
     def identity(self) -> dict[str, Any]:
-        return {"backend": self.kind, "model": self.path}
+        return {"backend": self.kind, "model": model_identity(self.path)}  # a retrained model is a new judge
 
     def scores(self, pairs: list[tuple[str, str]], on_chunk=lambda start, values: None) -> list[float]:
         """The classifier's score of each (prompt, response), `max_concurrency` at a time; `on_chunk(start,
@@ -93,15 +104,19 @@ class ClassifierBackend(Backend):
         return report_all(done, out)
 
 
-def conversation_text(tokenizer, prompt: str, response: str) -> str:
-    """(prompt, response) as the scorer reads it: the tokenizer's chat template, else a plain transcript."""
-    conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+def conversation_text(tokenizer, prompt: str | list[dict[str, str]], response: str) -> str:
+    """(prompt, response) as the scorer reads it: the tokenizer's chat template, else a plain transcript. The
+    prompt is a user message, or the conversation before the response (system and earlier turns, as training
+    data in chat form has them)."""
+    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    conversation = [*turns, {"role": "assistant", "content": response}]
     if tokenizer.chat_template:
         return tokenizer.apply_chat_template(conversation, tokenize=False)
-    return f"User: {prompt}\nAssistant: {response}"
+    names = {"user": "User", "assistant": "Assistant", "system": "System"}
+    return "\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in conversation)
 
 
-def classifier_scores(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int,
+def classifier_scores(model, tokenizer, pairs: list[tuple[str | list[dict[str, str]], str]], batch_size: int,
                       on_chunk=lambda start, values: None) -> list[float]:
     """A sequence classifier's first logit for each (prompt, response), `batch_size` at a time (the one scoring
     path: the classifier judge, and `deliberate rm`'s held-out report)."""

@@ -39,6 +39,7 @@ from deliberate.services.chat_api import ChatAPI, Messages
 from deliberate.services.constrained import JsonSchemaConstraint, RegexConstraint
 from deliberate.services.generation import generate
 from deliberate.services.models import load_model
+from deliberate.services.runs import model_identity
 
 if TYPE_CHECKING:
     from deliberate.config import JudgeConfig
@@ -149,7 +150,7 @@ class HFBackend(GenerativeBackend):
         self.loaded = load_model(ModelConfig(name=cfg.model, dtype=cfg.dtype))
 
     def identity(self) -> dict[str, Any]:
-        return {"backend": self.kind, "model": self.loaded.path, "max_tokens": self.cfg.max_tokens,
+        return {"backend": self.kind, "model": model_identity(self.loaded.path), "max_tokens": self.cfg.max_tokens,
                 "constrained": RATIONALE_CHARS, "dtype": self.cfg.dtype}
 
     async def complete(self, batch: list[Messages], schema: dict[str, Any] | None, on_text, *, regex: str | None = None,

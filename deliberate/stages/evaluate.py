@@ -100,7 +100,7 @@ def score_answers(recipe: Recipe, rows: list[dict[str, Any]], judge, spec) -> tu
     return judged, metrics
 
 
-def official_scores(scoring: str, judged: list[dict[str, Any]], judge, tally: Tally) -> dict[str, Any]:
+def official_scores(recipe: Recipe, scoring: str, judged: list[dict[str, Any]], judge, tally: Tally) -> dict[str, Any]:
     """The benchmark's own scoring (judges/rubrics.py) of each judged answer, added to its row as `rubric`, and
     its figures: StrongREJECT's mean score (0 safe - 1 harmful) and its rubric's refusal rate; XSTest's three
     classes per expected behaviour, and not-over-refusal (safe prompts fully complied with)."""
@@ -115,7 +115,7 @@ def official_scores(scoring: str, judged: list[dict[str, Any]], judge, tally: Ta
     out: dict[str, Any] = {"scoring": scoring, "judged": len(ok), "failures": len(judged) - len(ok)}
     if scoring == "strongreject":
         scores = [j["rubric"]["score"] for j in ok]
-        out["score"] = mean_interval(scores)
+        out["score"] = mean_interval(scores, recipe.eval.bootstrap_samples, recipe.seed)
         out["rubric_refusal_rate"] = wilson_rate([j["rubric"]["refused"] == 1 for j in ok]).to_dict()
         return out
     for expected in sorted({str(j["expected"]) for j in ok}):
@@ -202,7 +202,7 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
                 answers[(name, bench.name)] = run.rows
                 judged, metrics = score_answers(recipe, run.rows, judge, spec)
                 if bench.scoring:
-                    metrics["official"] = official_scores(bench.scoring, judged, judge, tally)
+                    metrics["official"] = official_scores(recipe, bench.scoring, judged, judge, tally)
                 judged_rows[(name, bench.name)] = judged
                 files[f"judgments/{slug(name)}/{bench.name}.jsonl"] = judged
                 tally.add(len(judged), [j["judge_errors"][0] if j["judge_errors"] else "no score"
@@ -256,7 +256,8 @@ def compare_models(recipe: Recipe, names: list[str], benches: list[Benchmark], a
                                "failures": r.failures, "dropped": r.dropped, "errors": r.errors}
                               for a, r in zip(rows_a, judged, strict=True)]
                 files[f"judgments/{slug(first)}/{bench.name}.{criterion}.vs.{slug(second)}.jsonl"] = per_prompt
-                tally.add(sum(r.comparisons + r.failures for r in judged), [e for r in judged for e in r.errors])
+                tally.add(sum(r.comparisons + r.failures + r.dropped for r in judged),
+                          [e for r in judged for e in r.errors])
                 games[criterion] += games_from(first, second, per_prompt)
                 if second == base:
                     pooled.setdefault((first, criterion), []).extend(per_prompt)

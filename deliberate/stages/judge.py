@@ -103,9 +103,10 @@ def compare_files(judge: Judge, first: Path, second: Path, out_dir: Path, criter
     items = [PairwiseItem(a["prompt"], a["response"], b["response"], a["category"], a["expected"]) for a, b in pairs]
     results = judge.compare(items, criterion)
     out = [{"id": a["id"], "prompt": a["prompt"], "first": a["response"], "second": b["response"], "wins": r.wins,
-            "losses": r.losses, "ties": r.ties, "failures": r.failures, "errors": r.errors}
+            "losses": r.losses, "ties": r.ties, "failures": r.failures, "dropped": r.dropped, "errors": r.errors}
            for (a, b), r in zip(pairs, results, strict=True)]
-    totals = {k: sum(getattr(r, k) for r in results) for k in ("wins", "losses", "ties", "failures")}
+    # `dropped`: successful judgments left out because the other order of their repeat failed
+    totals = {k: sum(getattr(r, k) for r in results) for k in ("wins", "losses", "ties", "failures", "dropped")}
     comparisons = totals["wins"] + totals["losses"] + totals["ties"]
     summary = {
         "first": str(first), "second": str(second), "criterion": criterion, "items": len(items), **totals,
@@ -114,6 +115,7 @@ def compare_files(judge: Judge, first: Path, second: Path, out_dir: Path, criter
     }
     errors = [e for r in results for e in r.errors]
     publish("judge", out_dir, {"pairwise.jsonl": out, "pairwise_summary.json": summary, "judge_usage.json":
-            judge.usage.to_dict()}, summary=summary, total=comparisons + totals["failures"], errors=errors,
+            judge.usage.to_dict()}, summary=summary, total=comparisons + totals["failures"] + totals["dropped"],
+            errors=errors,
             max_failures=max_failures)
     return summary

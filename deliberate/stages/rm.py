@@ -35,7 +35,7 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from deliberate.config import Recipe, RewardModelSpec
 from deliberate.errors import DeliberateError
-from deliberate.judges.classifier import classifier_scores
+from deliberate.judges.classifier import RM_FILE, classifier_scores
 from deliberate.services.guard_data import hash_unit
 from deliberate.services.models import resolve_model_path
 from deliberate.services.preferences import load_preferences
@@ -55,8 +55,6 @@ from deliberate.services.training import (
     show_training_progress,
     trl_config,
 )
-
-RM_FILE = "deliberate_rm.json"
 
 
 def run_rm(recipe: Recipe, *, only: list[str] | None = None, resume: bool = False,
@@ -156,7 +154,7 @@ def held_out_report(model, tokenizer, held: list[dict[str, Any]], kind: str, bat
     model's sign agreement with the labels."""
     import numpy as np
 
-    pairs = [(_prompt_text(r), _response(side)) for r in held for side in (r["chosen"], r["rejected"])]
+    pairs = [(r["prompt"], _response(side)) for r in held for side in (r["chosen"], r["rejected"])]
     model.eval()
     scores = classifier_scores(model, tokenizer, pairs, batch_size)
     chosen, rejected = np.array(scores[0::2]), np.array(scores[1::2])
@@ -215,6 +213,9 @@ def train_reward_model(recipe: Recipe, spec: RewardModelSpec, *, resume: bool = 
     trainer = ScoreTrainer(model=start_path, args=args, train_dataset=dataset, peft_config=peft,
                            regularization=cfg.regularization,
                            data_collator=SignedCollator(pad_token_id=_pad_id(start_path)))
+    if len(trainer.train_dataset) == 0:
+        raise DeliberateError(f"rm: model '{spec.name}': all {len(rows)} training pairs are longer than "
+                              f"rm.max_length={cfg.max_length} tokens; raise it")
     show_training_progress(trainer, f"rm {spec.name} ({spec.kind})", show_progress)
     checkpoint = resume_point(trainer, run, fingerprint({**inputs, "settings": without_lengths(settings)}), resume,
                               "rm")
@@ -228,7 +229,8 @@ def train_reward_model(recipe: Recipe, spec: RewardModelSpec, *, resume: bool = 
             "threshold": 0.0 if spec.kind == "cost" and any(r.get("chosen_sign") for r in rows) else None,
             "held_out": report}
     summary = {"fingerprint": fp, "model": f"rm:{spec.name}", "kind": spec.kind, "start": start,
-               "start_path": start_path, "lora": cfg.lora, "data": data_summary, "examples": len(rows),
+               "start_path": start_path, "lora": cfg.lora, "data": data_summary,
+               "examples": len(trainer.train_dataset), "longer_than_max_length": len(rows) - len(trainer.train_dataset),
                "contradictory_pairs_left_out": contradictory, "steps": trainer.state.global_step,
                "train_loss": round(result.training_loss, 4), "first_loss": logs[0]["loss"] if logs else None,
                "last_loss": logs[-1]["loss"] if logs else None, "seconds": round(seconds, 1),
@@ -240,7 +242,8 @@ def train_reward_model(recipe: Recipe, spec: RewardModelSpec, *, resume: bool = 
     direction = ("higher = better" if spec.kind == "reward" else
                  "higher = less safe" + (" (> 0: unsafe)" if meta["threshold"] is not None else ""))
     card = model_card(recipe, f"rm:{spec.name} ({spec.kind} model{', LoRA merged' if cfg.lora else ''})",
-                      f"A {spec.kind} model trained by `deliberate rm` with TRL's RewardTrainer on {len(rows)} pairs "
+                      f"A {spec.kind} model trained by `deliberate rm` with TRL's RewardTrainer on "
+                      f"{summary['examples']} pairs "
                       f"from {data_summary['source']}, starting from `{start}`. Scores are raw scalars, {direction}. "
                       f"Held-out pair accuracy {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] on "
                       f"{report['pairs']} pairs whose prompts were never trained on.",

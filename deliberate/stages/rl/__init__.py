@@ -191,7 +191,8 @@ def _train_trl(recipe: Recipe, start: str, records: list[PromptRecord], run: Mod
     epochs = cfg.epochs()
     computed = dict(max_steps=cfg.max_steps * epochs, per_device_train_batch_size=per_device,
                     gradient_accumulation_steps=per_process // per_device, num_generations=n_gen,
-                    num_iterations=epochs, log_completions=False, shuffle_dataset=True)
+                    num_iterations=epochs, log_completions=False, shuffle_dataset=True,
+                    **({"lr_scheduler_type": cfg.lr_scheduler_type} if cfg.lr_scheduler_type else {}))
     if cfg.algo == "grpo":
         from trl import GRPOConfig, GRPOTrainer
 

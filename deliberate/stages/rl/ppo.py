@@ -482,7 +482,7 @@ def advantages(m: PPOModels, batch: Rollout, kl_ctl: KLController, lagrange: Lag
     adv_r, ret_r = gae(rewards, batch.old_values[0], mask, cfg.gamma, cfg.lam)
     adv_c, ret_c = gae(cost_tokens, batch.old_values[1], mask, cfg.gamma, cfg.lam)
     window_cost = lagrange.observe(m.gather_valid(batch.costs, batch.valid))
-    if step >= cfg.lambda_update_delay:
+    if step >= cfg.lambda_update_delay and lagrange.costs:  # no cost seen yet (every one failed): no step
         lagrange.update(window_cost)
     lam = lagrange.value  # the updated multiplier, as safe-rlhf's actor loss reads it
     if cfg.whiten():
@@ -687,7 +687,7 @@ def _models(recipe: Recipe, start: str, accelerator, lagrangian: bool, total_upd
     opt_policy = _adamw(policy, cfg.learning_rate, cfg.weight_decay, cfg)
     opt_values = [_adamw(v, value_lr, cfg.value_weight_decay, cfg) for v in value_models]
     warmup = int(total_updates * cfg.warmup_ratio)
-    schedulers = [get_scheduler(cfg.lr_scheduler_type, opt_policy, num_warmup_steps=warmup,
+    schedulers = [get_scheduler(cfg.lr_scheduler_type or "constant", opt_policy, num_warmup_steps=warmup,
                                 num_training_steps=total_updates)]
     schedulers += [get_scheduler(cfg.value_lr_scheduler_type, o, num_warmup_steps=warmup,
                                  num_training_steps=total_updates) for o in opt_values]
