@@ -418,8 +418,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     if report["pairwise"]:
         header, rows = comparison_rows(report)
         lines += ["", "## Against the base model", "",
-                  f"Win rate = (wins + ties / 2) / judgments, each pair judged in both orders "
-                  f"{report['pairwise_repeats']} times"
+                  "Win rate = (wins + ties / 2) / judgments, each pair judged in both orders "
+                  + ("once" if report["pairwise_repeats"] == 1 else f"{report['pairwise_repeats']} times")
                   + (" (a deterministic judge is asked once)" if report.get("judge_deterministic") else "")
                   + "; a repeat counts only when both orders succeeded, failures are excluded and counted. Elo: "
                   "start 1200, K 32, games reshuffled every epoch, averaged over trials, shifted so the base is 1000. "
