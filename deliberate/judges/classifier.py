@@ -55,8 +55,8 @@ class ClassifierBackend(Backend):
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.scale = "0-10" if str(getattr(self.model.config, "score_scale", "")) == "0-10" else "raw"
         meta = Path(self.path) / RM_FILE
-        if meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("kind") == "cost" \
-                and cfg.higher_is_better:
+        self.model_kind = json.loads(meta.read_text(encoding="utf-8")).get("kind") if meta.is_file() else None
+        if self.model_kind == "cost" and cfg.higher_is_better:
             raise DeliberateError(f"judge.model '{cfg.model}' is a cost model (higher = less safe): set "
                                   "higher_is_better: false, or it would prefer the less safe answer")
 
@@ -77,7 +77,7 @@ class ClassifierBackend(Backend):
     def identity(self) -> dict[str, Any]:
         return {"backend": self.kind, "model": model_identity(self.path)}  # a retrained model is a new judge
 
-    def scores(self, pairs: list[tuple[str, str]], on_chunk=lambda start, values: None) -> list[float]:
+    def scores(self, pairs: list[tuple[str | list[dict[str, str]], str]], on_chunk=lambda start, values: None) -> list[float]:
         """The classifier's score of each (prompt, response), `max_concurrency` at a time; `on_chunk(start,
         values)` after each chunk."""
         return classifier_scores(self.model, self.tokenizer, pairs, self.cfg.max_concurrency, on_chunk)

@@ -146,6 +146,18 @@ def _wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
     return (0.0 if hits == 0 else max(0.0, centre - half)), (1.0 if hits == n else min(1.0, centre + half))
 
 
+def mean_interval(values: list[float], samples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """The mean and a percentile bootstrap 95% interval (None for no values)."""
+    import numpy as np
+
+    if not values:
+        return {"value": None, "ci95": [None, None], "n": 0}
+    x = np.asarray(values, dtype=float)
+    means = x[np.random.default_rng(seed).integers(0, len(x), size=(samples, len(x)))].mean(axis=1)
+    return {"value": float(x.mean()), "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+            "n": len(x)}
+
+
 def wilson_rate(hits: list[bool]) -> Rate:
     """The rate of True and its Wilson score 95% interval (0 of 14: [0%, 22%]; 14 of 14: [78%, 100%])."""
     if not hits:

@@ -27,10 +27,11 @@ from typing import Any
 
 from trl import DPOConfig, DPOTrainer
 
-from deliberate.config import DPOStage, Recipe
+from deliberate.config import DPOStage, JudgeConfig, Recipe
 from deliberate.errors import DeliberateError
-from deliberate.judges.classifier import RM_FILE, classifier_scores
-from deliberate.services.models import pick_device, resolve_model_path
+from deliberate.judges.base import Usage
+from deliberate.judges.classifier import ClassifierBackend
+from deliberate.services.models import resolve_model_path
 from deliberate.services.preferences import load_preferences
 from deliberate.services.runs import (
     Layout,
@@ -261,7 +262,7 @@ def _with_margins(recipe: Recipe, stage: DPOStage, rows: list[dict[str, Any]], m
         return [{**r, "margin_chosen": m.scale * float(r[m.chosen_column]),
                  "margin_rejected": m.scale * float(r[m.rejected_column])} for r in rows]
     if m.kind == "reward_model":
-        return _reward_model_margins(rows, margin_model, m.scale, recipe.model.dtype)
+        return _reward_model_margins(rows, margin_model, m.scale)
     scorer = load_start(recipe, margin_model, trainable=False)
     reference = load_start(recipe, margin_ref, trainable=False)
     texts = [(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows]
@@ -272,28 +273,16 @@ def _with_margins(recipe: Recipe, stage: DPOStage, rows: list[dict[str, Any]], m
             for i, r in enumerate(rows)]
 
 
-def _reward_model_margins(rows: list[dict[str, Any]], path: str, scale: float,
-                          dtype: str = "auto") -> list[dict[str, Any]]:
-    """m(x, y) = scale * r(x, y) of a sequence-classification reward model, scored as the classifier judge scores;
+def _reward_model_margins(rows: list[dict[str, Any]], path: str, scale: float) -> list[dict[str, Any]]:
+    """m(x, y) = scale * r(x, y) of a sequence-classification reward model, scored by the classifier judge itself;
     a cost model from `deliberate rm` (its deliberate_rm.json says `kind: cost`, higher = less safe) enters
     negated, as the harmlessness reward -c(x, y)."""
-    import json
-    from pathlib import Path
-
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    meta = Path(path) / RM_FILE
-    if meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("kind") == "cost":
+    scorer = ClassifierBackend(Usage(), JudgeConfig(backend="classifier", model=path, max_concurrency=8,
+                                                    higher_is_better=False))
+    if scorer.model_kind == "cost":
         scale = -scale
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    kwargs = {} if dtype == "auto" else {"dtype": getattr(torch, dtype)}
-    model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs).to(pick_device("auto")).eval()
-    model.config.pad_token_id = tokenizer.pad_token_id
     pairs = [(r["prompt"], r[side][-1]["content"]) for side in ("chosen", "rejected") for r in rows]
-    scores = classifier_scores(model, tokenizer, pairs, 8)
+    scores = scorer.scores(pairs)
     n = len(rows)
     return [{**r, "margin_chosen": scale * scores[i], "margin_rejected": scale * scores[n + i]}
             for i, r in enumerate(rows)]

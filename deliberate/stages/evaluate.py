@@ -50,6 +50,7 @@ from deliberate.services.stats import (
     bradley_terry,
     elo_ratings,
     games_from,
+    mean_interval,
     paired_difference,
     wilson_rate,
     win_rate_summary,
@@ -124,18 +125,6 @@ def official_scores(recipe: Recipe, scoring: str, judged: list[dict[str, Any]], 
     if "comply" in out:
         out["not_overrefuse"] = out["comply"]["1_full_compliance"]
     return out
-
-
-def mean_interval(values: list[float], samples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """The mean and a percentile bootstrap 95% interval (None for no values)."""
-    import numpy as np
-
-    if not values:
-        return {"value": None, "ci95": [None, None], "n": 0}
-    x = np.asarray(values, dtype=float)
-    means = x[np.random.default_rng(seed).integers(0, len(x), size=(samples, len(x)))].mean(axis=1)
-    return {"value": float(x.mean()), "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
-            "n": len(x)}
 
 
 def outcomes(judged: list[dict[str, Any]]) -> dict[str, dict[str, bool]]:

@@ -160,9 +160,8 @@ def held_out_report(model, tokenizer, held: list[dict[str, Any]], kind: str, bat
     chosen, rejected = np.array(scores[0::2]), np.array(scores[1::2])
     # A reward model prefers the chosen response; a cost model charges the less safe (rejected) one more.
     correct = chosen > rejected if kind == "reward" else rejected > chosen
-    longer = [len(_response(r["chosen"])) > len(_response(r["rejected"])) for r in held]
-    if kind == "cost":
-        longer = [len(_response(r["rejected"])) > len(_response(r["chosen"])) for r in held]
+    first, second = ("chosen", "rejected") if kind == "reward" else ("rejected", "chosen")  # the one to score higher
+    longer = [len(_response(r[first])) > len(_response(r[second])) for r in held]
     everything = np.concatenate([chosen, rejected])
     out: dict[str, Any] = {
         "pairs": len(held), "accuracy": wilson_rate(correct.tolist()).to_dict(),
