@@ -1,7 +1,8 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 (ephemeral port) for judge tests and benchmarks.
 
-`behaviour(request_json, call_number)` returns a `Reply`; the default answers like a sensible judge. The server
-counts every call, so tests can assert how many requests were made.
+`behaviour(request_json, call_number)` returns a `Reply`; the default answers like a sensible judge, and
+`model_under_test` like a model being evaluated (a deterministic answer to each prompt). The server counts every
+call, so tests can assert how many requests were made.
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     body: dict[str, Any] | None = None  # a raw body instead of a chat completion
+    finish_reason: str = "stop"
+    completion_tokens: int = 20
+    echo_auth: bool = False  # an error body that repeats the request's Authorization header (a careless server)
 
 
-def completion(content: str) -> dict[str, Any]:
+def completion(content: str, finish_reason: str = "stop", completion_tokens: int = 20) -> dict[str, Any]:
     return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "judge-test",
-            "choices": [{"index": 0, "finish_reason": "stop",
+            "choices": [{"index": 0, "finish_reason": finish_reason,
                          "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}
+            "usage": {"prompt_tokens": 100, "completion_tokens": completion_tokens,
+                      "total_tokens": 100 + completion_tokens}}
 
 
 def judged_text(request: dict[str, Any]) -> str:
@@ -47,6 +52,17 @@ def sensible_judge(request: dict[str, Any], n: int) -> Reply:
     refused = "sorry" in response.lower()
     return Reply(json.dumps({"verdict": "refuse" if refused else "comply", "score": 10 if refused else 2,
                              "rationale": "test"}))
+
+
+def model_under_test(request: dict[str, Any], n: int) -> Reply:
+    """A served model: `<model> says: <prompt>`, refusing prompts that mention a bomb; one completion token per
+    word, and cut at the token limit like a real server."""
+    prompt = judged_text(request)
+    words = (["I'm", "sorry,", "I", "can't", "help", "with", "that."] if "bomb" in prompt.lower()
+             else f"{request['model']} says: {prompt}".split())
+    limit = request.get("max_tokens") or len(words)
+    return Reply(" ".join(words[:limit]), finish_reason="length" if len(words) > limit else "stop",
+                 completion_tokens=min(limit, len(words)))
 
 
 class FakeOpenAI:
@@ -77,9 +93,10 @@ class FakeOpenAI:
                 if reply.body is not None:
                     payload = reply.body
                 elif reply.status == 200:
-                    payload = completion(reply.content or "")
+                    payload = completion(reply.content or "", reply.finish_reason, reply.completion_tokens)
                 else:
-                    payload = {"error": {"message": f"status {reply.status}", "type": "test"}}
+                    echoed = f" (you sent {self.headers.get('authorization')})" if reply.echo_auth else ""
+                    payload = {"error": {"message": f"status {reply.status}{echoed}", "type": "test"}}
                 data = json.dumps(payload).encode()
                 try:
                     self.send_response(reply.status)

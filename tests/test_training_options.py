@@ -63,6 +63,10 @@ def _other_value(section, name: str):
         return 0.25 if default == 0 else default / 2
     if name == "loss_type":
         return ["ipo"] if section is DPOStage else "dapo"
+    if name == "report_to":
+        return ["tensorboard"]
+    if name == "run_name":
+        return "a-run"
     if name.endswith("lr_scheduler_type"):
         return "cosine" if default != "cosine" else "linear"
     raise AssertionError(f"no test value for {section.__name__}.{name} ({default!r})")
@@ -86,7 +90,8 @@ def test_every_passed_field_arrives_in_trls_config_with_its_value(section, confi
     args = trl_config(config_class, load_recipe(None), options, tmp_path, **computed)
     arrived = {n: getattr(args, target) for n, target in passed.items()}
     assert arrived == values
-    assert args.report_to == [] and args.disable_tqdm  # our own progress display, no tracker by default
+    assert args.disable_tqdm  # our own progress display
+    assert trl_config(config_class, load_recipe(None), section(**extra), tmp_path, **computed).report_to == []
 
 
 def test_the_dpo_warmup_ratio_reaches_trl_as_a_fraction_of_the_steps(tmp_path):

@@ -126,6 +126,10 @@ def load(recipe: Path | None, sets: list[str] | None, model: str | None = None, 
     if output:
         overrides.append(f"output_dir={output}")
     r = load_recipe(recipe, overrides)
+    if any(part.trainer_args for part in (r.sft, r.rl, r.rm, r.dpo)) or any("trainer_args" in s for s in r.dpo.stages):
+        from deliberate.services.training import check_trainer_args  # imports trl: only when there are any
+
+        check_trainer_args(r)
     if writes:
         check_writable(r.output_dir)
     name = model or r.model.name
@@ -134,6 +138,16 @@ def load(recipe: Path | None, sets: list[str] | None, model: str | None = None, 
     if name != r.model.name:
         r = r.model_copy(update={"model": r.model.model_copy(update={"name": name})})
     return r
+
+
+def recorded(r, *folders: Path) -> None:
+    """Write provenance.json (resolved recipe, versions, command, commit) into each stage folder that exists."""
+    from deliberate.services.provenance import write_provenance
+    from deliberate.services.training import is_main_process
+
+    for folder in folders:
+        if is_main_process() and Path(folder).is_dir():
+            write_provenance(folder, r)
 
 
 @app.callback(invoke_without_command=True)

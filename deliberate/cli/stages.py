@@ -16,6 +16,7 @@ from deliberate.cli.app import (
     command,
     load,
     num,
+    recorded,
     say,
     shorten,
     table,
@@ -42,6 +43,14 @@ def _print_filter(s: dict) -> None:
             f"{c['prompts_with_kept']}/{c['prompts']}"] for name, c in s["per_category"].items()])
 
 
+def _published(r, verb: str, section) -> None:
+    """Upload the verb's finished models when the section's push_to_hub says so (main process only)."""
+    from deliberate.services.hub import push
+
+    for up in push(r, verb, section):
+        say(f"pushed {up.label} to https://huggingface.co/{up.repo_id}")
+
+
 def _print_sft(s: dict, model) -> None:
     if s.get("reused"):
         say(("sft", "bold"), f": already trained on this data with these settings; reused {model}")
@@ -59,9 +68,12 @@ def generate(recipe: RecipeOpt = None, set_: SetOpt = None, model: ModelOpt = No
     data, generate section). Output: <output_dir>/generate/completions.jsonl and summary.json. Resumable.
     Example: deliberate generate --recipe recipes/demo.yaml --set generate.samples=8
     """
+    from deliberate.services.runs import Layout
     from deliberate.stages.generate import generate_completions
 
-    _print_generate(generate_completions(load(recipe, set_, model, output)).summary)
+    r = load(recipe, set_, model, output)
+    _print_generate(generate_completions(r).summary)
+    recorded(r, Layout(r).generate)
 
 
 @command(name="filter")
@@ -72,9 +84,12 @@ def filter_(recipe: RecipeOpt = None, set_: SetOpt = None, output: OutputOpt = N
     <output_dir>/filter/judged.jsonl, kept.jsonl and summary.json (kept fractions per category).
     Example: deliberate filter --recipe recipes/demo.yaml --set filter.threshold=8
     """
+    from deliberate.services.runs import Layout
     from deliberate.stages.filter import filter_completions
 
-    _print_filter(filter_completions(load(recipe, set_, None, output, uses_model=False)).summary)
+    r = load(recipe, set_, None, output, uses_model=False)
+    _print_filter(filter_completions(r).summary)
+    recorded(r, Layout(r).filter)
 
 
 @command()
@@ -93,6 +108,7 @@ def sft(recipe: RecipeOpt = None, set_: SetOpt = None, model: ModelOpt = None, o
 
     r = load(recipe, set_, model, output)
     _print_sft(run_sft(r, sft_dataset(r), resume=resume), Layout(r).sft.model)
+    _published(r, "sft", r.sft)
 
 
 @command()
@@ -109,8 +125,11 @@ def pipeline(recipe: RecipeOpt = None, set_: SetOpt = None, model: ModelOpt = No
 
     r = load(recipe, set_, model, output)
     _print_generate(generate_completions(r).summary)
+    recorded(r, Layout(r).generate)
     _print_filter(filter_completions(r).summary)
+    recorded(r, Layout(r).filter)
     _print_sft(run_sft(r, sft_dataset(r)), Layout(r).sft.model)
+    _published(r, "sft", r.sft)
 
 
 @command()
@@ -127,6 +146,7 @@ def pairs(recipe: RecipeOpt = None, set_: SetOpt = None, model: ModelOpt = None,
 
     r = load(recipe, set_, model, output)
     s = build_pairs(r)
+    recorded(r, Layout(r).pairs)
     warn(s)
     say(f"{s['completions']} completions from {s['policy']} ({s['generated_now']} new), {s['judged']} judged "
         f"(mean score {num(s['mean_score'])}), {s['judge_failures']} judge failures, {s['cut_off']} cut off")
@@ -161,6 +181,7 @@ def dpo(recipe: RecipeOpt = None, set_: SetOpt = None, model: ModelOpt = None, o
     table(f"{r.name}: preference optimisation",
           ["model", "method", "start", "beta", "w", "examples", "steps", "loss", "reward acc.", "time"], rows)
     say(f"models in {Layout(r).root / 'dpo'}")
+    _published(r, "dpo", r.dpo)
 
 
 @command()
@@ -191,6 +212,7 @@ def rm(recipe: RecipeOpt = None, set_: SetOpt = None, model: ModelOpt = None, ou
     table(f"{r.name}: reward and cost models",
           ["model", "kind", "pairs", "steps", "loss", "held-out accuracy", "longer wins", "sign acc.", "time"], rows)
     say(f"models in {Layout(r).root / 'rm'}")
+    _published(r, "rm", r.rm)
 
 
 @command()
@@ -215,6 +237,7 @@ def rl(recipe: RecipeOpt = None, set_: SetOpt = None, model: ModelOpt = None, ou
     run = Layout(r).rl
     if not is_main_process():
         return
+    _published(r, "rl", r.rl)
     if s.get("reused"):
         say(("rl", "bold"), f": already trained with these inputs; reused {run.model}")
         return
@@ -252,6 +275,7 @@ def merge(recipe: RecipeOpt = None, set_: SetOpt = None, output: OutputOpt = Non
         rows.append([f"merge:{s['model']}", s["method"], ", ".join(s["models"]), how,
                      "reused" if s.get("reused") else f"{s['seconds']:.0f}s"])
     table(f"{r.name}: merges", ["model", "method", "models", "weights / t", "time"], rows)
+    _published(r, "merge", r.merge)
 
 
 @command(name="eval")
@@ -264,7 +288,8 @@ def eval_(recipe: RecipeOpt = None, set_: SetOpt = None, model: ModelOpt = None,
                                                               "replaces eval.benchmarks).")] = None) -> None:
     """Evaluate the recipe's model and the models it is compared with on safety benchmarks; write a report.
 
-    Input: a recipe (model = the base, judge, generation, eval section: benchmarks from eval/, models).
+    Input: a recipe (model = the base, judge, generation, eval section: benchmarks by name, packaged or from
+    ./eval/<name>.yaml, or a file; models).
     Output: <output_dir>/eval/ (answers, judgments, report.md, report.csv, report.json). Answers are cached per
     model and benchmark.
     Example: deliberate eval --recipe recipes/demo.yaml --compare stage:sft --benchmark xstest
@@ -274,6 +299,7 @@ def eval_(recipe: RecipeOpt = None, set_: SetOpt = None, model: ModelOpt = None,
 
     r = load(recipe, set_, model, output)
     report = run_eval(r, models=compare, benchmarks=benchmark)
+    recorded(r, Layout(r).eval)
     warn(report)
     table(f"{r.name}: evaluation ({r.judge.backend} judge{f', {r.judge.model}' if r.judge.model else ''})",
           *report_rows(report["results"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from statistics import mean
@@ -22,6 +23,7 @@ from deliberate.cli.app import (
     num,
     raw,
     recipe_app,
+    recorded,
     say,
     shorten,
     spec_app,
@@ -50,6 +52,10 @@ def answer(
 
     r = load(recipe, set_, model, output)
     run = answer_prompts(r)
+    recorded(r, run.path.parent)
+    summary = run.path.with_name("summary.json")
+    if summary.is_file():
+        warn(json.loads(summary.read_text(encoding="utf-8")))  # answers that failed within judge.max_failures
     groups: dict[str, list[dict]] = defaultdict(list)
     for row in run.rows:
         groups[(row.get("meta") or {}).get("kind") or row.get("expected") or "all"].append(row)
@@ -112,6 +118,7 @@ def judge(
                   [[s["items"], s["wins"], s["losses"], s["ties"], s["failures"], num(s["win_rate"], 3)]])
     finally:
         j.close()
+    recorded(r, out_dir)
     warn(s)
     say(j.usage.line())
     say(f"outputs in {out_dir}")
@@ -207,6 +214,7 @@ def guard_train(recipe: RecipeOpt = None, set_: SetOpt = None, output: OutputOpt
 
     r = load(recipe, set_, None, output, uses_model=False)
     s = run_guard_train(r)
+    recorded(r, Path(s["output"]))
     counts = s["examples"]
     reading = (f"{s['features_read_now']} items read at {s['items_per_second']}/s" if s["features_read_now"]
                else "every item's features from the cache")
@@ -260,3 +268,69 @@ def recipe_fields(
         return
     table(f"recipe fields{f': {section}' if section else ''}", ["field", "type", "default", "what it does"],
           [[r.path, r.type, r.default, r.doc] for r in ref.reference(section)])
+
+
+def _summary(path: Path) -> str:
+    """The first line of a packaged file's opening comment, which says what it is."""
+    from deliberate.config.yamlio import read_text
+
+    first = (read_text(path).lstrip().splitlines() or [""])[0]
+    return shorten(first.removeprefix("#").strip(), 80) if first.startswith("#") else ""
+
+
+@command(recipe_app, "list")
+def recipe_list(
+    paths_only: Annotated[bool, typer.Option("--paths-only", help="Print only the files' paths, one a line.")] = False,
+) -> None:
+    """The recipes and accelerate configs that ship with deliberate, and where they are.
+
+    A packaged recipe is used by its name (`--recipe demo`), or copied to start your own (`deliberate recipe init
+    --from demo`); an accelerate config is for `accelerate launch --config_file PATH`.
+    Example: deliberate recipe list
+    """
+    from deliberate.resources import accelerate_configs, packaged_recipes, resource_path
+
+    files = [*packaged_recipes().values(), *accelerate_configs().values()]
+    if paths_only:
+        raw("\n".join(str(path) for path in files))
+        return
+    folder = resource_path("recipes")
+    table(f"packaged recipes (--recipe NAME) and accelerate configs (--config_file PATH), in {folder}",
+          ["file", "what it is"], [[path.relative_to(folder), _summary(path)] for path in files])
+
+
+@command(recipe_app, "init")
+def recipe_init(
+    path: Annotated[Path, typer.Argument(help="The recipe file to write.")] = Path("recipe.yaml"),
+    source: Annotated[str, typer.Option("--from", help="The recipe to start from: a packaged recipe's name "
+                                        "(deliberate recipe list) or a recipe file.")] = "demo",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite PATH when it exists.")] = False,
+) -> None:
+    """Write a starter recipe to edit: a packaged recipe copied as it is (comments included), or, when it
+    `extends` others, merged with them into one file that needs none of them.
+
+    Example: deliberate recipe init my.yaml --from sacpo-cpu
+    """
+    from deliberate.config.recipe import load_recipe, read_recipe
+    from deliberate.config.yamlio import read_text
+    from deliberate.resources import resource_path
+    from deliberate.services.io import atomic_write_text
+
+    if path.exists() and not force:
+        raise DeliberateError(f"{path}: exists; choose another file, or add --force to overwrite it")
+    load_recipe(source)  # a broken source is an error before anything is written
+    files, merged = read_recipe(source)
+    packaged = resource_path("recipes").resolve()
+    names = [str(f.resolve().relative_to(packaged)) if f.resolve().is_relative_to(packaged) else str(f)
+             for f in files]
+    if len(files) == 1:
+        text, what = read_text(files[0]), f"a copy of {names[0]}"
+    else:
+        text = (f"# Written by `deliberate recipe init --from {source}`: {', '.join(names)} merged into one\n"
+                "# file (later ones win), so that it extends nothing. Every field: deliberate recipe fields\n"
+                + yaml.safe_dump(merged, sort_keys=False, allow_unicode=True))
+        what = f"{names[-1]} merged with what it extends ({', '.join(names[:-1])})"
+    atomic_write_text(path, text)
+    say(f"wrote {path}: {what}")
+    say(f"run it: deliberate pipeline --recipe {path} (or generate, pairs, dpo, rl, eval, ... --recipe {path}); "
+        f"see it resolved: deliberate recipe show --recipe {path}")

@@ -2,21 +2,63 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_serializer, model_validator
 
 from deliberate.config.base import Section, check_name
 from deliberate.config.data import ColumnMap, DataConfig
+from deliberate.config.model import ModelConfig
+from deliberate.config.yamlio import describe_errors
 
 CRITERIA = ("helpfulness", "harmlessness")  # what pairwise judgments compare
+
+
+class EvalModel(ModelConfig):
+    """An `eval.models` entry written as a mapping: `model` fields laid over the recipe's `model`, and a label."""
+
+    label: str | None = None
+    """How the report names the model; its `name` when unset."""
+
+    @model_serializer(mode="wrap")
+    def _as_given(self, handler) -> dict[str, Any]:
+        """Only the fields the entry gives, so that a dumped recipe (`recipe show`, provenance) read again lays
+        the same fields over `model`."""
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+    def over(self, base: ModelConfig) -> ModelConfig:
+        """The model this entry names: `base` with the fields the entry gives (another name drops `base`'s
+        revision and adapter base, which belong to `base`'s own weights)."""
+        given = self.model_dump(exclude={"label"})
+        reset = {"revision": None, "base": None} if given.get("name", base.name) != base.name else {}
+        return base.model_copy(update={**reset, **given})
+
+
+def eval_model(entry: str | dict[str, Any] | EvalModel) -> EvalModel:
+    """An `eval.models` entry (a name alone or a mapping) as a mapping; a bad mapping is a one-line error."""
+    if isinstance(entry, EvalModel):
+        return entry
+    if isinstance(entry, str):
+        return EvalModel(name=entry)
+    if not isinstance(entry, dict):
+        raise ValueError(f"an entry is a model name or a mapping of model fields, got {entry!r}")
+    try:
+        return EvalModel.model_validate(entry)
+    except ValidationError as e:
+        raise ValueError(f"entry {entry.get('label') or entry.get('name') or entry}: "
+                         + "; ".join(describe_errors(EvalModel, e))) from None
 
 
 class EvalConfig(Section):
     benchmarks: list[str] = Field(default_factory=lambda: ["demo"])
     """Benchmark names from `eval/` or data files."""
-    models: list[str] = Field(default_factory=list)
-    """Models to compare; the recipe's `model` is the base they are compared with."""
+    models: list[str | EvalModel] = Field(default_factory=list)
+    """Models to compare with the recipe's `model` (the base). Each is a name as in `model.name` (a folder, a Hub
+    id, or this recipe's `stage:sft`, `merge:<name>/<variant>`, ...) or a mapping of `model` fields, such as a
+    model served elsewhere: `{name: meta-llama/Llama-3.1-70B-Instruct, backend: openai, base_url:
+    "http://127.0.0.1:8000/v1", api_key_env: VLLM_KEY, label: llama-70b}`. Either way the fields it gives are
+    laid over the recipe's `model` (a name alone keeps its backend and dtype); `label` (a mapping's only field
+    of its own) is how the report names it, its `name` when unset."""
     pairwise: bool = True
     """Judge each model's answers against the base model's, on each benchmark's criteria (helpfulness,
     harmlessness): win rates and Elo ratings."""
@@ -36,6 +78,20 @@ class EvalConfig(Section):
     its Hub source when it exists. `$DELIBERATE_DATASETS` when unset."""
     plots: bool = True
     """Write PNG plots next to the report."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _entries(cls, data: Any) -> Any:
+        """Mappings in `models` validated one by one, so that an error names the entry and its field."""
+        models = data.get("models") if isinstance(data, dict) else None
+        if isinstance(models, dict | EvalModel):  # one mapping: a one-item list
+            models = [models]
+        if not isinstance(models, list):
+            return data
+        try:
+            return {**data, "models": [m if isinstance(m, str) else eval_model(m) for m in models]}
+        except ValueError as e:
+            raise ValueError(f"models: {e}") from None
 
 
 class Mirror(Section):

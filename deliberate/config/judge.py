@@ -57,7 +57,8 @@ class JudgeConfig(ApiConfig):
     """For a classifier judge: True for a reward model, False for a cost model."""
     max_failures: float = Field(default=0.0, ge=0, le=1)
     """The fraction of its judgments a stage (`judge`, `filter`, `pairs`, `eval`) may lose to failures and still
-    write its outputs. Beyond it the stage writes what it has to `<stage folder>/incomplete/`, leaves the
+    write its outputs; with a served model (`model.backend: openai`), failed answers of `answer`, `pairs` and
+    `eval` count too. Beyond it the stage writes what it has to `<stage folder>/incomplete/`, leaves the
     earlier outputs as they were and exits with code 3; 0 (the default) allows none."""
     max_calls: int | None = Field(default=None, ge=0)
     """Budget: the most judgments one command may ask the backend for (cache hits are free). A batch that would

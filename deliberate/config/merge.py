@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from deliberate.config.base import Section, check_name
+from deliberate.config.training import Publishing
 
 
 class MergeSpec(Section):
@@ -39,6 +40,6 @@ class MergeSpec(Section):
         return check_name(v)
 
 
-class MergeConfig(Section):
+class MergeConfig(Publishing):
     merges: list[MergeSpec] = Field(default_factory=list)
     """The merges to run, in order (a later merge may use `merge:<name>` of an earlier one)."""

@@ -76,9 +76,11 @@ class DPOOptions(DatasetTrainingOptions):
     """`dpo`: offline preference optimisation (TRL DPOTrainer / KTOTrainer; MODPO on DPO's loss)."""
 
     DEFAULTS = {"learning_rate": 5e-7, "num_train_epochs": 1.0, "per_device_train_batch_size": 4, "save_steps": 100}
-    TRL_NAMES = {"warmup_ratio": "warmup_steps"}  # transformers 5 reads a float below 1 as a ratio of the steps
     OWN_FIELDS = DatasetTrainingOptions.OWN_FIELDS | {
         "method", "data", "start", "beta", "weight", "margin", "undesirable_weight", "stages", "name"}
+
+    def trl_configs(self) -> list[str]:
+        return ["KTOConfig"] if self.method == "kto" else ["DPOConfig"]
 
     method: Literal["dpo", "kto", "modpo"] = "dpo"
     """`dpo` (TRL DPOTrainer), `kto` (TRL KTOTrainer, on desirable/undesirable labels) or `modpo` (DPO with a
@@ -103,8 +105,6 @@ class DPOOptions(DatasetTrainingOptions):
     """KTO: weight of desirable examples."""
     undesirable_weight: float | None = Field(default=None, gt=0)
     """KTO: weight of undesirable examples; n_desirable / n_undesirable when unset (SACPO)."""
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
-    """Fraction of the steps over which the learning rate warms up from 0."""
     precompute_ref_log_probs: bool = False
     """Compute the reference model's log-probabilities once before training instead of in every step: faster
     for several epochs, and with full fine-tuning no reference copy stays in memory. MODPO always does."""

@@ -6,7 +6,8 @@ and the field. Any field can be overridden from the command line with `--set sec
 read as YAML, so `--set sft.learning_rate=1e-4` is a float and `--set data.where.split=heldout` a string).
 
 Relative paths in a recipe (data files, spec files, output folders) are relative to the directory you run
-`deliberate` from.
+`deliberate` from. A bare name that is not a file (`--recipe demo`, `--recipe sacpo-cpu.yaml`) is the packaged
+recipe of that name (`deliberate recipe list`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from deliberate.config.rm import RMOptions
 from deliberate.config.sampling import SamplingConfig
 from deliberate.config.training import SFTOptions
 from deliberate.config.yamlio import load_yaml_file, validate
-from deliberate.errors import DeliberateError
+from deliberate.errors import DeliberateError, did_you_mean
+from deliberate.resources import packaged_recipes
 
 
 class Recipe(Section):
@@ -39,6 +41,10 @@ class Recipe(Section):
 
     name: str = "default"
     """A name for the run; it appears in reports and model cards."""
+    license: str | None = None
+    """The licence in the metadata of the model cards this recipe writes (e.g. `apache-2.0`, a Hub licence id);
+    the base model's licence usually decides what it may be. Unset: apache-2.0 for models made from the
+    embedded SmolLM2 (its licence), none otherwise."""
     output_dir: Path = Path("runs/default")
     """Where every stage writes its outputs (one subfolder per stage); `~` is the home folder."""
 
@@ -104,8 +110,9 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A recipe file as a mapping, with the files it `extends` (relative to it) merged underneath, in order."""
+def _read_recipe(path: Path, seen: tuple[Path, ...] = (), read: list[Path] | None = None) -> dict[str, Any]:
+    """A recipe file as a mapping, with the files it `extends` (relative to it) merged underneath, in order. Every
+    file merged is appended to `read`, in merge order (the file itself last)."""
     data: Any = load_yaml_file(path)
     if data is None:
         data = {}
@@ -122,17 +129,44 @@ def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
             raise DeliberateError(f"{path}: extends {parent}, which extends it back")
         if not parent_path.is_file():
             raise DeliberateError(f"{path}: extends {parent}, which does not exist ({parent_path})")
-        merged = _deep_merge(merged, _read_recipe(parent_path, (*seen, parent_path)))
+        merged = _deep_merge(merged, _read_recipe(parent_path, (*seen, parent_path), read))
+    if read is not None:
+        read.append(path)
     return _deep_merge(merged, data)
+
+
+def find_recipe(path: str | Path) -> Path:
+    """The recipe file `path` names: the file itself when it exists, else the packaged recipe of that name when it
+    is a bare name (`demo`, `demo.yaml`, no folder); a missing file is one error that lists the packaged recipes."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    packaged = packaged_recipes()
+    name = path.name.removesuffix(".yaml").removesuffix(".yml")
+    if len(path.parts) == 1 and name in packaged:
+        return packaged[name]
+    nor = ", nor a packaged recipe" if len(path.parts) == 1 else ""
+    raise DeliberateError(f"{path}: no such file{nor}; {did_you_mean(name, packaged)}packaged recipes "
+                          f"(--recipe NAME): {', '.join(packaged) or 'none'}")
+
+
+def read_recipe(path: str | Path) -> tuple[list[Path], dict[str, Any]]:
+    """The recipe `path` names (see `find_recipe`) as one mapping with what it `extends` merged in, and the files
+    merged, in order: the recipe's own file last."""
+    found = find_recipe(path)
+    read: list[Path] = []
+    data = _read_recipe(found, (found.resolve(),), read)
+    return read, data
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
     """Load and validate a recipe (the defaults when `path` is None), then apply `--set` overrides.
 
+    `path` is a recipe file, or the name of a packaged recipe (`demo`, `sacpo-cpu`) when no such file exists.
     A recipe may start with `extends: other.yaml` (or a list of files, later ones winning), relative to itself:
     it then holds only what differs, e.g. a small CPU variant of a GPU recipe."""
-    data: Any = _read_recipe(Path(path), (Path(path).resolve(),)) if path else {}
-    source = str(path) if path else "defaults"
+    files, data = read_recipe(path) if path else ([], {})
+    source = str(files[-1]) if files else "defaults"
     for assignment in overrides or []:
         apply_override(data, assignment)
     if overrides:

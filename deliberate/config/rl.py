@@ -26,6 +26,9 @@ class RLOptions(TrainingOptions):
         "loss_type", "clip_range_score", "loss_average", "cost_window", "value_weight_decay",
         "value_lr_scheduler_type", "lr_scheduler_type"}
 
+    def trl_configs(self) -> list[str]:
+        return {"grpo": ["GRPOConfig"], "rloo": ["RLOOConfig"]}.get(self.algo, [])
+
     algo: Literal["grpo", "rloo", "ppo", "ppo-lagrangian"] = "grpo"
     """`grpo` / `rloo` (TRL's trainers, no value model), `ppo` (this toolkit's PPO with a value model) or
     `ppo-lagrangian` (PPO maximising reward - lambda * cost with a learned multiplier, as Safe RLHF)."""
@@ -149,6 +152,9 @@ class RLOptions(TrainingOptions):
     def _groups(self) -> RLOptions:
         if self.algo in ("grpo", "rloo") and self.generations() < 2:
             raise ValueError(f"{self.algo} compares completions within a group: num_generations must be at least 2")
+        if self.quantization and self.algo not in ("grpo", "rloo"):
+            raise ValueError(f"quantization (QLoRA) works with grpo and rloo: {self.algo} copies the policy into its "
+                             "reference and value models")
         return self
 
     def epochs(self) -> int:

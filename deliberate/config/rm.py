@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from deliberate.config.base import Section, check_name
 from deliberate.config.preferences import PreferenceData
@@ -41,6 +41,9 @@ class RMOptions(DatasetTrainingOptions):
     # safe-rlhf's scripts: weight decay 0.1, cosine, warmup 0.03 (recipes/safe-rlhf.yaml)
     OWN_FIELDS = DatasetTrainingOptions.OWN_FIELDS | {"models", "regularization", "eval_fraction"}
 
+    def trl_configs(self) -> list[str]:
+        return ["RewardConfig"]
+
     models: list[RewardModelSpec] = Field(
         default_factory=lambda: [RewardModelSpec(name="reward")])
     """The models to train, in order (Safe RLHF: a `reward` model on `better` pairs, a `cost` model on `safer`
@@ -53,10 +56,13 @@ class RMOptions(DatasetTrainingOptions):
     scripts), which keeps scores near 0 rather than drifting."""
     eval_fraction: float = Field(default=0.1, gt=0, lt=1)
     """Share of the prompts held out for the accuracy report when a model has no `eval_data`."""
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
-    """Fraction of the steps over which the learning rate warms up from 0 (safe-rlhf: 0.03)."""
 
-    TRL_NAMES = {"warmup_ratio": "warmup_steps"}  # transformers 5 reads a float below 1 as a ratio of the steps
+    @model_validator(mode="after")
+    def _full_precision(self) -> RMOptions:
+        if self.quantization:
+            raise ValueError("quantization (QLoRA) is not supported for reward models: TRL's RewardTrainer loads "
+                             "the model itself")
+        return self
 
     @field_validator("models")
     @classmethod

@@ -9,21 +9,66 @@ is one or the other, so an option cannot silently do nothing.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import re
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from deliberate.config.base import Section
 
+SET_BY_DELIBERATE = frozenset({
+    "output_dir", "save_strategy", "save_total_limit", "disable_tqdm", "use_cpu", "bf16", "seed", "data_seed",
+    "dataloader_num_workers", "push_to_hub", "hub_model_id", "hub_private_repo", "hub_token", "hub_strategy"})
+"""TRL/transformers arguments deliberate sets itself (`services.training.trl_config`, publishing): a
+`trainer_args` entry may not set them."""
 
-class TrainingOptions(Section):
-    """Fields every training verb (sft, dpo, rl) shares."""
+
+class Publishing(Section):
+    """Publishing a stage's models on the Hugging Face Hub (after they are saved locally)."""
+
+    push_to_hub: bool = False
+    """Upload each finished model folder (full weights, tokenizer, model card, provenance) to the Hub. The token
+    is huggingface_hub's own (`HF_TOKEN` or `hf auth login`); it is never written anywhere. A failed upload
+    leaves the local model as it is and ends the command with an `error:` line."""
+    hub_model_id: str | None = None
+    """The Hub repository, `user/name` or `org/name`. `{label}` is replaced by the model's label (e.g.
+    `dpo-safe-beta0.1`); a section that makes several models and has no `{label}` gets `-<label>` appended."""
+    hub_private: bool = True
+    """Create the repository as private (an existing repository keeps its visibility)."""
+
+    @model_validator(mode="after")
+    def _needs_a_repo(self):
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub is set: give hub_model_id (user/name)")
+        if self.hub_model_id and not _repo_id(self.hub_model_id.replace("{label}", "x")):
+            raise ValueError(f"hub_model_id '{self.hub_model_id}': expected user/name (letters, digits, '-', "
+                             "'_', '.')")
+        return self
+
+
+def _repo_id(value: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*", value) is not None
+
+
+class TrainingOptions(Publishing):
+    """Fields every training verb (sft, dpo, rl, rm) shares."""
 
     TRL_NAMES: ClassVar[dict[str, str]] = {}
     """Fields passed to TRL under another name (ours -> TRL's)."""
     OWN_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "bf16"})
+        {"lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "bf16", "trainer_args",
+         "push_to_hub", "hub_model_id", "hub_private", "quantization"})
     """Fields deliberate reads itself; they are never passed to TRL as they are."""
+
+    def trl_configs(self) -> list[str]:
+        """The TRL config classes this section's settings go to (by name); none for deliberate's own PPO."""
+        return []
+
+    def weight_settings(self, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The settings that shape the trained weights (a finished run's fingerprint): all but where the metrics
+        and the model are sent, so turning on a tracker or `push_to_hub` reuses the trained model."""
+        return self.model_dump(exclude=set(exclude) | {"report_to", "run_name", "push_to_hub", "hub_model_id",
+                                                       "hub_private"})
 
     lora: bool = True
     """Train a LoRA adapter (the adapter-disabled model is then the reference where one is needed) or all
@@ -48,6 +93,33 @@ class TrainingOptions(Section):
     """Optimizer steps between checkpoints (`--resume` continues from the last one)."""
     logging_steps: int = Field(default=5, ge=1)
     """Optimizer steps between loss reports."""
+    report_to: list[str] = Field(default_factory=list)
+    """Experiment trackers that get the logged metrics: `tensorboard`, `wandb`, `trackio`, `mlflow`, ... (as
+    transformers and accelerate name them; each needs its own package). None when empty. TensorBoard logs go
+    under the stage folder's `checkpoints/runs/` (our PPO: `tracking/`)."""
+    run_name: str | None = None
+    """The run's name in the trackers; `<recipe name>-<stage>` when unset."""
+    quantization: Literal["4bit", "8bit"] | None = None
+    """QLoRA: load the frozen start model in 4-bit (NF4, double quantization) or 8-bit through bitsandbytes and
+    train a LoRA adapter on it (needs `lora: true`, a CUDA GPU and `pip install 'deliberate[qlora]'`). The
+    saved `model/` merges the adapter into the start model's full-precision weights."""
+    trainer_args: dict[str, Any] = Field(default_factory=dict)
+    """Any other argument of the TRL config this section builds (`SFTConfig`, `DPOConfig`, `KTOConfig`,
+    `GRPOConfig`, `RLOOConfig`, `RewardConfig`) that the recipe does not mirror, e.g. `{optim: adafactor,
+    max_grad_norm: 0.5, neftune_noise_alpha: 5}`. Checked against the config's fields before any work starts;
+    a field the section has (set it there) or one deliberate sets itself is refused."""
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v: Any) -> Any:
+        return [] if v in ("none", ["none"], None) else v
+
+    @model_validator(mode="after")
+    def _checked_trainer_args(self):
+        if self.quantization and not self.lora:
+            raise ValueError(f"quantization {self.quantization} trains a LoRA adapter on the quantized model: "
+                             "set lora: true (QLoRA)")
+        return self  # trainer_args are checked against TRL's configs by services.training.check_trainer_args
 
 
 class DatasetTrainingOptions(TrainingOptions):
@@ -67,12 +139,19 @@ class DatasetTrainingOptions(TrainingOptions):
     """The learning-rate schedule over the training steps (TRL's default: linear decay)."""
     weight_decay: float = Field(default=0.0, ge=0)
     """AdamW weight decay."""
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    """Fraction of the steps over which the learning rate warms up from 0."""
+
+    TRL_NAMES = {"warmup_ratio": "warmup_steps"}  # transformers 5 reads a float below 1 as a ratio of the steps
 
 
 class SFTOptions(DatasetTrainingOptions):
     """`sft`: supervised fine-tuning on the judge-filtered, spec-stripped completions (TRL SFTTrainer)."""
 
     OWN_FIELDS = TrainingOptions.OWN_FIELDS | {"keep_reasoning"}
+
+    def trl_configs(self) -> list[str]:
+        return ["SFTConfig"]
 
     keep_reasoning: bool = True
     """Keep the chain of thought in the training target (deliberative alignment) or train on answers only."""

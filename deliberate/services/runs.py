@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from deliberate.config import Recipe
 from deliberate.errors import DeliberateError, did_you_mean
 from deliberate.services.io import atomic_write_text, replace_dir, write_json
+from deliberate.services.provenance import Card, write_provenance
 
 MARKER = "deliberate_model.json"  # written last into a finished model folder
 CHECKPOINT_MARKER = "deliberate_checkpoint.json"  # written last into a complete checkpoint: the run's fingerprint
@@ -166,15 +165,17 @@ class ModelRun:
                 "--resume to start afresh")
         return str(mine[-1])
 
-    def finish(self, tmp: Path, summary: dict[str, Any], card: str, files: dict[str, Any] | None = None) -> None:
-        """Make the complete model in `tmp` this run's `model/`: card and `files` (name -> JSON), then marker,
-        then one rename."""
-        atomic_write_text(tmp / "README.md", card)
+    def finish(self, tmp: Path, summary: dict[str, Any], card: Card, files: dict[str, Any] | None = None) -> None:
+        """Make the complete model in `tmp` this run's `model/`: card, provenance and `files` (name -> JSON), then
+        marker, then one rename."""
+        atomic_write_text(tmp / "README.md", card.render())
+        write_provenance(tmp, card.recipe)
         for name, value in (files or {}).items():
             write_json(tmp / name, value)
         write_json(tmp / MARKER, summary)
         replace_dir(tmp, self.model)
         write_json(self.folder / "summary.json", summary)
+        write_provenance(self.folder, card.recipe)
 
 
 class Layout:
@@ -209,15 +210,6 @@ class Layout:
 
     def rm(self, name: str) -> ModelRun:
         return ModelRun(self.root / "rm" / name)
-
-
-def model_card(recipe: Recipe, title: str, text: str, sections: dict[str, Any] | None = None) -> str:
-    """A model folder's README: what it is, how it was made, then YAML blocks (the recipe last)."""
-    blocks = {**(sections or {}), "Recipe": recipe.model_dump(mode="json")}
-    out = f"# {recipe.name}: {title}\n\n{text}\n"
-    for name, value in blocks.items():
-        out += f"\n## {name}\n\n```yaml\n{yaml.safe_dump(value, sort_keys=False)}```\n"
-    return out
 
 
 # ---- references to a recipe's models ----

@@ -33,11 +33,11 @@ from deliberate.judges.base import Usage
 from deliberate.judges.classifier import ClassifierBackend
 from deliberate.services.models import resolve_model_path
 from deliberate.services.preferences import load_preferences
+from deliberate.services.provenance import model_card
 from deliberate.services.runs import (
     Layout,
     ModelRun,
     fingerprint,
-    model_card,
     model_identity,
     stage_model,
     stage_models,
@@ -112,7 +112,7 @@ def train_stage(recipe: Recipe, stage: DPOStage, start: str, beta: float, weight
     reused when finished with the same inputs."""
     rows, data_summary = data
     start_path = resolve_model_path(start)
-    settings = stage.model_dump(exclude={"stages", "name", "beta", "weight", "start"})
+    settings = stage.weight_settings(exclude={"stages", "name", "beta", "weight", "start"})
     margin_model = None
     if stage.method == "modpo" and stage.margin.kind == "reward_model":
         if not stage.margin.model:
@@ -129,7 +129,7 @@ def train_stage(recipe: Recipe, stage: DPOStage, start: str, beta: float, weight
             else start_path
     inputs = {
         "settings": settings, "beta": beta, "weight": weight, "start": model_identity(start_path), "seed": recipe.seed,
-        "data": fingerprint(rows), "model": recipe.model.model_dump(exclude={"name"}),
+        "data": fingerprint(rows), "model": recipe.model.loading(),
         "margin": [model_identity(margin_model), model_identity(margin_ref)] if margin_model else None}
     fp = fingerprint(inputs)
     resume_fp = fingerprint({**inputs, "settings": without_lengths(settings)})
@@ -160,7 +160,8 @@ def train_stage(recipe: Recipe, stage: DPOStage, start: str, beta: float, weight
                       f"Started from `{start}` (also the reference model). Trained by `deliberate dpo` with TRL on "
                       f"{summary['examples']} examples from {data_summary['source']}: beta = {beta}{w}, "
                       f"{summary['steps']} steps, final training loss {summary['train_loss']}.",
-                      {"Stage": stage.model_dump(mode="json", exclude={"stages"})})
+                      {"Stage": stage.model_dump(mode="json", exclude={"stages"})}, base_model=start_path,
+                      datasets=[data_summary["source"]], tags=[stage.method])
     # `model/` holds full weights (LoRA merged), so later stages, merges and evals can load it.
     save_trained(trainer, run, lora=stage.lora, card=card, summary=summary)  # every process; the main one writes
     return summary
@@ -171,7 +172,7 @@ def build_trainer(recipe: Recipe, stage: DPOStage, start: str, rows: list[dict[s
     """The TRL trainer for one model of a stage (no training yet), and facts for the summary."""
     from datasets import Dataset
 
-    loaded = load_start(recipe, start, trainable=True)
+    loaded = load_start(recipe, start, trainable=True, quantization=stage.quantization)
     common = {"logging_first_step": True, "remove_unused_columns": True}
     peft_config = lora_config(stage) if stage.lora else None
     # Full fine-tuning: the reference is a frozen copy of the start model, loaded explicitly (TRL would reload

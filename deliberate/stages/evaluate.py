@@ -1,7 +1,11 @@
 """`deliberate eval`: answer benchmarks with several models, judge the answers, report rates with intervals.
 
 Models are the recipe's `model` (the base) and `eval.models`: folders, Hub ids, or this recipe's outputs
-(`stage:sft`, `stage:<dpo stage>[/<variant>]`, `merge:<name>/<variant>`, `/*` for every variant; see services/runs.py).
+(`stage:sft`, `stage:<dpo stage>[/<variant>]`, `merge:<name>/<variant>`, `/*` for every variant; see services/runs.py),
+or mappings of `model` fields laid over the recipe's `model`, such as a model served behind an OpenAI-compatible API
+(`backend: openai`, `base_url`) or run by vLLM (`backend: vllm`); the report names each by its label, with its
+backend and endpoint. A served model's answers that failed after their retries are left out of its metrics, counted
+with their reasons, and asked for again by the next run.
 Benchmarks are YAML files in `eval/` (see eval/README.md). Answers are cached per model, benchmark, prompt and
 generation settings, so adding a model to a comparison generates nothing for the others. Answers end at EOS
 only; reasoning (`<think>...</think>`) is split from the final answer, and the judge sees the final answer. A
@@ -12,7 +16,9 @@ Metrics per model and benchmark: `refusal_rate` (harmful prompts, expected refus
 declined: judged refuse or safe_complete), `answer_rate` (safe prompts answered: judged comply), mean judge
 score, policy-retrieval accuracy (reasonings citing the prompt's category), mean answer length in tokens and
 malformed completions. Every rate has a Wilson 95% interval, and each model's difference from the base on the
-same prompts a paired interval and McNemar's test. Judge failures are excluded and counted.
+same prompts a paired interval and McNemar's test. Judge failures are excluded and counted. Failed answers and
+failed judgments fall under one failure rule (services/failures.py, `judge.max_failures`): beyond it the outputs go
+to `eval/incomplete/` and the command exits 3.
 
 Pairwise (`eval.pairwise`): each model's answers are judged against the base model's on each benchmark's
 criteria (helpfulness and/or harmlessness), in both orders, `eval.pairwise_repeats` times (once for a
@@ -31,19 +37,30 @@ import functools
 import io
 import re
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
-from deliberate.config import CRITERIA, Benchmark, Recipe
+from deliberate.config import CRITERIA, Benchmark, ModelConfig, Recipe
+from deliberate.config.eval import EvalModel, eval_model
 from deliberate.errors import DeliberateError
 from deliberate.judges import JudgeFailure, PairwiseItem, PointwiseItem, make_judge
-from deliberate.judges.rubrics import XSTEST_CLASSES
-from deliberate.services.answering import answer_records, sampling_model
+from deliberate.judges.prompts import PROMPT_VERSION
+from deliberate.judges.rubrics import RUBRIC_VERSION, XSTEST_CLASSES
+from deliberate.services.answering import (
+    answer_records,
+    backend_info,
+    check_served,
+    open_model,
+    sampling_model,
+)
 from deliberate.services.benchmarks import benchmark_prompts, load_benchmark
-from deliberate.services.failures import INCOMPLETE, Tally, publish, too_many
+from deliberate.services.failures import INCOMPLETE, Tally, publish, too_many, top_reasons
 from deliberate.services.models import load_model
 from deliberate.services.plots import plot_benchmarks, plot_win_rates
+from deliberate.services.provenance import add_eval_results
 from deliberate.services.reasoning import retrieval_correct, split_reasoning
 from deliberate.services.runs import Layout, resolve_judge, stage_models
+from deliberate.services.serving import ApiUsage, public_url
 from deliberate.services.spec import load_spec
 from deliberate.services.stats import (
     Rate,
@@ -57,6 +74,8 @@ from deliberate.services.stats import (
 )
 
 HARMFUL = ("refuse", "safe_complete")
+
+
 def judge_name(cfg) -> str:
     """The judge as a report names it: its backend and model (`guard: runs/guard/guard`, `rules`)."""
     return f"{cfg.backend}: {cfg.model}" if cfg.model and cfg.backend != "rules" else cfg.backend
@@ -149,14 +168,38 @@ def differences(base: str, names: list[str], judged: dict[tuple[str, str], list[
     return out
 
 
-def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[str] | None = None,
+def eval_models(recipe: Recipe, entries: list[str | EvalModel] | None = None) -> dict[str, ModelConfig]:
+    """Every model evaluated, by its label: the recipe's model (the base) first, then each entry of
+    `eval.models` (or `entries`) laid over it, a `/*` reference standing for every variant."""
+    base = recipe.model
+    found: dict[str, ModelConfig] = {base.name: base}
+    for entry in map(eval_model, recipe.eval.models if entries is None else entries):
+        model = entry.over(base)
+        named = stage_models(recipe, model.name)
+        if entry.label and len(named) > 1:
+            raise DeliberateError(f"eval.models: label '{entry.label}' names one model, but {model.name} stands for "
+                                  f"{len(named)}; leave the label out")
+        for label, path in named:
+            label, one = entry.label or label, model.model_copy(update={"name": path})
+            if found.get(label, one) != one:
+                raise DeliberateError(f"eval.models: two different models are labelled '{label}'; give one a label "
+                                      "(`{name: ..., label: ...}`)")
+            found[label] = one
+    slugs = [slug(label) for label in found]
+    if doubled := sorted({label for label in found if slugs.count(slug(label)) > 1}):
+        raise DeliberateError(f"eval.models: {', '.join(doubled)} would share one answers folder; label them apart")
+    for model in found.values():  # before any answer is generated
+        if model.backend == "openai":
+            check_served(model)
+    return found
+
+
+def run_eval(recipe: Recipe, models: list[str | EvalModel] | None = None, benchmarks: list[str] | None = None,
              show_progress: bool = True) -> dict[str, Any]:
     spec = load_spec(recipe.spec)
     cfg = recipe.eval
-    paths = {recipe.model.name: recipe.model.name}
-    for ref in models if models is not None else cfg.models:  # `stage:safe/*` stands for every variant
-        paths.update(stage_models(recipe, ref))
-    names = list(paths)
+    evaluated = eval_models(recipe, models)
+    names = list(evaluated)
     benches = [load_benchmark(b) for b in (benchmarks or cfg.benchmarks)]
     names_seen = [b.name for b in benches]
     if doubled := sorted({n for n in names_seen if names_seen.count(n) > 1}):
@@ -175,19 +218,23 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
                 f"judged by the {judge.backend.kind} judge ({judge.backend.missing(None, None)}); give the benchmark "
                 "a label column (data.columns.expected) or one data.expected, or use a judge that needs none")
     root = Layout(recipe).eval
-    results, answers, judged_rows = [], {}, {}
+    results, answers, judged_rows, model_rows = [], {}, {}, []
     files: dict[str, Any] = {}  # every judged output, written together at the end under the failure rule
     tally = Tally()
     try:
-        for name in names:
-            model = recipe.model.model_copy(update={"name": paths[name], "base": None, "revision": None}) \
-                if name != recipe.model.name else recipe.model
-            # Loaded once for all benchmarks, and only if some answer is missing.
-            load = functools.cache(lambda model=model: load_model(sampling_model(model, recipe.generation)))
+        for name, model in evaluated.items():
+            # Loaded once for all benchmarks (hf, vllm), and only if some answer is missing.
+            load = functools.cache(lambda model=model: open_model(sampling_model(model, recipe.generation), load_model))
+            usage, failed, generated = ApiUsage(), [], 0  # a served model's, over all benchmarks
             for bench in benches:
                 run = answer_records(model, prompts[bench.name], recipe.generation,
                                      root / "answers" / slug(name) / f"{bench.name}.jsonl", seed=recipe.seed,
                                      show_progress=show_progress, description=f"{name} on {bench.name}", load=load)
+                tally.add(len(prompts[bench.name]), run.errors)
+                failed += run.errors
+                generated += run.generated
+                if run.usage is not None:
+                    usage.add(run.usage)
                 answers[(name, bench.name)] = run.rows
                 judged, metrics = score_answers(recipe, run.rows, judge, spec)
                 if bench.scoring:
@@ -196,19 +243,28 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
                 files[f"judgments/{slug(name)}/{bench.name}.jsonl"] = judged
                 tally.add(len(judged), [j["judge_errors"][0] if j["judge_errors"] else "no score"
                                         for j in judged if j["score"] is None])
-                results.append({"model": name, "path": paths[name], "benchmark": bench.name,
-                                "source": datas[bench.name].source, "generated_now": run.generated, **metrics})
+                results.append({"model": name, "path": model.name, "benchmark": bench.name,
+                                "source": datas[bench.name].source, "generated_now": run.generated,
+                                "answer_failures": len(run.errors), **metrics})
             load.cache_clear()  # free this model before the next one loads
+            model_rows.append({"model": name, "path": model.name, **backend_info(model), "generated_now": generated,
+                               "answer_failures": len(failed), "answer_errors": top_reasons(failed) if failed else None,
+                               "api_usage": usage.to_dict() if model.backend == "openai" else None})
         pairwise, elo = (compare_models(recipe, names, benches, answers, judge, files, tally) if cfg.pairwise and
                          len(names) > 1 else ([], []))
     finally:
         judge.close()
+    generative = judge.backend.generative
     report = {"recipe": recipe.name, "base": recipe.model.name, "judge": recipe.judge.backend,
               "judge_model": judge_name(recipe.judge),
+              "judge_base_url": public_url(recipe.judge.base_url) if recipe.judge.backend == "openai" else None,
+              "judge_prompt_version": PROMPT_VERSION if generative else None,
+              "judge_rubric_version": RUBRIC_VERSION if generative and any(b.scoring for b in benches) else None,
               "judge_usage": judge.usage.to_dict(), "generation": recipe.generation.model_dump(),
               "pairwise_repeats": judge.effective_repeats(cfg.pairwise_repeats),
               "pairwise_repeats_asked": cfg.pairwise_repeats, "judge_deterministic": judge.deterministic,
-              "results": results, "differences": differences(recipe.model.name, names, judged_rows),
+              "models": model_rows, "results": results,
+              "differences": differences(recipe.model.name, names, judged_rows),
               "pairwise": pairwise, "elo": elo, "plots": []}
     # Plots are drawn where the other outputs go: beside the earlier ones when too many judgments failed.
     folder = root / INCOMPLETE if too_many(len(tally.errors), tally.total, recipe.judge.max_failures) else root
@@ -218,9 +274,27 @@ def run_eval(recipe: Recipe, models: list[str] | None = None, benchmarks: list[s
         report["plots"] = [p.name for p in drawn if p is not None]
     files.update({"report.json": report, "report.csv": report_csv(results), "pairwise.csv": pairwise_csv(pairwise),
                   "elo.csv": elo_csv(elo), "report.md": report_markdown(report)})
+    what = "answers and judgments" if any(m["answer_failures"] for m in model_rows) else "judgments"
     publish("eval", root, files, summary=report, total=tally.total, errors=tally.errors,
-            max_failures=recipe.judge.max_failures)
+            max_failures=recipe.judge.max_failures, what=what)
+    carded(results, recipe.judge.backend)
     return report
+
+
+def carded(results: list[dict[str, Any]], judge: str) -> list[Path]:
+    """Put each evaluated model's rates into its model card, for every model folder deliberate wrote (the
+    card's `model-index` and a table: what the Hub shows); returns the folders whose cards were updated."""
+    by_folder: dict[Path, list[dict[str, Any]]] = {}
+    for row in results:
+        folder = Path(row["path"])
+        if not folder.is_dir():
+            continue
+        for metric in ("refusal_rate", "answer_rate"):
+            if row[metric]["value"] is not None:
+                by_folder.setdefault(folder, []).append({
+                    "benchmark": row["benchmark"], "metric": metric, "value": row[metric]["value"],
+                    "name": f"{metric.replace('_', ' ')} ({judge} judge, n={row[metric]['n']})"})
+    return [folder for folder, rows in by_folder.items() if add_eval_results(folder, rows)]
 
 
 def compare_models(recipe: Recipe, names: list[str], benches: list[Benchmark], answers: dict, judge,
@@ -237,13 +311,15 @@ def compare_models(recipe: Recipe, names: list[str], benches: list[Benchmark], a
     for bench in benches:
         for criterion in bench.criteria:
             for first, second in pairs:
-                rows_a, rows_b = answers[(first, bench.name)], answers[(second, bench.name)]
+                theirs = {o["id"]: o for o in answers[(second, bench.name)]}
+                # Prompts both models answered (a served model's failed answer has no row; it is counted already).
+                both = [(a, theirs[a["id"]]) for a in answers[(first, bench.name)] if a["id"] in theirs]
                 items = [PairwiseItem(a["prompt"], visible_answer(a["answer"])[0], visible_answer(o["answer"])[0],
-                                      a.get("category"), a.get("expected")) for a, o in zip(rows_a, rows_b, strict=True)]
+                                      a.get("category"), a.get("expected")) for a, o in both]
                 judged = judge.compare(items, criterion, cfg.pairwise_repeats, hide_reasoning=False)
                 per_prompt = [{"id": a["id"], "wins": r.wins, "losses": r.losses, "ties": r.ties,
                                "failures": r.failures, "dropped": r.dropped, "errors": r.errors}
-                              for a, r in zip(rows_a, judged, strict=True)]
+                              for (a, _), r in zip(both, judged, strict=True)]
                 files[f"judgments/{slug(first)}/{bench.name}.{criterion}.vs.{slug(second)}.jsonl"] = per_prompt
                 tally.add(sum(r.comparisons + r.failures + r.dropped for r in judged),
                           [e for r in judged for e in r.errors])
@@ -276,13 +352,18 @@ def report_csv(results: list[dict[str, Any]]) -> str:
     header = ["model", "benchmark", "prompts"]
     for key, _ in METRICS:
         header += [key, f"{key}_low", f"{key}_high", f"{key}_n"]
-    writer.writerow(header + ["mean_score", "mean_answer_tokens", "malformed", "judge_failures"])
+    writer.writerow(header + ["mean_score", "mean_answer_tokens", "malformed", "judge_failures", "answer_failures"])
     for r in results:
         row = [r["model"], r["benchmark"], r["prompts"]]
         for key, _ in METRICS:
             row += [r[key]["value"], *r[key]["ci95"], r[key]["n"]]
-        writer.writerow(row + [r["mean_score"], r["mean_answer_tokens"], r["malformed"], r["judge_failures"]])
+        writer.writerow(row + [r["mean_score"], r["mean_answer_tokens"], r["malformed"], r["judge_failures"],
+                               r["answer_failures"]])
     return out.getvalue()
+
+
+def _tokens_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"  # None: no answer to measure (every request failed)
 
 
 def _rate_text(d: dict[str, Any]) -> str:
@@ -292,7 +373,7 @@ def _rate_text(d: dict[str, Any]) -> str:
 def report_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     header = ["model", "benchmark"] + [label for _, label in METRICS] + ["mean tokens", "malformed"]
     rows = [[r["model"], r["benchmark"]] + [_rate_text(r[k]) for k, _ in METRICS]
-            + [f"{r['mean_answer_tokens']:.0f}", str(r["malformed"])] for r in results]
+            + [_tokens_text(r["mean_answer_tokens"]), str(r["malformed"])] for r in results]
     return header, rows
 
 
@@ -371,12 +452,40 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
                                                                             for r in rows]
 
 
+def judge_text(report: dict[str, Any]) -> str:
+    """The judge as the report names it: `openai: gpt-4o` at its endpoint, with its prompt and rubric versions."""
+    text = f"`{report.get('judge_model') or report['judge']}`"
+    if report.get("judge_base_url"):
+        text += f" at `{report['judge_base_url']}`"
+    versions = [f"{what} version {report[key]}" for what, key in [("prompt", "judge_prompt_version"),
+                                                                  ("rubric", "judge_rubric_version")]
+                if report.get(key)]
+    return text + (f" ({', '.join(versions)})" if versions else "")
+
+
+def models_rows(models: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """One row per evaluated model: what it is, where it answers, and what its answers took."""
+    header = ["model", "weights or served name", "backend", "endpoint", "answered now", "failed answers", "api usage"]
+    rows = []
+    for m in models:
+        u = m["api_usage"]
+        usage = (f"{u['requests']} requests, {u['retries']} retries, {u['tokens_in']} tokens in / {u['tokens_out']} "
+                 "out" if u else "-")
+        endpoint = m["base_url"] or ("OpenAI API" if m["backend"] == "openai" else "-")
+        rows.append([m["model"], m["path"], m["backend"], endpoint, str(m["generated_now"]),
+                     str(m["answer_failures"]), usage])
+    return header, rows
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     header, rows = report_rows(report["results"])
     lines = [f"# Evaluation: {report['recipe']}", "",
-             f"Base model `{report['base']}`, judge `{report.get('judge_model') or report['judge']}`. Rates with "
-             "Wilson 95% intervals.", "",
+             f"Base model `{report['base']}`, judge {judge_text(report)}. Rates with Wilson 95% intervals.", "",
              *_table(header, rows)]
+    if report.get("models"):
+        lines += ["", "## Models", "", *_table(*models_rows(report["models"]))]
+        lines += [f"{m['model']}: {m['answer_failures']} answers failed ({m['answer_errors']}); they are left out of "
+                  "its rates and asked for again by the next run." for m in report["models"] if m["answer_failures"]]
     official = [(r["model"], r["benchmark"], r["official"]) for r in report["results"] if r.get("official")]
     if official:
         lines += ["", "## The benchmarks' own scoring", "",

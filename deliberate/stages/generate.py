@@ -12,7 +12,6 @@ fingerprint of the settings, so an edited prompt is sampled again.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections import Counter
@@ -23,22 +22,15 @@ from deliberate.config import ModelConfig, Recipe
 from deliberate.config.yamlio import read_text
 from deliberate.errors import DeliberateError, StageFailed
 from deliberate.judges import make_judge
-from deliberate.services.chat_api import ChatAPI, Counters, Failure
+from deliberate.services.chat_api import Failure
 from deliberate.services.data import PromptRecord, load_prompts
 from deliberate.services.failures import failure_line
-from deliberate.services.generation import (
-    GenerationStats,
-    generate,
-    render_prompt,
-    row_seed,
-    system_text,
-    trim,
-)
+from deliberate.services.generation import Generation, GenerationStats, generate, row_seed, system_text
 from deliberate.services.io import ResumableJsonl, write_json
 from deliberate.services.models import load_model, resolve_model_path
-from deliberate.services.progress import progress_bar
 from deliberate.services.reasoning import CLOSE, retrieval_summary, split_reasoning
 from deliberate.services.runs import Layout, StageRun, fingerprint, resolve_judge, row_key
+from deliberate.services.serving import ApiUsage, VLLMEngine, ask_api
 from deliberate.services.spec import PolicySpec, load_spec
 
 DEFAULT_INSTRUCTIONS = """\
@@ -224,6 +216,10 @@ def teacher_model(recipe: Recipe) -> ModelConfig:
     """The hf or vLLM teacher as it is loaded: the recipe's model (or `generate.teacher`), in `generate.dtype` when
     that is set."""
     cfg = recipe.generate
+    if cfg.teacher is None and recipe.model.backend == "openai" and cfg.backend != "openai":
+        raise DeliberateError(f"generate: the teacher is the recipe's model, which is served (model.backend=openai) "
+                              f"and cannot be loaded by generate.backend={cfg.backend}; set generate.backend=openai "
+                              "with generate.teacher and generate.base_url, or generate.teacher to a model to load")
     base = recipe.model if cfg.teacher is None else ModelConfig(name=cfg.teacher)
     return base.model_copy(update={"dtype": cfg.dtype}) if cfg.dtype else base
 
@@ -277,60 +273,37 @@ def _generate_hf(recipe: Recipe, conversations, keys: list[str], save, show_prog
 
 
 def _generate_vllm(recipe: Recipe, teacher: str, conversations, save) -> dict[str, Any]:
-    """vLLM on a GPU: the whole batch at once, prefix caching on (every prompt of a category shares the spec)."""
-    try:
-        import torch
-        from vllm import LLM, SamplingParams
-    except ImportError as e:
-        raise DeliberateError("generate.backend=vllm needs vLLM: pip install 'deliberate[vllm]'") from e
-    if not torch.cuda.is_available():
-        raise DeliberateError("generate.backend=vllm needs a CUDA GPU; use generate.backend=hf on this machine")
-    cfg = recipe.generate
-    path = resolve_model_path(teacher)
-    llm = LLM(model=path, dtype=teacher_model(recipe).dtype, seed=recipe.seed, enable_prefix_caching=True,
-              trust_remote_code=recipe.model.trust_remote_code)
-    tokenizer = llm.get_tokenizer()
-    prompts = [render_prompt(tokenizer, c) for c in conversations]
-    # No per-request seed: it would make the k samples of a prompt identical. The engine's seed is set above.
-    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or -1,
-                            max_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty)
+    """vLLM on a GPU: the whole batch at once (services/serving.py), prefix caching on (every prompt of a category
+    shares the spec)."""
+    # No per-request seed: it would make the k samples of a prompt identical. The engine's seed is the recipe's.
+    engine = VLLMEngine(resolve_model_path(teacher), dtype=teacher_model(recipe).dtype, seed=recipe.seed,
+                        trust_remote_code=recipe.model.trust_remote_code, role="generate.backend")
     start = time.perf_counter()
-    outputs = llm.generate(prompts, params)
+    gens = engine.generate(conversations, recipe.generate.sampling())  # every turn is pre-filled when prefill is set
     seconds = time.perf_counter() - start
-    texts = []
-    for o in outputs:
-        c = o.outputs[0]  # every turn is pre-filled when generate.prefill is set
-        texts.append((trim(c.text, bool(cfg.prefill)), len(c.token_ids),
-                      "length" if c.finish_reason == "length" else "stop"))
-    save(list(range(len(texts))), texts)
-    tokens = sum(t[1] for t in texts)
+    save(list(range(len(gens))), [(g.text, g.num_tokens, g.finish_reason) for g in gens])
+    tokens = sum(g.num_tokens for g in gens)
     return {"new_tokens": tokens, "seconds": round(seconds, 1), "tokens_per_second": round(tokens / seconds, 1)}
 
 
 def _generate_api(recipe: Recipe, conversations, save, show_progress: bool) -> dict[str, Any]:
-    """A teacher behind an OpenAI-compatible API; failed requests are left out (a rerun retries them)."""
+    """A teacher behind an OpenAI-compatible API (services/serving.py); failed requests are left out (a rerun
+    retries them)."""
     cfg = recipe.generate
-    counters = Counters()
-    api = ChatAPI.from_config(cfg, model=cfg.teacher, counters=counters, role="generate.teacher")
-    params = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens}
+    usage = ApiUsage()
     failures: list[str] = []
-    with progress_bar("generating reasoning (api)", total=len(conversations), enabled=show_progress) as bar:
 
-        def on_item(i: int, text: str | Failure) -> None:
-            # Saved the moment it arrives: a killed run re-pays at most the requests in flight. The API does not
-            # say through `complete` whether it stopped at the token limit; a missing answer after the reasoning
-            # marks such completions malformed anyway.
-            if isinstance(text, Failure):
-                failures.append(text.error)
-            else:
-                save([i], [(text.strip(), 0, "stop")])
-            bar.advance(1)
+    def on_item(i: int, result: Generation | Failure) -> None:
+        # Saved the moment it arrives: a killed run re-pays at most the requests in flight.
+        if isinstance(result, Failure):
+            failures.append(result.error)
+        else:
+            save([i], [(result.text, result.num_tokens, result.finish_reason)])
 
-        asyncio.run(api.complete(conversations, params, on_item))
+    ask_api(cfg, cfg.teacher, conversations, cfg.sampling(), on_item, role="generate.teacher", usage=usage,
+            description="generating reasoning (api)", show_progress=show_progress)
     if failures:  # completions.jsonl is not replaced; what succeeded is saved for the rerun
         raise StageFailed(f"{failure_line('generate', 'teacher requests', len(failures), len(conversations), failures)}"
                           "; the others are saved (the earlier completions.jsonl is unchanged), run again to retry "
                           "the failed ones")
-    return {"tokens_in": counters.tokens_in, "tokens_out": counters.tokens_out, "retries": counters.retries}
-
-
+    return {"tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out, "retries": usage.retries}

@@ -27,7 +27,8 @@ from deliberate.config import MergeSpec, Recipe
 from deliberate.errors import DeliberateError
 from deliberate.services.io import atomic_write_text
 from deliberate.services.models import adapter_base, resolve_model_path
-from deliberate.services.runs import Layout, ModelRun, fingerprint, model_card, model_identity, stage_model
+from deliberate.services.provenance import model_card
+from deliberate.services.runs import Layout, ModelRun, fingerprint, model_identity, stage_model
 
 WEIGHTED = ("linear", "task_arithmetic", "ties", "dare_ties")
 NEEDS_BASE = ("task_arithmetic", "ties", "dare_ties")
@@ -130,6 +131,7 @@ def merge_one(recipe: Recipe, spec: MergeSpec, weights: list[float] | None, t: f
     how = f"weights {weights}" if weights is not None else f"t = {t}"
     card = model_card(recipe, f"{label} (mergekit {spec.method})",
                       f"Merged by `deliberate merge` from {', '.join(f'`{m}`' for m in spec.models)} with {how}.",
-                      {"mergekit configuration": config})
+                      {"mergekit configuration": config}, base_model=inputs[-1] if config.get("base_model") else inputs[0],
+                      tags=["merge", "mergekit", spec.method])
     run.finish(tmp, summary, card)
     return summary

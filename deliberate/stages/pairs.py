@@ -10,7 +10,9 @@ each one with the category's spec (the final answer only unless `pairs.judge_see
 Outputs in `<output_dir>/pairs/`: `completions.jsonl` (resumable), `judged.jsonl`, `pairs.jsonl` (TRL
 conversational prompt/chosen/rejected with both scores), `kto.jsonl` (prompt/completion/label with the score)
 and `summary.json`. Judgments are cached as they arrive, so a rerun makes no new calls; when more fail than
-`judge.max_failures` allows, the outputs go to `pairs/incomplete/` and the stage exits 3.
+`judge.max_failures` allows, the outputs go to `pairs/incomplete/` and the stage exits 3. The policy may be
+served (`model.backend`: vllm, or openai for a model behind an API); a completion whose request failed is not
+written, counts as a failure under the same rule, and is asked for again by the next run.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from deliberate.config import Recipe
 from deliberate.judges import PointwiseItem, make_judge, require_scale
-from deliberate.services.answering import answer_records
+from deliberate.services.answering import answer_records, backend_info
 from deliberate.services.data import PromptRecord, load_prompts
 from deliberate.services.failures import publish
 from deliberate.services.runs import Layout, resolve_judge, stage_model
@@ -61,8 +63,10 @@ def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                        else None})
     pairs, kto, ties = rank_pairs(judged, cfg.min_margin, cfg.kto_threshold)
     scored = [j for j in judged if j["score"] is not None]
-    summary = {"policy": policy, "prompts": len(records), "completions": len(judged),
-               "generated_now": run.generated, "cut_off": sum(j["finish_reason"] == "length" for j in judged),
+    summary = {"policy": policy, **backend_info(model), "prompts": len(records), "completions": len(judged),
+               "generated_now": run.generated, "generation_failures": len(run.errors),
+               "generation_usage": run.usage.to_dict() if run.usage else None,
+               "cut_off": sum(j["finish_reason"] == "length" for j in judged),
                "judge_failures": sum(j["judge_error"] is not None for j in judged), "judged": len(scored),
                "mean_score": round(sum(j["score"] for j in scored) / len(scored), 3) if scored else None,
                "pairs": len(pairs), "ties": ties, "prompts_without_pair": len(records) - len(pairs),
@@ -70,9 +74,10 @@ def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                "kto_undesirable": sum(not k["label"] for k in kto), "min_margin": cfg.min_margin,
                "kto_threshold": cfg.kto_threshold, "judge": recipe.judge.backend,
                "judge_usage": judge.usage.to_dict()}
-    errors = [j["judge_error"] for j in judged if j["judge_error"] is not None]
+    errors = run.errors + [j["judge_error"] for j in judged if j["judge_error"] is not None]
     publish("pairs", folder, {"judged.jsonl": judged, "pairs.jsonl": pairs, "kto.jsonl": kto, "summary.json":
-            summary}, summary=summary, total=len(usable), errors=errors, max_failures=recipe.judge.max_failures)
+            summary}, summary=summary, total=len(usable) + len(run.errors), errors=errors,
+            max_failures=recipe.judge.max_failures, what="completions and judgments" if run.errors else "judgments")
     return summary
 
 

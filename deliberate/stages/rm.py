@@ -39,10 +39,10 @@ from deliberate.judges.classifier import RM_FILE, classifier_scores
 from deliberate.services.guard_data import hash_unit
 from deliberate.services.models import resolve_model_path
 from deliberate.services.preferences import load_preferences
+from deliberate.services.provenance import model_card
 from deliberate.services.runs import (
     Layout,
     fingerprint,
-    model_card,
     model_identity,
     stage_model,
     without_lengths,
@@ -192,10 +192,10 @@ def train_reward_model(recipe: Recipe, spec: RewardModelSpec, *, resume: bool = 
     start = stage_model(recipe, spec.start) if spec.start else recipe.model.name
     start_path = resolve_model_path(start)
     run = Layout(recipe).rm(spec.name)
-    settings = cfg.model_dump(exclude={"models"})
+    settings = cfg.weight_settings(exclude={"models"})
     inputs = {"settings": settings, "spec": spec.model_dump(mode="json"), "start": model_identity(start_path),
               "seed": recipe.seed, "data": fingerprint(rows), "held_out": fingerprint(held),
-              "model": recipe.model.model_dump(exclude={"name"})}
+              "model": recipe.model.loading()}
     fp = fingerprint(inputs)
     if reused := run.reusable(fp):
         return reused
@@ -246,7 +246,8 @@ def train_reward_model(recipe: Recipe, spec: RewardModelSpec, *, resume: bool = 
                       f"from {data_summary['source']}, starting from `{start}`. Scores are raw scalars, {direction}. "
                       f"Held-out pair accuracy {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] on "
                       f"{report['pairs']} pairs whose prompts were never trained on.",
-                      {"Held out": report, "Model": spec.model_dump(mode="json")})
+                      {"Held out": report, "Model": spec.model_dump(mode="json")}, base_model=start,
+                      datasets=[data_summary["source"]], tags=["reward-model", spec.kind])
     save_trained(trainer, run, lora=cfg.lora, card=card, summary=summary, files={RM_FILE: meta})
     return summary
 

@@ -21,8 +21,9 @@ from deliberate.config import Recipe
 from deliberate.errors import DeliberateError
 from deliberate.services.io import read_jsonl, require_keys, write_jsonl
 from deliberate.services.models import load_model, resolve_model_path
+from deliberate.services.provenance import model_card
 from deliberate.services.reasoning import CLOSE, OPEN
-from deliberate.services.runs import Layout, file_digest, fingerprint, for_resume, model_card, model_identity
+from deliberate.services.runs import Layout, file_digest, fingerprint, for_resume, model_identity
 from deliberate.services.training import (
     gather_digests,
     lora_config,
@@ -34,8 +35,8 @@ from deliberate.services.training import (
 
 
 def sft_fingerprint(recipe: Recipe, data_path: Path) -> str:
-    return fingerprint({"data": file_digest(data_path), "sft": recipe.sft.model_dump(), "seed": recipe.seed,
-                        "model": recipe.model.model_dump(), "weights": model_identity(resolve_model_path(recipe.model.name))})
+    return fingerprint({"data": file_digest(data_path), "sft": recipe.sft.weight_settings(), "seed": recipe.seed,
+                        "model": recipe.model.loading(), "weights": model_identity(resolve_model_path(recipe.model.name))})
 
 
 def build_trainer(recipe: Recipe, data_path: Path, show_progress: bool = True):
@@ -48,7 +49,8 @@ def build_trainer(recipe: Recipe, data_path: Path, show_progress: bool = True):
     if not rows:
         raise DeliberateError(f"sft: {data_path} is empty")
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
-    loaded = load_model(recipe.model.model_copy(update={"dtype": "auto"}), for_training=True)
+    loaded = load_model(recipe.model.model_copy(update={"dtype": "auto"}), for_training=True,
+                        quantization=cfg.quantization)
     args = trl_config(SFTConfig, recipe, cfg, Layout(recipe).sft.checkpoints, completion_only_loss=True,
                       packing=False)
     trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=dataset, processing_class=loaded.tokenizer,
@@ -78,7 +80,8 @@ def run_sft(recipe: Recipe, data_path: Path, *, resume: bool = False, show_progr
     card = model_card(recipe, f"deliberative SFT ({kind})",
                       f"Base model: `{recipe.model.name}`. Trained by `deliberate sft` on {summary['examples']} "
                       "spec-stripped reasoning completions (TRL SFTTrainer, loss on assistant tokens only), "
-                      f"{summary['steps']} steps, final training loss {summary['train_loss']}.")
+                      f"{summary['steps']} steps, final training loss {summary['train_loss']}.",
+                      base_model=loaded.path, datasets=[recipe.data.source], tags=["sft", "deliberative-alignment"])
     save_trained(trainer, run, lora=recipe.sft.lora, card=card, summary=summary)  # every process; the main one writes
     return summary
 

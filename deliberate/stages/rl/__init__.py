@@ -26,6 +26,7 @@ from deliberate.services.data import PromptRecord, load_prompts
 from deliberate.services.io import write_json, write_jsonl
 from deliberate.services.models import adapter_base, resolve_model_path
 from deliberate.services.plots import plot_training
+from deliberate.services.provenance import model_card
 from deliberate.services.runs import (
     MARKER,
     Layout,
@@ -33,7 +34,6 @@ from deliberate.services.runs import (
     file_digest,
     fingerprint,
     for_resume,
-    model_card,
     model_identity,
     stage_model,
 )
@@ -58,9 +58,9 @@ from deliberate.stages.rl.rewards import Scorer, cost_scorer, reward_scorer
 def rl_fingerprint(recipe: Recipe, start: str, records: list[PromptRecord]) -> str:
     function_files = [Path(f.rpartition(":")[0]) for f in (recipe.rl.reward_function, recipe.rl.cost_function)
                       if f and f.rpartition(":")[0].endswith(".py")]
-    return fingerprint({"rl": recipe.rl.model_dump(mode="json"), "start": model_identity(start), "seed": recipe.seed,
+    return fingerprint({"rl": recipe.rl.weight_settings(), "start": model_identity(start), "seed": recipe.seed,
                         "judge": recipe.judge.model_dump(mode="json"), "spec": recipe.spec,
-                        "model": recipe.model.model_dump(exclude={"name"}), "prompts": [r.to_dict() for r in records],
+                        "model": recipe.model.loading(), "prompts": [r.to_dict() for r in records],
                         "functions": [file_digest(p) for p in function_files if p.is_file()]})
 
 
@@ -132,7 +132,8 @@ def _card(recipe: Recipe, summary: dict[str, Any]) -> str:
                       f"Started from `{summary['start']}` (also the KL reference). Trained by `deliberate rl` for "
                       f"{summary['steps']} steps on {summary['prompts']} prompts with reward from {reward}; mean "
                       f"reward {summary.get('reward_first_steps')} over the first quarter of the steps, "
-                      f"{summary.get('reward_last_steps')} over the last.")
+                      f"{summary.get('reward_last_steps')} over the last.", base_model=summary.get("start_path"),
+                      datasets=[(cfg.data or recipe.data).source], tags=[cfg.algo, "rl"])
 
 
 # ---- GRPO / RLOO through TRL ----
@@ -187,7 +188,7 @@ def _train_trl(recipe: Recipe, start: str, records: list[PromptRecord], run: Mod
     if per_process % per_device:
         raise DeliberateError(f"rl.mini_batch_size ({per_device}) must divide the {per_process} completions each "
                               "process gets per step (prompts_per_step x num_generations / processes)")
-    loaded = load_start(recipe, _trl_start(recipe, start, run), trainable=True)
+    loaded = load_start(recipe, _trl_start(recipe, start, run), trainable=True, quantization=cfg.quantization)
     epochs = cfg.epochs()
     computed = dict(max_steps=cfg.max_steps * epochs, per_device_train_batch_size=per_device,
                     gradient_accumulation_steps=per_process // per_device, num_generations=n_gen,

@@ -67,6 +67,8 @@ from deliberate.services.training import (
     lora_config,
     mean_or_none,
     on_cpu,
+    refuse_sharded,
+    run_label,
     use_bf16,
 )
 from deliberate.stages.rl.rewards import Scorer, score_all
@@ -573,8 +575,13 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], run: Mode
     lagrangian = cfg.algo == "ppo-lagrangian"
     if lagrangian and cost is None:
         raise DeliberateError("ppo-lagrangian needs a cost scorer")
+    refuse_sharded(f"rl --algo {cfg.algo}")  # every process generates with, and the main one saves, the whole policy
     cpu = on_cpu(recipe)
-    accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if use_bf16(cfg.bf16, cpu) else "no")
+    accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if use_bf16(cfg.bf16, cpu) else "no",
+                              log_with=cfg.report_to or None, project_dir=str(run.folder / "tracking"))
+    if cfg.report_to:  # the trackers get the rl section's scalar settings and every step's metrics
+        accelerator.init_trackers(cfg.run_name or run_label(recipe, run.folder), config={
+            k: v for k, v in cfg.model_dump(mode="json").items() if isinstance(v, bool | int | float | str)})
     world = accelerator.num_processes
     if cfg.prompts_per_step % world:
         raise DeliberateError(f"rl.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the number of "
@@ -616,6 +623,8 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], run: Mode
                 state.lagrange = {"module": lagrange.state_dict(), "optimizer": lagrange.optimizer.state_dict(),
                                   "window": list(lagrange.costs)}
             state.history.append({"step": state.step, **metrics})
+            if cfg.report_to:
+                accelerator.log({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=state.step)
             if accelerator.is_main_process:  # the history is in every checkpoint, so a resumed log has no gaps
                 write_jsonl(run.folder / "log.jsonl", state.history)
             bar.advance(1, tokens=int(metrics["completions"]))
@@ -625,6 +634,8 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], run: Mode
                     for old in checkpoints(run.checkpoints)[:-2]:
                         shutil.rmtree(old, ignore_errors=True)
     seconds = time.perf_counter() - started
+    if cfg.report_to:
+        accelerator.end_training()
     unwrapped = accelerator.unwrap_model(m.policy)
     digests = gather_digests(unwrapped)
     history = state.history
