@@ -185,3 +185,20 @@ def test_a_split_on_a_source_without_splits_is_an_error_that_points_at_where(tmp
     with pytest.raises(DeliberateError, match="subset applies to Hub datasets only"):
         load_prompts(DataConfig(source=str(path), subset="x"))
     assert len(load_prompts(DataConfig(source="builtin:demo", where={"split": "heldout"}))) == 32
+
+
+def test_data_revision_pins_the_hub_dataset_and_applies_to_hub_datasets_only(monkeypatch, tmp_path):
+    """Up to the download (nothing may leave this machine): the revision is what datasets is asked for."""
+    import datasets
+
+    asked = []
+
+    def load_dataset(source, subset, split, revision):
+        asked.append((source, subset, split, revision))
+        return datasets.Dataset.from_list([{"prompt": "hello", "label": "safe"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    records = load_prompts(DataConfig(source="org/prompts", revision="v1.2", columns={"expected": "label"}))
+    assert asked == [("org/prompts", None, "train", "v1.2")] and records[0].expected == "comply"
+    with pytest.raises(DeliberateError, match="revision applies to Hub datasets only"):
+        load_prompts(DataConfig(source="builtin:demo", revision="main"))

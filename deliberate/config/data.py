@@ -27,6 +27,9 @@ class DataConfig(Section):
     split: str | None = None
     """Hub datasets only: the split to read (`train` when unset). To pick rows of a file or of `builtin:demo` by
     a column, use `where` (e.g. `where: {split: heldout}`)."""
+    revision: str | None = None
+    """Hub datasets only: the branch, tag or commit to read, so that a run can be repeated on the same rows
+    (recorded in every stage's provenance.json)."""
     columns: ColumnMap = Field(default_factory=ColumnMap)
     """Which columns hold what. For `builtin:demo` and files with the standard names this can stay unset."""
     category: str | None = None

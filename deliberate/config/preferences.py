@@ -45,6 +45,8 @@ class PreferenceData(Section):
     """Hub datasets only: the configuration name."""
     split: str | None = None
     """Hub datasets only: the split to read (`train` when unset)."""
+    revision: str | None = None
+    """Hub datasets only: the branch, tag or commit to read."""
     preference: Literal["better", "safer"] = "safer"
     """PKU-SafeRLHF: which preference makes the pair (helpfulness `better` or harmlessness `safer`)."""
     limit: int | None = Field(default=None, ge=1)

@@ -43,7 +43,8 @@ def benchmark_data(bench: Benchmark, datasets_dir: str | None) -> DataConfig:
     if not path.is_file():
         return bench.data
     columns = bench.mirror.columns or bench.data.columns
-    return bench.data.model_copy(update={"source": str(path), "subset": None, "split": None, "columns": columns})
+    return bench.data.model_copy(update={"source": str(path), "subset": None, "split": None, "revision": None,
+                                        "columns": columns})
 
 
 def benchmark_prompts(bench: Benchmark, datasets_dir: str | None,

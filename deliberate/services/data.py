@@ -102,7 +102,7 @@ def _read_hub(cfg: DataConfig) -> pd.DataFrame:
     import datasets
 
     try:
-        ds = datasets.load_dataset(cfg.source, cfg.subset, split=cfg.split or "train")
+        ds = datasets.load_dataset(cfg.source, cfg.subset, split=cfg.split or "train", revision=cfg.revision)
     except Exception as e:  # datasets raises many types for a missing dataset, split or network
         offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_DATASETS_OFFLINE") or os.environ.get(
             "HF_HUB_OFFLINE") else ""
@@ -146,7 +146,7 @@ def load_table(cfg: DataConfig) -> tuple[pd.DataFrame, str]:
     import pandas as pd
 
     if cfg.source.count("/") != 1 or Path(cfg.source).expanduser().exists():  # not a Hub id
-        for name in ("split", "subset"):
+        for name in ("split", "subset", "revision"):
             if getattr(cfg, name) is not None:
                 hint = f" (to pick rows by a column, use where, e.g. --set data.where.{name}={getattr(cfg, name)})"
                 raise DeliberateError(f"data '{cfg.source}': {name} applies to Hub datasets only{hint}")

@@ -113,7 +113,8 @@ def load_preferences(recipe: Recipe, data: PreferenceData,
             except DeliberateError as e:
                 raise DeliberateError(f"{path}: row {n}: {e}") from None
         return rows, {"source": str(path), "format": "deliberate", "rows": len(rows), "skipped": 0}
-    df, label = load_table(DataConfig(source=data.source, subset=data.subset, split=data.split))
+    df, label = load_table(DataConfig(source=data.source, subset=data.subset, split=data.split,
+                                      revision=data.revision))
     fmt = detect_format([str(c) for c in df.columns]) if data.format == "auto" else data.format
     missing = [c for c in FORMAT_COLUMNS[fmt] if c not in df.columns]
     if missing:
