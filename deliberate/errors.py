@@ -7,6 +7,8 @@ than the recipe allows (`StageFailed`; what succeeded is kept, the earlier outpu
 exception is a bug in deliberate and keeps its traceback.
 """
 
+import re
+
 EXIT_USAGE = 2
 EXIT_FAILED = 3
 
@@ -41,6 +43,7 @@ def did_you_mean(word: str, choices) -> str:
 
 
 _TOKEN = None
+_CREDENTIALS = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^/\s\"'@]+@", re.IGNORECASE)
 _SECRETS: set[str] = set()  # values known to be secret (an API key read for a client), whatever their variable
 _SECRET_NAME = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
 
@@ -50,7 +53,6 @@ def redact(text: str) -> str:
     hold one (`*_API_KEY`, `*TOKEN*`, `*SECRET*`, ...) and anything shaped like an API token (`sk-...`,
     `hf_...`, `Bearer ...`). Every stored or printed error goes through here: a server may echo the key back."""
     import os
-    import re
 
     global _TOKEN
     if _TOKEN is None:
@@ -61,6 +63,7 @@ def redact(text: str) -> str:
     for name, value in os.environ.items():
         if len(value) >= 8 and any(part in name.upper() for part in _SECRET_NAME) and value in text:
             text = text.replace(value, "[redacted]")
+    text = _CREDENTIALS.sub(r"\1[redacted]@", text)  # a user name and password in a URL
     return _TOKEN.sub("[redacted]", text)
 
 

@@ -51,6 +51,7 @@ def test_a_packaged_recipe_loads_by_name_from_any_folder(tmp_path, monkeypatch):
     assert load_recipe("sacpo-cpu").model.name == "smollm2"  # its `extends` resolve beside the packaged file
     (tmp_path / "demo.yaml").write_text("name: mine\n")
     assert load_recipe("demo.yaml").name == "mine"  # a file in the working directory comes first
+    assert load_recipe("demo").name == "mine"  # by its bare name too
 
 
 def test_a_mistyped_recipe_name_suggests_the_packaged_one(tmp_path, monkeypatch):

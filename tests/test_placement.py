@@ -192,7 +192,9 @@ def test_a_lora_model_merged_from_its_gathered_weights_equals_the_model_merged_i
 
     model = _lora_model(3, tied)
     trainer = SimpleNamespace(accelerator=_ShardingAccelerator(), model=model, model_wrapped=model)
-    merged = merged_model(trainer, Path("unused"))  # the adapter folder is read only for a quantized base
+    from deliberate.services.training import gathered_weights
+
+    merged = merged_model(trainer, Path("unused"), gathered_weights(trainer))  # the folder: a quantized base only
     assert merged is not model.get_base_model()  # a copy built from the gathered weights
     assert (merged.lm_head.weight is merged.model.embed_tokens.weight) == tied
     from_gathered, in_place = merged.state_dict(), model.merge_and_unload().state_dict()
@@ -250,3 +252,14 @@ def test_qlora_settings_that_cannot_work_fail_when_the_recipe_loads(sets, messag
 
     with pytest.raises(DeliberateError, match=message):
         load_recipe(None, sets)
+
+
+def test_weights_load_with_transformers_whatever_backend_answers_and_a_served_model_is_refused(tiny_model_dir):
+    from deliberate.services.models import weights_config
+
+    assert weights_config(ModelConfig(name=str(tiny_model_dir), backend="vllm")).backend == "hf"  # vLLM weights
+    served = ModelConfig(name="gpt-4o-mini", backend="openai", base_url="http://127.0.0.1:9/v1")
+    assert weights_config(served, str(tiny_model_dir)).backend == "hf"  # a stage's output of a served base
+    with pytest.raises(DeliberateError, match="backend openai.*loads the weights in this process"):
+        load_model(weights_config(served))
+    assert load_model(weights_config(ModelConfig(name=str(tiny_model_dir), backend="vllm"))).model is not None

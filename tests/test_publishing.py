@@ -65,6 +65,9 @@ def test_a_trainer_arg_reaches_trls_config_and_mistakes_fail_when_the_recipe_loa
                              ("sft.trainer_args={learning_rate: 1.0}", "set learning_rate instead"),
                              ("dpo.trainer_args={warmup_steps: 3}", "set warmup_ratio instead"),
                              ("dpo.trainer_args={output_dir: x}", "deliberate sets this itself"),
+                             ("sft.trainer_args={packing: true}", "sft.trainer_args.packing: deliberate sets"),
+                             ("rl.trainer_args={gradient_accumulation_steps: 2}", "deliberate sets this itself"),
+                             ("rm.trainer_args={model_init_kwargs: {}}", "deliberate sets this itself"),
                              ("rl.trainer_args={beta: 0.1}", "set kl_coef instead"),
                              ("rl.algo=ppo", "deliberate's own PPO"),
                              ("dpo.method=kto", "dpo.trainer_args.label_smoothing: not a field of KTOConfig")]:
@@ -110,6 +113,9 @@ def test_sft_logs_its_loss_to_tensorboard_under_the_run_name(tiny_model_dir, tmp
     logged = scalars(Layout(r).sft.checkpoints / "runs")
     assert len(logged["train/loss"]) == 3 and all(v > 0 for v in logged["train/loss"])
     assert "train/learning_rate" in logged
+    # Where the metrics and the model go does not shape the weights: the finished model is reused.
+    again = sft_recipe(tiny_model_dir, tmp_path / "run", "sft.push_to_hub=true", "sft.hub_model_id=me/x")
+    assert run_sft(again, sft_data(tmp_path), show_progress=False).get("reused")
 
 
 def test_our_ppo_logs_every_step_to_tensorboard(tmp_path):
@@ -192,6 +198,15 @@ def test_card_metadata_names_hub_datasets_and_the_embedded_models_origin():
     assert meta["base_model"] == EMBEDDED_HUB_ID and meta["license"] == "apache-2.0"
     assert meta["datasets"] == ["PKU-Alignment/PKU-SafeRLHF"]
     assert "license" not in model_card(r, "t", "x", base_model="meta-llama/Llama-3.1-8B").metadata()
+    # The embedded model's converted folder (what a stage starts from) is SmolLM2 on the Hub, without converting.
+    from deliberate.services.models import EMBEDDED_NAME, cache_dir
+
+    converted = cache_dir() / "models" / f"{EMBEDDED_NAME}-12345"
+    assert model_card(r, "t", "x", base_model=str(converted)).metadata()["base_model"] == EMBEDDED_HUB_ID
+    # A password in a base URL never reaches the card (which may be pushed to the Hub).
+    served = load_recipe(None, ["judge.backend=openai", "judge.base_url=https://bob:s3cret-pw@llm.example/v1"])
+    text = model_card(served, "t", "x").render()
+    assert "s3cret" not in text and "https://[redacted]@llm.example/v1" in text
 
 
 def test_eval_results_go_into_the_card_and_a_second_eval_replaces_them(tmp_path):
@@ -240,6 +255,16 @@ def test_push_sends_each_finished_model_to_its_repository(tiny_model_dir, tmp_pa
         "me/m-dpo-safe-beta0.1"
     with pytest.raises(DeliberateError, match="give hub_model_id"):
         load_recipe(None, ["merge.push_to_hub=true"])
+    with pytest.raises(DeliberateError, match="push_to_hub is set for the whole dpo section"):
+        load_recipe(None, ["dpo.stages=[{name: a, push_to_hub: true}]"])
+    # Whatever the Hub client raises (a connection error, a 403) is one line, and the model stays.
+    def refuse(self, repo_id, **kw):
+        raise RuntimeError("connection refused by https://bob:pw@hub.example")
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    with pytest.raises(DeliberateError, match=r"^push_to_hub: me/sft-x: the upload failed: connection refused by "
+                                              r"https://\[redacted\]@hub.example; the model is saved in "):
+        push(r, "sft", r.sft)
 
 
 def test_a_mistyped_trainer_arg_is_one_error_line_before_any_work(tmp_path):

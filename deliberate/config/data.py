@@ -27,7 +27,7 @@ class DataConfig(Section):
     split: str | None = None
     """Hub datasets only: the split to read (`train` when unset). To pick rows of a file or of `builtin:demo` by
     a column, use `where` (e.g. `where: {split: heldout}`)."""
-    revision: str | None = None
+    revision: str | None = Field(default=None, exclude_if=lambda v: v is None)  # unset: not in fingerprints
     """Hub datasets only: the branch, tag or commit to read, so that a run can be repeated on the same rows
     (recorded in every stage's provenance.json)."""
     columns: ColumnMap = Field(default_factory=ColumnMap)

@@ -45,7 +45,7 @@ class PreferenceData(Section):
     """Hub datasets only: the configuration name."""
     split: str | None = None
     """Hub datasets only: the split to read (`train` when unset)."""
-    revision: str | None = None
+    revision: str | None = Field(default=None, exclude_if=lambda v: v is None)  # unset: not in fingerprints
     """Hub datasets only: the branch, tag or commit to read."""
     preference: Literal["better", "safer"] = "safer"
     """PKU-SafeRLHF: which preference makes the pair (helpfulness `better` or harmlessness `safer`)."""
@@ -80,6 +80,7 @@ class DPOOptions(DatasetTrainingOptions):
     DEFAULTS = {"learning_rate": 5e-7, "num_train_epochs": 1.0, "per_device_train_batch_size": 4, "save_steps": 100}
     OWN_FIELDS = DatasetTrainingOptions.OWN_FIELDS | {
         "method", "data", "start", "beta", "weight", "margin", "undesirable_weight", "stages", "name"}
+    COMPUTED = frozenset({"logging_first_step", "remove_unused_columns"})
 
     def trl_configs(self) -> list[str]:
         return ["KTOConfig"] if self.method == "kto" else ["DPOConfig"]
@@ -146,6 +147,9 @@ class DPOOptions(DatasetTrainingOptions):
         for i, raw in enumerate(self.stages):
             if not isinstance(raw, dict) or not raw.get("name"):
                 raise ValueError(f"dpo.stages[{i}] needs a name")
+            if hub := sorted({"push_to_hub", "hub_model_id", "hub_private"} & set(raw)):
+                raise ValueError(f"dpo.stages[{i}] ({raw['name']}): {hub[0]} is set for the whole dpo section (every "
+                                 "stage's models are pushed; hub_model_id takes {label}), not per stage")
             merged = {**base, **{k: v for k, v in raw.items() if k not in {"data", "margin"}}}
             for key in ("data", "margin"):
                 merged[key] = {**base[key], **raw.get(key, {})}

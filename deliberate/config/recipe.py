@@ -141,6 +141,8 @@ def find_recipe(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    if len(path.parts) == 1 and not path.suffix and (local := path.with_suffix(".yaml")).is_file():
+        return local  # `--recipe demo` with a demo.yaml here: the user's own file comes first
     packaged = packaged_recipes()
     name = path.name.removesuffix(".yaml").removesuffix(".yml")
     if len(path.parts) == 1 and name in packaged:

@@ -29,6 +29,9 @@ class RLOptions(TrainingOptions):
     def trl_configs(self) -> list[str]:
         return {"grpo": ["GRPOConfig"], "rloo": ["RLOOConfig"]}.get(self.algo, [])
 
+    COMPUTED = frozenset({"per_device_train_batch_size", "gradient_accumulation_steps", "num_iterations",
+                          "log_completions", "shuffle_dataset"})
+
     algo: Literal["grpo", "rloo", "ppo", "ppo-lagrangian"] = "grpo"
     """`grpo` / `rloo` (TRL's trainers, no value model), `ppo` (this toolkit's PPO with a value model) or
     `ppo-lagrangian` (PPO maximising reward - lambda * cost with a learned multiplier, as Safe RLHF)."""

@@ -40,6 +40,7 @@ class RMOptions(DatasetTrainingOptions):
     DEFAULTS = {"learning_rate": 2e-5, "num_train_epochs": 2.0, "per_device_train_batch_size": 8}
     # safe-rlhf's scripts: weight decay 0.1, cosine, warmup 0.03 (recipes/safe-rlhf.yaml)
     OWN_FIELDS = DatasetTrainingOptions.OWN_FIELDS | {"models", "regularization", "eval_fraction"}
+    COMPUTED = frozenset({"logging_first_step", "remove_unused_columns", "model_init_kwargs"})
 
     def trl_configs(self) -> list[str]:
         return ["RewardConfig"]

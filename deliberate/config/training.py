@@ -27,7 +27,9 @@ class Publishing(Section):
     """Publishing a stage's models on the Hugging Face Hub (after they are saved locally)."""
 
     push_to_hub: bool = False
-    """Upload each finished model folder (full weights, tokenizer, model card, provenance) to the Hub. The token
+    """Upload each finished model folder (full weights, tokenizer, model card, provenance) to the Hub: every
+    finished model of the section's stages or merges, as `stage:<name>/*` lists them, at the end of the
+    command (a model trained earlier and reused is pushed too). The token
     is huggingface_hub's own (`HF_TOKEN` or `hf auth login`); it is never written anywhere. A failed upload
     leaves the local model as it is and ends the command with an `error:` line."""
     hub_model_id: str | None = None
@@ -59,6 +61,9 @@ class TrainingOptions(Publishing):
         {"lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "bf16", "trainer_args",
          "push_to_hub", "hub_model_id", "hub_private", "quantization"})
     """Fields deliberate reads itself; they are never passed to TRL as they are."""
+    COMPUTED: ClassVar[frozenset[str]] = frozenset()
+    """TRL arguments the stage computes (from its fields, the data, the number of processes): `trainer_args` may
+    not set them."""
 
     def trl_configs(self) -> list[str]:
         """The TRL config classes this section's settings go to (by name); none for deliberate's own PPO."""
@@ -66,7 +71,8 @@ class TrainingOptions(Publishing):
 
     def weight_settings(self, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
         """The settings that shape the trained weights (a finished run's fingerprint): all but where the metrics
-        and the model are sent, so turning on a tracker or `push_to_hub` reuses the trained model."""
+        and the model are sent, so turning on a tracker or `push_to_hub` reuses the trained model. Settings added
+        later are left out while unset (`exclude_if`), so a model trained before they existed is still reused."""
         return self.model_dump(exclude=set(exclude) | {"report_to", "run_name", "push_to_hub", "hub_model_id",
                                                        "hub_private"})
 
@@ -99,11 +105,12 @@ class TrainingOptions(Publishing):
     under the stage folder's `checkpoints/runs/` (our PPO: `tracking/`)."""
     run_name: str | None = None
     """The run's name in the trackers; `<recipe name>-<stage>` when unset."""
-    quantization: Literal["4bit", "8bit"] | None = None
-    """QLoRA: load the frozen start model in 4-bit (NF4, double quantization) or 8-bit through bitsandbytes and
-    train a LoRA adapter on it (needs `lora: true`, a CUDA GPU and `pip install 'deliberate[qlora]'`). The
-    saved `model/` merges the adapter into the start model's full-precision weights."""
-    trainer_args: dict[str, Any] = Field(default_factory=dict)
+    quantization: Literal["4bit", "8bit"] | None = Field(default=None, exclude_if=lambda v: v is None)
+    """QLoRA (sft, dpo, and rl with grpo or rloo; not rm): load the frozen start model in 4-bit (NF4, double
+    quantization) or 8-bit through bitsandbytes and train a LoRA adapter on it (needs `lora: true`, a start
+    model with full weights, a CUDA GPU and `pip install 'deliberate[qlora]'`). The saved `model/` merges the
+    adapter into the start model's full-precision weights."""
+    trainer_args: dict[str, Any] = Field(default_factory=dict, exclude_if=lambda v: not v)
     """Any other argument of the TRL config this section builds (`SFTConfig`, `DPOConfig`, `KTOConfig`,
     `GRPOConfig`, `RLOOConfig`, `RewardConfig`) that the recipe does not mirror, e.g. `{optim: adafactor,
     max_grad_norm: 0.5, neftune_noise_alpha: 5}`. Checked against the config's fields before any work starts;
@@ -149,9 +156,14 @@ class SFTOptions(DatasetTrainingOptions):
     """`sft`: supervised fine-tuning on the judge-filtered, spec-stripped completions (TRL SFTTrainer)."""
 
     OWN_FIELDS = TrainingOptions.OWN_FIELDS | {"keep_reasoning"}
+    COMPUTED = frozenset({"completion_only_loss", "packing"})
 
     def trl_configs(self) -> list[str]:
         return ["SFTConfig"]
+
+    def weight_settings(self, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+        unset = {"warmup_ratio"} if self.warmup_ratio == 0 else set()  # sft had no warmup_ratio before
+        return super().weight_settings(set(exclude) | unset)
 
     keep_reasoning: bool = True
     """Keep the chain of thought in the training target (deliberative alignment) or train on answers only."""

@@ -146,6 +146,8 @@ def answer_records(model: ModelConfig, records: list[PromptRecord], settings: Sa
             else:
                 generate(loaded.model, loaded.tokenizer, prompts, settings, seed=seed, description=description,
                          show_progress=show_progress, stats=stats, on_batch=save, seeds=seeds)
+            if load is None and isinstance(loaded, VLLMEngine):  # opened here for this call alone
+                loaded.close()
             del loaded
     # Labels and metadata are today's: correcting an expected behaviour must not need a new answer.
     current = {k: r.to_dict() for r, k in zip(records, keys, strict=True)}

@@ -51,7 +51,7 @@ def finished_models(recipe: Recipe, verb: str) -> list[tuple[str, ModelRun]]:
 def uploads(recipe: Recipe, verb: str, section: Publishing) -> list[Upload]:
     """What `push_to_hub` sends for this verb: one repository per finished model."""
     found = finished_models(recipe, verb)
-    several = len(found) > 1 or verb in ("dpo", "merge", "rm")
+    several = len(found) > 1
     return [Upload(label, run.model, repo_for(section, label, several)) for label, run in found]
 
 
@@ -63,7 +63,7 @@ def push(recipe: Recipe, verb: str, section: Publishing) -> list[Upload]:
     if not todo:
         return []
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.errors import LocalTokenNotFoundError, OfflineModeIsEnabled
 
     api = HfApi()
     for up in todo:
@@ -77,7 +77,7 @@ def push(recipe: Recipe, verb: str, section: Publishing) -> list[Upload]:
         except LocalTokenNotFoundError:
             raise DeliberateError(f"push_to_hub: {up.repo_id}: no Hugging Face token (set HF_TOKEN or run `hf "
                                   f"auth login`); the model is saved in {up.folder}") from None
-        except (HfHubHTTPError, OSError, ValueError) as e:
+        except Exception as e:  # HfHubHTTPError, httpx's connection errors, OSError, ...: one line, redacted
             reason = redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
             raise DeliberateError(f"push_to_hub: {up.repo_id}: the upload failed: {reason}; the model is saved "
                                   f"in {up.folder}") from None

@@ -50,6 +50,12 @@ def is_embedded(name: str) -> bool:
     return name.strip().lower() in EMBEDDED_ALIASES
 
 
+def is_embedded_folder(path: str | Path) -> bool:
+    """Whether `path` is the embedded model's converted folder (`embedded_model_dir`), without converting it."""
+    folder = Path(path).expanduser().resolve()
+    return folder.name.startswith(f"{EMBEDDED_NAME}-") and folder.parent == (cache_dir() / "models").resolve()
+
+
 def embedded_gguf() -> Path:
     # find_spec, not import: the package's own __init__ imports its plugin host (llm), which we do not need.
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
@@ -295,6 +301,15 @@ def load_tokenizer(path: str, cfg: ModelConfig | None = None) -> PreTrainedToken
             f"model '{path}': its tokenizer has no chat template; deliberate needs a chat/instruct model"
         )
     return tokenizer
+
+
+def weights_config(cfg: ModelConfig, name: str | None = None, **update: Any) -> ModelConfig:
+    """`cfg` for loading the weights `name` names (the model itself when None) with transformers in this process:
+    whatever backend the recipe's model answers with (vLLM included), weights load with `hf`; only the served
+    model itself (`openai`: a name on a server) stays what it is, so `load_model` refuses it in one line."""
+    name = cfg.name if name is None else name
+    backend = "openai" if cfg.backend == "openai" and name == cfg.name else "hf"
+    return cfg.model_copy(update={"name": name, "backend": backend, **update})
 
 
 def load_model(cfg: ModelConfig, *, for_training: bool = False, quantization: str | None = None) -> LoadedModel:

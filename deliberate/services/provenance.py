@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -25,10 +24,9 @@ import yaml
 from deliberate.config import Recipe
 from deliberate.errors import redact
 from deliberate.services.io import atomic_write_text
-from deliberate.services.models import is_embedded
+from deliberate.services.models import is_embedded, is_embedded_folder
 
 PROVENANCE_FILE = "provenance.json"
-CREDENTIALS = re.compile(r"(https?://)[^/\s\"@]+@")  # a user name and password in a base URL
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded default's original (Apache-2.0)
 DATA_FILES = {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".gz", ".txt", ".yaml", ".yml", ".arrow"}
 PACKAGES = ("deliberate", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "mergekit",
@@ -68,7 +66,7 @@ def provenance(recipe: Recipe) -> dict[str, Any]:
     blob = {"recipe": recipe.model_dump(mode="json"), "command": sys.argv, "versions": versions(),
             "python": platform.python_version(), "platform": platform.platform(), "git": source_commit(),
             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    return json.loads(CREDENTIALS.sub(r"\1[redacted]@", redact(json.dumps(blob))))
+    return json.loads(redact(json.dumps(blob)))
 
 
 def write_provenance(folder: str | Path, recipe: Recipe) -> Path:
@@ -95,6 +93,8 @@ def hub_id(name: str | None) -> str | None:
 def card_base_model(path: str | None) -> str | None:
     """The Hub id a model descends from: its own id, or for a local folder the `base_model` its card records
     (deliberate's models record theirs, so a DPO model on an SFT model on SmolLM2 names SmolLM2)."""
+    if path and is_embedded_folder(path):
+        return EMBEDDED_HUB_ID
     if path and Path(path).is_dir():
         readme = Path(path) / "README.md"
         if readme.is_file():

@@ -14,6 +14,7 @@ retries, the moment it arrives. A chat API cannot continue a pre-filled assistan
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -76,6 +77,26 @@ class VLLMEngine:
         llm, self._params = _vllm(role)
         self.llm = llm(model=path, dtype=dtype, seed=seed, revision=revision, enable_prefix_caching=True,
                        trust_remote_code=trust_remote_code)
+
+    def close(self) -> None:
+        """Give the GPU memory back, so that the next model (or a local judge) can load: vLLM keeps it until its
+        engine and its distributed state are torn down."""
+        import gc
+
+        import torch
+
+        self.llm = None
+        with contextlib.suppress(ImportError):
+            from vllm.distributed.parallel_state import (
+                destroy_distributed_environment,
+                destroy_model_parallel,
+            )
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def generate(self, conversations: Sequence[Conversation], settings: SamplingConfig,
                  seeds: Sequence[int] | None = None) -> list[Generation]:

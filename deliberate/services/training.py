@@ -21,8 +21,16 @@ from deliberate.config import Recipe, TrainingOptions
 from deliberate.config.training import SET_BY_DELIBERATE
 from deliberate.errors import DeliberateError, did_you_mean
 from deliberate.services.io import replace_dir
-from deliberate.services.models import load_model, pick_device, sharded_training
+from deliberate.services.models import (
+    adapter_base,
+    load_model,
+    pick_device,
+    resolve_model_path,
+    sharded_training,
+    weights_config,
+)
 from deliberate.services.progress import TrainingBar
+from deliberate.services.provenance import Card
 from deliberate.services.runs import ModelRun, mark_checkpoint
 
 
@@ -86,7 +94,7 @@ def trainer_args_error(section: TrainingOptions) -> str | None:
     for name in section.trainer_args:
         if name in mirrored:
             return f"trainer_args.{name}: the section has this setting; set {mirrored[name]} instead"
-        if name in SET_BY_DELIBERATE:
+        if name in SET_BY_DELIBERATE or name in section.COMPUTED:
             return f"trainer_args.{name}: deliberate sets this itself"
         if name not in accepted:
             return f"trainer_args.{name}: not a field of {' / '.join(configs)}; {did_you_mean(name, accepted)}".rstrip("; ")
@@ -179,7 +187,13 @@ def load_start(recipe: Recipe, path: str, trainable: bool, quantization: str | N
     is also the reference), loaded with the recipe's model settings; frozen unless `trainable`. A trainable
     one is placed as `placement` says (not at all under FSDP / ZeRO-3: the trainer shards it); `quantization`
     (`4bit`, `8bit`: QLoRA, so the section must train a LoRA adapter) is `load_model`'s."""
-    cfg = recipe.model.model_copy(update={"name": path, "base": None, "revision": None, "dtype": "auto"})
+    own = path == recipe.model.name  # the recipe's model: its revision applies; a stage's output has none
+    cfg = weights_config(recipe.model, path, base=None, revision=recipe.model.revision if own else None, dtype="auto")
+    resolved = resolve_model_path(path)
+    if quantization and Path(resolved).is_dir() and adapter_base(resolved):
+        raise DeliberateError(f"quantization {quantization}: the start model '{path}' is a LoRA adapter, which would be "
+                              "merged into quantized weights; start from full weights (a stage's model/ folder, or "
+                              "the adapter merged by `deliberate merge`)")
     loaded = load_model(cfg, for_training=trainable, quantization=quantization)
     if loaded.base_path:
         loaded.model = loaded.model.merge_and_unload()
@@ -188,7 +202,7 @@ def load_start(recipe: Recipe, path: str, trainable: bool, quantization: str | N
     return loaded
 
 
-def save_trained(trainer, run: ModelRun, *, lora: bool, card: str, summary: dict[str, Any],
+def save_trained(trainer, run: ModelRun, *, lora: bool, card: Card, summary: dict[str, Any],
                  files: dict[str, Any] | None = None) -> None:
     """`save_policy` for a TRL trainer, called on every process: `trainer.save_model` runs everywhere (under FSDP
     or ZeRO-3 it gathers the sharded weights) and the main process writes; the others wait for it. With LoRA
@@ -197,8 +211,8 @@ def save_trained(trainer, run: ModelRun, *, lora: bool, card: str, summary: dict
     tokenizer = trainer.processing_class
     saved = run.folder / ("adapter.tmp" if lora else "model.tmp")
     trainer.save_model(str(saved))
-    merged = merged_model(trainer, saved) if lora else None  # every process: gathering sharded weights is collective
-    with main_process_first() as main:
+    state = gathered_weights(trainer) if lora else None  # every process: gathering sharded weights is collective
+    with main_process_first() as main:  # a failure on the main process still releases the others
         if not main:
             return
         (saved / "training_args.bin").unlink(missing_ok=True)  # a pickle: the recipe in the model card says it all
@@ -206,6 +220,7 @@ def save_trained(trainer, run: ModelRun, *, lora: bool, card: str, summary: dict
         if not lora:
             run.finish(saved, summary, card, files)
             return
+        merged = merged_model(trainer, saved, state)
         replace_dir(saved, run.adapter)
         tmp = run.folder / "model.tmp"
         merged.save_pretrained(str(tmp))
@@ -213,7 +228,7 @@ def save_trained(trainer, run: ModelRun, *, lora: bool, card: str, summary: dict
         run.finish(tmp, summary, card, files)
 
 
-def save_policy(model, tokenizer, run: ModelRun, *, lora: bool, card: str, summary: dict[str, Any]) -> None:
+def save_policy(model, tokenizer, run: ModelRun, *, lora: bool, card: Card, summary: dict[str, Any]) -> None:
     """Write the run's `model/` (full weights: a LoRA adapter is merged) and, with LoRA, its `adapter/`, each
     into a temporary folder renamed when complete; the marker holding the summary is written last. Called on
     the main process alone, with a model it holds whole: not under FSDP or ZeRO-3 (`refuse_sharded`)."""
@@ -325,25 +340,28 @@ def refuse_sharded(what: str) -> None:
                               "processes: use one process or DDP (recipes/accelerate/ddp.yaml)")
 
 
-def merged_model(trainer, adapter: Path):
-    """A TRL trainer's LoRA model merged into full weights, on the main process (None on the others); called on
-    every process. Where each process holds the whole model (one process, DDP) the main one merges it as it is.
-    Under FSDP or ZeRO-3 the full state dict is gathered first (a collective; to the main process, on the CPU)
-    and merged there in a copy of the model that holds those tensors, so the merge never sees a shard. A QLoRA
-    model's base is quantized: the saved `adapter` is merged into the start model's full-precision weights,
-    loaded again on the CPU, so `model/` holds no quantization error of its own."""
-    acc = trainer.accelerator
-    model = acc.unwrap_model(trainer.model)
-    if is_quantized(model):
-        return merged_into_full_weights(model, adapter) if acc.is_main_process else None
-    if not shards_weights(trainer):
-        return model.merge_and_unload() if acc.is_main_process else None
+def gathered_weights(trainer) -> dict[str, Any] | None:
+    """Under FSDP or ZeRO-3, a LoRA model's full state dict gathered for the merge (a collective: called on every
+    process; the main process gets the tensors, on the CPU); None where each process holds the whole model."""
+    if not shards_weights(trainer) or is_quantized(trainer.accelerator.unwrap_model(trainer.model)):
+        return None
     try:
-        state = acc.get_state_dict(trainer.model_wrapped)  # the DeepSpeed engine under ZeRO-3, the model under FSDP
+        return trainer.accelerator.get_state_dict(trainer.model_wrapped)  # the engine under ZeRO-3, the model under FSDP
     except ValueError as e:  # ZeRO-3 without stage3_gather_16bit_weights_on_model_save
         raise DeliberateError(f"merging the LoRA adapter needs the full weights gathered: {e}") from None
-    if not acc.is_main_process:
-        return None
+
+
+def merged_model(trainer, adapter: Path, state: dict[str, Any] | None):
+    """A TRL trainer's LoRA model merged into full weights, on the main process. Where it holds the whole model
+    (one process, DDP) it is merged as it is; under FSDP or ZeRO-3, a copy of the model holding the gathered
+    `state` is merged, so the merge never sees a shard. A QLoRA model's base is quantized: the saved `adapter`
+    is merged into the start model's full-precision weights, loaded again on the CPU, so `model/` holds no
+    quantization error of its own."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if is_quantized(model):
+        return merged_into_full_weights(model, adapter)
+    if state is None:
+        return model.merge_and_unload()
     return _holding(model, state).merge_and_unload()
 
 
@@ -361,9 +379,10 @@ def merged_into_full_weights(model, adapter: Path):
     from transformers import AutoModelForCausalLM
 
     base_path = model.peft_config[model.active_adapter].base_model_name_or_path
-    dtype = torch.bfloat16 if model.get_base_model().config.dtype in (torch.bfloat16, "bfloat16") else torch.float32
-    try:
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+    config = model.get_base_model().config
+    dtype = torch.bfloat16 if config.dtype in (torch.bfloat16, "bfloat16") else torch.float32
+    try:  # the very weights it was trained on: a Hub model at the commit it was loaded from
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, revision=getattr(config, "_commit_hash", None))
         return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     except (OSError, ValueError) as e:
         raise DeliberateError(f"merging the QLoRA adapter into {base_path}'s full weights: {e}; the adapter is "

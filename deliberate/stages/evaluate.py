@@ -60,7 +60,7 @@ from deliberate.services.plots import plot_benchmarks, plot_win_rates
 from deliberate.services.provenance import add_eval_results
 from deliberate.services.reasoning import retrieval_correct, split_reasoning
 from deliberate.services.runs import Layout, resolve_judge, stage_models
-from deliberate.services.serving import ApiUsage, public_url
+from deliberate.services.serving import ApiUsage, VLLMEngine, public_url
 from deliberate.services.spec import load_spec
 from deliberate.services.stats import (
     Rate,
@@ -246,6 +246,8 @@ def run_eval(recipe: Recipe, models: list[str | EvalModel] | None = None, benchm
                 results.append({"model": name, "path": model.name, "benchmark": bench.name,
                                 "source": datas[bench.name].source, "generated_now": run.generated,
                                 "answer_failures": len(run.errors), **metrics})
+            if load.cache_info().currsize and isinstance(engine := load(), VLLMEngine):
+                engine.close()  # vLLM holds its GPU memory until it is torn down
             load.cache_clear()  # free this model before the next one loads
             model_rows.append({"model": name, "path": model.name, **backend_info(model), "generated_now": generated,
                                "answer_failures": len(failed), "answer_errors": top_reasons(failed) if failed else None,

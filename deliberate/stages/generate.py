@@ -27,7 +27,7 @@ from deliberate.services.data import PromptRecord, load_prompts
 from deliberate.services.failures import failure_line
 from deliberate.services.generation import Generation, GenerationStats, generate, row_seed, system_text
 from deliberate.services.io import ResumableJsonl, write_json
-from deliberate.services.models import load_model, resolve_model_path
+from deliberate.services.models import load_model, resolve_model_path, weights_config
 from deliberate.services.reasoning import CLOSE, retrieval_summary, split_reasoning
 from deliberate.services.runs import Layout, StageRun, fingerprint, resolve_judge, row_key
 from deliberate.services.serving import ApiUsage, VLLMEngine, ask_api
@@ -220,7 +220,7 @@ def teacher_model(recipe: Recipe) -> ModelConfig:
         raise DeliberateError(f"generate: the teacher is the recipe's model, which is served (model.backend=openai) "
                               f"and cannot be loaded by generate.backend={cfg.backend}; set generate.backend=openai "
                               "with generate.teacher and generate.base_url, or generate.teacher to a model to load")
-    base = recipe.model if cfg.teacher is None else ModelConfig(name=cfg.teacher)
+    base = weights_config(recipe.model) if cfg.teacher is None else ModelConfig(name=cfg.teacher)
     return base.model_copy(update={"dtype": cfg.dtype}) if cfg.dtype else base
 
 
@@ -281,6 +281,7 @@ def _generate_vllm(recipe: Recipe, teacher: str, conversations, save) -> dict[st
     start = time.perf_counter()
     gens = engine.generate(conversations, recipe.generate.sampling())  # every turn is pre-filled when prefill is set
     seconds = time.perf_counter() - start
+    engine.close()
     save(list(range(len(gens))), [(g.text, g.num_tokens, g.finish_reason) for g in gens])
     tokens = sum(g.num_tokens for g in gens)
     return {"new_tokens": tokens, "seconds": round(seconds, 1), "tokens_per_second": round(tokens / seconds, 1)}

@@ -20,7 +20,7 @@ from typing import Any
 from deliberate.config import Recipe
 from deliberate.errors import DeliberateError
 from deliberate.services.io import read_jsonl, require_keys, write_jsonl
-from deliberate.services.models import load_model, resolve_model_path
+from deliberate.services.models import load_model, resolve_model_path, weights_config
 from deliberate.services.provenance import model_card
 from deliberate.services.reasoning import CLOSE, OPEN
 from deliberate.services.runs import Layout, file_digest, fingerprint, for_resume, model_identity
@@ -36,7 +36,7 @@ from deliberate.services.training import (
 
 def sft_fingerprint(recipe: Recipe, data_path: Path) -> str:
     return fingerprint({"data": file_digest(data_path), "sft": recipe.sft.weight_settings(), "seed": recipe.seed,
-                        "model": recipe.model.loading(), "weights": model_identity(resolve_model_path(recipe.model.name))})
+                        "model": {"name": recipe.model.name, **recipe.model.loading()}, "weights": model_identity(resolve_model_path(recipe.model.name))})
 
 
 def build_trainer(recipe: Recipe, data_path: Path, show_progress: bool = True):
@@ -49,7 +49,7 @@ def build_trainer(recipe: Recipe, data_path: Path, show_progress: bool = True):
     if not rows:
         raise DeliberateError(f"sft: {data_path} is empty")
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
-    loaded = load_model(recipe.model.model_copy(update={"dtype": "auto"}), for_training=True,
+    loaded = load_model(weights_config(recipe.model, dtype="auto"), for_training=True,
                         quantization=cfg.quantization)
     args = trl_config(SFTConfig, recipe, cfg, Layout(recipe).sft.checkpoints, completion_only_loss=True,
                       packing=False)

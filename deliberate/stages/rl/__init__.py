@@ -26,7 +26,7 @@ from deliberate.services.data import PromptRecord, load_prompts
 from deliberate.services.io import write_json, write_jsonl
 from deliberate.services.models import adapter_base, resolve_model_path
 from deliberate.services.plots import plot_training
-from deliberate.services.provenance import model_card
+from deliberate.services.provenance import Card, model_card
 from deliberate.services.runs import (
     MARKER,
     Layout,
@@ -123,7 +123,7 @@ def _write_log(run: ModelRun, history: list[dict[str, Any]], algo: str) -> None:
         pass
 
 
-def _card(recipe: Recipe, summary: dict[str, Any]) -> str:
+def _card(recipe: Recipe, summary: dict[str, Any]) -> Card:
     cfg = recipe.rl
     what = {"grpo": "GRPO (TRL)", "rloo": "RLOO (TRL)", "ppo": "PPO with a value model",
             "ppo-lagrangian": "PPO-Lagrangian (Safe RLHF)"}[cfg.algo]
