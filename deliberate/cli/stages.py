@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -310,3 +311,32 @@ def eval_(recipe: RecipeOpt = None, set_: SetOpt = None, model: ModelOpt = None,
     say(f"report in {Layout(r).eval} (report.md, report.csv, pairwise.csv, elo.csv, report.json"
         f"{''.join(', ' + p for p in report['plots'])})")
 
+
+
+@command()
+def study(
+    file: Annotated[Path, typer.Argument(help="The study file (config/study.py: recipe, seeds, benchmarks, methods).",
+                                         metavar="STUDY.yaml")],
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help=escape(
+        "Override a study field: field=value, e.g. seeds=[0,1] or methods[1].set=[dpo.beta=0.05] (repeatable)."),
+        metavar="KEY=VALUE")] = None,
+) -> None:
+    """Compare alignment methods: every method x seed trained end to end, evaluated with the base on the same benchmarks by the same judge, one leaderboard.
+
+    Each run goes to <output_dir>/runs/<method>/seed<k>/ (finished stages are reused: a rerun after a crash
+    continues), the evaluation to <output_dir>/eval/, and the comparison to <output_dir>/leaderboard.md, .csv,
+    .json and .png: per method the mean over seeds of each rate with a 95% interval over seeds and prompts, and
+    its paired difference from the base and from the best method.
+    Example: deliberate study recipes/study-demo.yaml --set seeds=[0]
+    """
+    from deliberate.cli.study import load_study, output_dir, run_study
+
+    config, base = load_study(file, set_)
+    board = run_study(config, base, say=say)
+    rows = [[r["benchmark"], r["metric"].replace("_rate", ""), r["method"] + (" (best)" if r["method"] == r["best"]
+             else " =" if r["tied_with_best"] else ""), num(r["rate"]["value"], 3),
+             " ".join(num(v, 2) for v in r["rate"]["per_seed"]),
+             num(r["vs_base"]["value"], 3) if r["vs_base"] else "-"] for r in board["rows"] if r["benchmark"] == "all"]
+    table(f"{config.name}: all benchmarks pooled (mean over seeds; = : not told apart from the best)",
+          ["prompts", "rate", "method", "mean", "per seed", "vs base"], rows)
+    say(f"leaderboard in {output_dir(config)} (leaderboard.md, .csv, .json{', ' + board['plot'] if board['plot'] else ''})")

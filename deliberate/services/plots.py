@@ -95,3 +95,34 @@ def plot_training(history: list[dict[str, Any]], keys: list[str], path: Path, ti
     out = _save(fig, path)
     plt.close(fig)
     return out
+
+
+def plot_study(board: dict[str, Any], path: Path) -> str | None:
+    """A study's helpful-vs-harmless plane: harmful prompts refused (x) against safe prompts answered (y),
+    pooled over the benchmarks; one small point per seed, a large one for each method's mean, the base as a
+    cross. Returns the file name (None when no run has both rates)."""
+    points = [p for p in board["points"] if p["harmful_refused"] is not None and p["safe_answered"] is not None]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, method in enumerate(board["methods"]):
+        mine = [p for p in points if p["method"] == method]
+        if not mine:
+            continue
+        colour = colours[i % len(colours)]
+        ax.scatter([p["harmful_refused"] for p in mine], [p["safe_answered"] for p in mine], s=18, alpha=0.5,
+                   color=colour)
+        ax.scatter([sum(p["harmful_refused"] for p in mine) / len(mine)],
+                   [sum(p["safe_answered"] for p in mine) / len(mine)], s=90, color=colour, edgecolor="black",
+                   label=f"{method} (mean of {len(mine)})")
+    for p in points:
+        if p["method"] == "base":
+            ax.scatter([p["harmful_refused"]], [p["safe_answered"]], marker="x", s=90, color="black", label="base")
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="harmful prompts refused",
+           ylabel="safe prompts answered", title=f"{board['study']}: helpful vs harmless")
+    ax.legend(fontsize=7, loc="lower left")
+    _save(fig, path)
+    plt.close(fig)
+    return path.name

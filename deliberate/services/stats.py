@@ -6,7 +6,11 @@ honest at the demo's scale: 14 of 14 is [78%, 100%], where the percentile bootst
 Two models answered the same prompts, so their difference is paired (`paired_difference`): Newcombe's interval
 for a difference of paired proportions (his method 10, Wilson intervals combined with the outcomes'
 correlation) and McNemar's exact test on the prompts where they disagree. Over several seeds
-(`seed_difference`), the per-seed differences get a t interval.
+(`seed_difference`), the per-seed differences get a t interval. A study's figure over seeds and prompts
+(`seeds_and_prompts`: a rate, or a difference paired by prompt and seed) is the mean over seeds of the
+per-seed mean over prompts, and its interval a two-level bootstrap: seeds drawn with replacement, then prompts
+(one draw for every seed, since every run answered the same prompts), so it reflects both another training run
+and another draw of prompts.
 
 A judgment compares two answers to one prompt on one criterion (`helpfulness` or `harmlessness`); every pair is
 judged in both orders and `eval.pairwise_repeats` times, so a judge that always prefers the first answer scores
@@ -212,6 +216,41 @@ def seed_difference(a: list[float], b: list[float]) -> dict[str, Any]:
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
     half = float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     return {"n": n, "value": mean, "ci95": [mean - half, mean + half]}
+
+
+def seeds_and_prompts(runs: list[dict[str, float]], samples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """The mean over runs (seeds) of each run's mean over its prompts (prompt id -> value: 1/0 for a rate, -1/0/1
+    for a paired difference), with a two-level bootstrap 95% interval (seeds, then prompts; see the module
+    docstring); `per_seed` holds each run's own mean. None for no values."""
+    import numpy as np
+
+    prompts = sorted({p for run in runs for p in run})
+    per_seed = [sum(run.values()) / len(run) if run else None for run in runs]
+    out: dict[str, Any] = {"seeds": len(runs), "prompts": len(prompts), "per_seed": per_seed}
+    kept = [run for run in runs if run]
+    if not kept:
+        return {**out, "value": None, "ci95": [None, None]}
+    x = np.full((len(kept), len(prompts)), np.nan)
+    index = {p: i for i, p in enumerate(prompts)}
+    for s, run in enumerate(kept):
+        for p, v in run.items():
+            x[s, index[p]] = float(v)
+    value = float(np.mean([np.nanmean(row) for row in x]))
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    for b in range(samples):
+        draw = x[rng.integers(0, len(kept), len(kept))][:, rng.integers(0, len(prompts), len(prompts))]
+        seen = ~np.isnan(draw)
+        counts = seen.sum(axis=1)
+        rows = np.where(seen, draw, 0.0).sum(axis=1)[counts > 0] / counts[counts > 0]
+        means[b] = rows.mean() if len(rows) else np.nan
+    low, high = np.nanpercentile(means, [2.5, 97.5])
+    return {**out, "value": value, "ci95": [float(low), float(high)]}
+
+
+def paired_by_prompt(a: dict[str, bool], b: dict[str, bool]) -> dict[str, float]:
+    """Prompt id -> a's outcome minus b's (1, 0, -1), over the prompts both have an outcome for."""
+    return {p: float(a[p]) - float(b[p]) for p in a if p in b}
 
 
 ELO_PER_LOGIT = 400 / math.log(10)  # Elo points per unit of Bradley-Terry log-strength

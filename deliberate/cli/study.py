@@ -1,0 +1,276 @@
+"""`deliberate study`: every method x seed of a study file trained end to end, then every final model and the
+base evaluated on the same benchmarks with the same judge, and one leaderboard (config/study.py says what a study
+file holds).
+
+The study sits above the stages, as the CLI does: it runs each stage in this process through the stage's own
+function, in the run's folder, so a finished stage is reused and a rerun after a crash continues where it
+stopped. `<output_dir>/runs/<method>/seed<k>/` holds each run (with `study_run.json` once its model is
+finished), `<output_dir>/eval/` the evaluation (answers cached per model), and `<output_dir>/leaderboard.{md,
+csv,json,png}` the comparison:
+
+- per method, benchmark and rate (harmful prompts refused, safe prompts answered): the mean over seeds, with a
+  95% interval over seeds and prompts (`services.stats.seeds_and_prompts`) and each seed's own rate;
+- the paired difference of each method from the base, and from the best method of that column, by prompt and
+  seed, with the same interval; a method whose interval from the best contains 0 is not told apart from it;
+- a helpful-vs-harmless plot: harmful prompts refused against safe prompts answered, pooled over the
+  benchmarks, one point per seed and the mean per method, the base beside them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from deliberate.config import Recipe, load_recipe
+from deliberate.config.eval import EvalModel
+from deliberate.config.recipe import find_recipe
+from deliberate.config.study import MethodSpec, StudyConfig
+from deliberate.config.yamlio import load_yaml_file, validate
+from deliberate.errors import DeliberateError
+from deliberate.services.failures import write_outputs
+from deliberate.services.io import read_jsonl, write_json
+from deliberate.services.plots import plot_study
+from deliberate.services.provenance import write_provenance
+from deliberate.services.runs import Layout, stage_models
+from deliberate.services.stats import paired_by_prompt, seeds_and_prompts
+from deliberate.stages.dpo import run_dpo
+from deliberate.stages.evaluate import outcomes, run_eval, slug
+from deliberate.stages.filter import filter_completions
+from deliberate.stages.generate import generate_completions
+from deliberate.stages.merge import run_merges
+from deliberate.stages.pairs import build_pairs
+from deliberate.stages.rl import run_rl
+from deliberate.stages.rm import run_rm
+from deliberate.stages.sft import run_sft, sft_dataset
+
+RUN_MARKER = "study_run.json"  # written into a run's folder once its final model is known
+RATES = ("refusal_rate", "answer_rate")  # harmful prompts refused, safe prompts answered
+
+
+def _sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
+    """Deliberative SFT as `deliberate pipeline` runs it: generate -> filter -> sft."""
+    generate_completions(recipe, show_progress=show_progress)
+    filter_completions(recipe, show_progress=show_progress)
+    return run_sft(recipe, sft_dataset(recipe), show_progress=show_progress)
+
+
+STEPS: dict[str, Callable[..., Any]] = {
+    "generate": generate_completions, "filter": filter_completions, "pairs": build_pairs, "sft": _sft,
+    "dpo": run_dpo, "rm": run_rm, "rl": run_rl, "merge": run_merges}
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[StudyConfig, Path]:
+    """The study file, validated, and the path of its base recipe (relative to the study file, or packaged)."""
+    from deliberate.config.overrides import apply_override
+
+    data = load_yaml_file(Path(path)) or {}
+    if not isinstance(data, dict):
+        raise DeliberateError(f"{path}: a study is a mapping (recipe, seeds, benchmarks, methods)")
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    study = validate(StudyConfig, data, str(path))
+    beside = Path(path).resolve().parent / study.recipe
+    return study, beside if beside.is_file() else find_recipe(study.recipe)
+
+
+def output_dir(study: StudyConfig) -> Path:
+    return study.output_dir or Path("runs") / study.name
+
+
+def final_ref(method: MethodSpec) -> str:
+    """The reference naming the model a method ends with (see `MethodSpec.model`)."""
+    if method.model:
+        return method.model
+    last = next((s for s in reversed(method.steps) if s in ("sft", "dpo", "rl", "merge")), None)
+    if last is None:
+        raise DeliberateError(f"study: method '{method.name}' trains no policy (sft, dpo, rl or merge); give its "
+                              "`model`")
+    return {"sft": "stage:sft", "rl": "stage:rl"}.get(last, f"{last}:*")
+
+
+def final_model(recipe: Recipe, method: MethodSpec) -> str:
+    """The folder of the model a finished run ends with: exactly one."""
+    ref = final_ref(method)
+    if ref == "dpo:*":
+        ref = f"stage:{recipe.dpo.stage_list()[-1].name}"
+    elif ref == "merge:*":
+        if not recipe.merge.merges:
+            raise DeliberateError(f"study: method '{method.name}' ends with merge, but its recipe lists no merges")
+        ref = f"merge:{recipe.merge.merges[-1].name}"
+    found = stage_models(recipe, ref)
+    if len(found) != 1:
+        raise DeliberateError(f"study: method '{method.name}' ends with {len(found)} models ({ref}); name one with "
+                              "its `model` (e.g. stage:safe/beta0.1)")
+    return found[0][1]
+
+
+def run_recipe(study: StudyConfig, base: Path, method: MethodSpec, seed: int, starts: dict[str, str]) -> Recipe:
+    """The recipe of one run: the base recipe with the method's overrides, the seed, the run's folder and, for a
+    method `after` another, that method's model (same seed) as pairs' policy and dpo's and rl's start."""
+    sets = [*method.set, f"seed={seed}", f"output_dir={output_dir(study) / 'runs' / method.name / f'seed{seed}'}"]
+    if method.after:
+        given = {s.partition("=")[0].strip() for s in method.set}
+        sets += [f"{key}={starts[method.after]}" for key in ("pairs.policy", "dpo.start", "rl.start")
+                 if key not in given]
+    return load_recipe(base, sets)
+
+
+def run_study(study: StudyConfig, base: Path, *, say: Callable[[str], None] = print,
+              show_progress: bool = True) -> dict[str, Any]:
+    """Train every method x seed (finished runs are reused), evaluate, and write the leaderboard."""
+    root = output_dir(study)
+    runs: list[dict[str, Any]] = []
+    total = len(study.methods) * len(study.seeds)
+    done = 0
+    for seed in study.seeds:
+        starts: dict[str, str] = {}
+        for method in study.methods:
+            done += 1
+            recipe = run_recipe(study, base, method, seed, starts)
+            folder = Path(recipe.output_dir)
+            marker = folder / RUN_MARKER
+            previous = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+            for step in method.steps:
+                say(f"run {done}/{total}: {method.name}, seed {seed}: {step}")
+                STEPS[step](recipe, show_progress=show_progress)
+            model = final_model(recipe, method)
+            starts[method.name] = model
+            record = {"method": method.name, "seed": seed, "model": model, "steps": method.steps,
+                      "reused": previous is not None and previous.get("model") == model}
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(marker, {k: v for k, v in record.items() if k != "reused"})
+            write_provenance(folder, recipe)
+            runs.append(record)
+    say(f"evaluating {len(runs)} models and the base on {', '.join(study.benchmarks)}")
+    evaluation = load_recipe(base, [f"output_dir={root}", "eval.pairwise=false", *study.eval_set])  # into root/eval
+    report = run_eval(evaluation, models=[EvalModel(name=r["model"], label=label(r)) for r in runs],
+                      benchmarks=study.benchmarks, show_progress=show_progress)
+    write_provenance(Layout(evaluation).eval, evaluation)
+    board = leaderboard(study, runs, report, Layout(evaluation).eval)
+    board["plot"] = plot_study(board, root / "leaderboard.png")
+    files = {"leaderboard.json": board, "leaderboard.csv": leaderboard_csv(board),
+             "leaderboard.md": leaderboard_markdown(board)}
+    write_outputs(root, files)
+    return board
+
+
+def label(run: dict[str, Any]) -> str:
+    return f"{run['method']}/seed{run['seed']}"
+
+
+def _judged(folder: Path, name: str, bench: str) -> list[dict[str, Any]]:
+    path = folder / "judgments" / slug(name) / f"{bench}.jsonl"
+    if not path.is_file():
+        raise DeliberateError(f"study: {path} is missing; run the study again to evaluate it")
+    return read_jsonl(path)
+
+
+def leaderboard(study: StudyConfig, runs: list[dict[str, Any]], report: dict[str, Any], folder: Path
+                ) -> dict[str, Any]:
+    """The comparison (see the module docstring), from the per-prompt judgments the evaluation wrote."""
+    base = report["base"]
+    by_method = {m.name: [r for r in runs if r["method"] == m.name] for m in study.methods}
+    bench_names = list(dict.fromkeys(r["benchmark"] for r in report["results"]))  # names as the files give them
+    per_bench = {(bench, name): outcomes(_judged(folder, name, bench))
+                 for bench in bench_names for name in [base, *map(label, runs)]}
+    # Pooled over the benchmarks (prompt ids namespaced by benchmark), for the plot and the first columns.
+    columns = [*bench_names, "all"]
+
+    def outcomes_of(name: str, bench: str, rate: str) -> dict[str, bool]:
+        if bench == "all":
+            return {f"{b}:{p}": v for b in bench_names for p, v in per_bench[(b, name)][rate].items()}
+        return per_bench[(bench, name)][rate]
+
+    rows, n = [], study.bootstrap_samples
+    for bench in columns:
+        for rate in RATES:
+            base_outcomes = outcomes_of(base, bench, rate)
+            if not base_outcomes:
+                continue
+            figures = {}
+            for method, method_runs in by_method.items():
+                seeds = [outcomes_of(label(r), bench, rate) for r in method_runs]
+                figures[method] = {"rate": seeds_and_prompts([_floats(s) for s in seeds], n),
+                                   "vs_base": seeds_and_prompts([paired_by_prompt(s, base_outcomes) for s in seeds], n),
+                                   "seeds": seeds}
+            best = max(figures, key=lambda m: figures[m]["rate"]["value"] if figures[m]["rate"]["value"] is not None
+                       else -1)
+            for method, f in figures.items():
+                vs_best = seeds_and_prompts([paired_by_prompt(a, b) for a, b in
+                                             zip(f["seeds"], figures[best]["seeds"], strict=True)], n)
+                low, high = vs_best["ci95"]
+                rows.append({"benchmark": bench, "metric": rate, "method": method, "rate": f["rate"],
+                             "vs_base": f["vs_base"], "best": best, "vs_best": vs_best,
+                             "tied_with_best": method == best or (low is not None and low <= 0 <= high)})
+            base_rate = seeds_and_prompts([_floats(base_outcomes)], n)
+            rows.append({"benchmark": bench, "metric": rate, "method": "base", "rate": base_rate, "vs_base": None,
+                         "best": best, "vs_best": None, "tied_with_best": None})
+    points = [{"method": r["method"], "seed": r["seed"],
+               "harmful_refused": _mean(outcomes_of(label(r), "all", "refusal_rate")),
+               "safe_answered": _mean(outcomes_of(label(r), "all", "answer_rate"))} for r in runs]
+    points.append({"method": "base", "seed": None, "harmful_refused": _mean(outcomes_of(base, "all", "refusal_rate")),
+                   "safe_answered": _mean(outcomes_of(base, "all", "answer_rate"))})
+    return {"study": study.name, "base": base, "judge": report["judge"], "judge_model": report.get("judge_model"),
+            "seeds": study.seeds, "methods": [m.name for m in study.methods], "benchmarks": bench_names,
+            "runs": runs, "rows": rows, "points": points}
+
+
+def _floats(outcome: dict[str, bool]) -> dict[str, float]:
+    return {p: float(v) for p, v in outcome.items()}
+
+
+def _mean(outcome: dict[str, bool]) -> float | None:
+    return sum(outcome.values()) / len(outcome) if outcome else None
+
+
+def _interval(figure: dict[str, Any] | None, percent: bool = True) -> str:
+    if not figure or figure["value"] is None:
+        return "-"
+    low, high = figure["ci95"]
+    f = (lambda v: f"{v:.0%}") if percent else (lambda v: f"{v:+.0%}")
+    return f"{f(figure['value'])} [{f(low)}, {f(high)}]" if low is not None else f(figure["value"])
+
+
+def leaderboard_csv(board: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["benchmark", "metric", "method", "mean", "ci_low", "ci_high", "per_seed", "vs_base",
+                     "vs_base_low", "vs_base_high", "vs_best", "vs_best_low", "vs_best_high", "tied_with_best"])
+    for r in board["rows"]:
+        cells = []
+        for key in ("vs_base", "vs_best"):
+            f = r[key] or {"value": None, "ci95": [None, None]}
+            cells += [f["value"], *f["ci95"]]
+        writer.writerow([r["benchmark"], r["metric"], r["method"], r["rate"]["value"], *r["rate"]["ci95"],
+                         " ".join("-" if v is None else f"{v:.4f}" for v in r["rate"]["per_seed"]), *cells,
+                         r["tied_with_best"]])
+    return out.getvalue()
+
+
+def leaderboard_markdown(board: dict[str, Any]) -> str:
+    what = {"refusal_rate": "harmful prompts refused", "answer_rate": "safe prompts answered"}
+    judge = board["judge"] + (f" ({board['judge_model']})" if board["judge_model"] else "")
+    lines = [f"# {board['study']}: leaderboard", "",
+             f"Base `{board['base']}`; judge {judge};"
+             f" seeds {', '.join(map(str, board['seeds']))}. Each rate is the mean over seeds with a 95% interval "
+             "over seeds and prompts; differences are paired by prompt and seed. A method marked = is not told "
+             "apart from the column's best (its interval from the best contains 0).", ""]
+    for bench in [*board["benchmarks"], "all"]:
+        for rate in RATES:
+            rows = [r for r in board["rows"] if r["benchmark"] == bench and r["metric"] == rate]
+            if not rows:
+                continue
+            title = "all benchmarks pooled" if bench == "all" else bench
+            lines += [f"## {title}: {what[rate]}", "", "| method | mean [95% CI] | per seed | vs base | vs best |",
+                      "|---|---|---|---|---|"]
+            for r in sorted(rows, key=lambda r: -(r["rate"]["value"] or 0)):
+                mark = " (best)" if r["method"] == r["best"] else (" =" if r["tied_with_best"] else "")
+                seeds = ", ".join("-" if v is None else f"{v:.0%}" for v in r["rate"]["per_seed"])
+                lines.append(f"| {r['method']}{mark} | {_interval(r['rate'])} | {seeds} | "
+                             f"{_interval(r['vs_base'], False)} | {_interval(r['vs_best'], False)} |")
+            lines.append("")
+    return "\n".join(lines)
