@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -132,17 +131,14 @@ def run_study(study: StudyConfig, base: Path, *, say: Callable[[str], None] = pr
             done += 1
             recipe = run_recipe(study, base, method, seed, starts)
             folder = Path(recipe.output_dir)
-            marker = folder / RUN_MARKER
-            previous = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
             for step in method.steps:
                 say(f"run {done}/{total}: {method.name}, seed {seed}: {step}")
                 STEPS[step](recipe, show_progress=show_progress)
             model = final_model(recipe, method)
             starts[method.name] = model
-            record = {"method": method.name, "seed": seed, "model": model, "steps": method.steps,
-                      "reused": previous is not None and previous.get("model") == model}
+            record = {"method": method.name, "seed": seed, "model": model, "steps": method.steps}
             folder.mkdir(parents=True, exist_ok=True)
-            write_json(marker, {k: v for k, v in record.items() if k != "reused"})
+            write_json(folder / RUN_MARKER, record)
             write_provenance(folder, recipe)
             runs.append(record)
     say(f"evaluating {len(runs)} models and the base on {', '.join(study.benchmarks)}")
