@@ -28,12 +28,12 @@ def study_file(tiny_model_dir, tmp_path) -> Path:
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({
         "name": "tiny", "model": {"name": str(tiny_model_dir)}, "generation": {"max_new_tokens": 4},
         "eval": {"plots": False},
-        "dpo": {"data": {"source": str(pairs)}, "max_steps": 2, "max_length": 64, "per_device_train_batch_size": 2,
+        "dpo": {"data": {"source": str(pairs)}, "max_steps": 3, "max_length": 64, "per_device_train_batch_size": 2,
                 "learning_rate": 1e-3, "lora": False}}))
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({
         "name": "two-by-two", "recipe": "base.yaml", "output_dir": str(tmp_path / "study"), "seeds": [0, 1],
-        "benchmarks": [str(bench)], "bootstrap_samples": 200,
+        "benchmarks": [str(bench)], "bootstrap_samples": 200, "set": ["dpo.max_steps=2"],
         "methods": [{"name": "dpo", "steps": ["dpo"]},
                     {"name": "kto", "steps": ["dpo"], "set": ["dpo.method=kto"]}]}))
     return path
@@ -49,7 +49,8 @@ def test_a_study_runs_every_method_and_seed_and_its_leaderboard_is_the_runs_own(
     for r in board["runs"]:
         assert Path(r["model"]).is_relative_to(root / "runs" / r["method"] / f"seed{r['seed']}")
         assert (Path(r["model"]) / "deliberate_model.json").is_file()
-    assert json.loads((root / "runs" / "kto" / "seed1" / "dpo" / "kto" / "summary.json").read_text())["method"] == "kto"
+    summary = json.loads((root / "runs" / "kto" / "seed1" / "dpo" / "kto" / "summary.json").read_text())
+    assert summary["method"] == "kto" and summary["steps"] == 2  # the method's `set` over the study's over the recipe
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "leaderboard.png"):
         assert (root / name).is_file()
     # Each seed's rate is that run's rate in the evaluation report, and the mean is their mean.
@@ -148,3 +149,20 @@ def test_leaderboard_means_intervals_and_differences_from_known_judgments(tmp_pa
     assert pooled["rate"]["value"] == 0.5  # one benchmark: pooled = it
     point = next(p for p in board["points"] if (p["method"], p["seed"]) == ("A", 1))
     assert (point["harmful_refused"], point["safe_answered"]) == (0.25, 0.5)
+
+
+def test_a_study_continues_a_training_stage_from_its_own_newest_checkpoint_and_never_anothers(tmp_path):
+    from deliberate.services.runs import ModelRun, mark_checkpoint
+
+    run = ModelRun(tmp_path / "dpo" / "dpo")
+    assert run.last_checkpoint("auto", "dpo", "mine") is None  # nothing yet: train from the start, no error
+    for step, fp in ((2, "mine"), (4, "mine"), (6, "theirs")):
+        folder = run.checkpoints / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text("{}")
+        mark_checkpoint(folder, fp)
+    (run.checkpoints / "checkpoint-8").mkdir()  # cut short by a crash: no marker
+    assert run.last_checkpoint("auto", "dpo", "mine") == str(run.checkpoints / "checkpoint-4")
+    assert run.last_checkpoint("auto", "dpo", "other") is None  # another run's checkpoints are not continued
+    with pytest.raises(DeliberateError, match="written by another run"):
+        run.last_checkpoint(True, "dpo", "other")  # `--resume` by hand still says so

@@ -54,12 +54,17 @@ def _sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     """Deliberative SFT as `deliberate pipeline` runs it: generate -> filter -> sft."""
     generate_completions(recipe, show_progress=show_progress)
     filter_completions(recipe, show_progress=show_progress)
-    return run_sft(recipe, sft_dataset(recipe), show_progress=show_progress)
+    return run_sft(recipe, sft_dataset(recipe), resume="auto", show_progress=show_progress)
+
+
+def _continued(train: Callable[..., Any]) -> Callable[..., Any]:
+    """A training stage that continues its newest checkpoint of the same run, if a crash left one."""
+    return lambda recipe, show_progress=True: train(recipe, resume="auto", show_progress=show_progress)
 
 
 STEPS: dict[str, Callable[..., Any]] = {
     "generate": generate_completions, "filter": filter_completions, "pairs": build_pairs, "sft": _sft,
-    "dpo": run_dpo, "rm": run_rm, "rl": run_rl, "merge": run_merges}
+    "dpo": _continued(run_dpo), "rm": _continued(run_rm), "rl": _continued(run_rl), "merge": run_merges}
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[StudyConfig, Path]:
@@ -110,9 +115,9 @@ def final_model(recipe: Recipe, method: MethodSpec) -> str:
 def run_recipe(study: StudyConfig, base: Path, method: MethodSpec, seed: int, starts: dict[str, str]) -> Recipe:
     """The recipe of one run: the base recipe with the method's overrides, the seed, the run's folder and, for a
     method `after` another, that method's model (same seed) as pairs' policy and dpo's and rl's start."""
-    sets = [*method.set, f"seed={seed}", f"output_dir={output_dir(study) / 'runs' / method.name / f'seed{seed}'}"]
+    sets = [*study.set, *method.set, f"seed={seed}", f"output_dir={output_dir(study) / 'runs' / method.name / f'seed{seed}'}"]
     if method.after:
-        given = {s.partition("=")[0].strip() for s in method.set}
+        given = {s.partition("=")[0].strip() for s in [*study.set, *method.set]}
         sets += [f"{key}={starts[method.after]}" for key in ("pairs.policy", "dpo.start", "rl.start")
                  if key not in given]
     return load_recipe(base, sets)

@@ -13,7 +13,7 @@ continuing from another method's model), the seeds and the benchmarks:
       - {name: sft-kto, after: sft, steps: [pairs, dpo], set: [dpo.method=kto]}
       - {name: sft-grpo, after: sft, steps: [rl], set: [rl.algo=grpo, rl.max_steps=50]}
 
-Every method x seed runs in `<output_dir>/runs/<method>/seed<k>/` with the recipe's `seed` set to k (finished
+A study-wide `set` applies to every run (before each method's own). Every method x seed runs in `<output_dir>/runs/<method>/seed<k>/` with the recipe's `seed` set to k (finished
 stages are reused there, so a rerun after a crash continues); `after` starts the method from that method's
 model for the same seed (its pairs are sampled from it, and dpo / rl start from it) instead of training it again.
 """
@@ -65,6 +65,9 @@ class StudyConfig(Section):
     """Benchmarks every model is evaluated on (as `eval.benchmarks`)."""
     methods: list[MethodSpec] = Field(min_length=1)
     """The methods to compare."""
+    set: list[str] = Field(default_factory=list)
+    """`--set` overrides of the base recipe for every run (before each method's own), e.g. a shorter training
+    (`dpo.max_steps=50`) or the training data (`data.source=...`)."""
     eval_set: list[str] = Field(default_factory=list)
     """`--set` overrides for the evaluation only (e.g. `generation.max_new_tokens=128`, `eval.pairwise=true`)."""
     bootstrap_samples: int = Field(default=2000, ge=100)

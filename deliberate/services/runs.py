@@ -139,16 +139,21 @@ class ModelRun:
             return {**summary, "reused": True}
         return None
 
-    def last_checkpoint(self, resume: bool, verb: str, fingerprint: str,
+    def last_checkpoint(self, resume: bool | str, verb: str, fingerprint: str,
                         needs: tuple[str, ...] = ("trainer_state.json",)) -> str | None:
         """When resuming, the newest complete checkpoint written by this run (same fingerprint); else None.
 
         A checkpoint is complete when its marker and the files in `needs` are there (a crash mid-save leaves
         one without them: the previous one is used). Checkpoints written only by another run (other data or
-        settings) are refused, naming both fingerprints, rather than silently continued."""
+        settings) are refused, naming both fingerprints, rather than silently continued. `resume="auto"`
+        (`deliberate study`) continues this run's newest complete checkpoint when there is one and starts afresh
+        otherwise, never an error."""
         if not resume:
             return None
         found = checkpoints(self.checkpoints)
+        if resume == "auto":
+            mine = [c for c in found if checkpoint_fingerprint(c, needs) == fingerprint]
+            return str(mine[-1]) if mine else None
         if not found:
             raise DeliberateError(f"{verb} --resume: no checkpoint in {self.checkpoints}")
         complete = [(c, fp) for c in found if (fp := checkpoint_fingerprint(c, needs)) is not None]

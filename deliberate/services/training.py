@@ -131,7 +131,7 @@ def show_training_progress(trainer, description: str, show_progress: bool) -> No
         trainer.add_callback(RichProgress(description))
 
 
-def resume_point(trainer, run: ModelRun, fingerprint: str, resume: bool, verb: str) -> str | None:
+def resume_point(trainer, run: ModelRun, fingerprint: str, resume: bool | str, verb: str) -> str | None:
     """Make the trainer mark every checkpoint it saves with the run's fingerprint, and return the checkpoint to
     resume from (`ModelRun.last_checkpoint`: the newest complete one of this same run), or None."""
     trainer.add_callback(MarkCheckpoints(fingerprint))

@@ -54,7 +54,7 @@ from deliberate.services.training import (
 )
 
 
-def run_dpo(recipe: Recipe, *, only: list[str] | None = None, resume: bool = False,
+def run_dpo(recipe: Recipe, *, only: list[str] | None = None, resume: bool | str = False,
             show_progress: bool = True) -> list[dict[str, Any]]:
     """Train every stage (or the named ones) in order; returns one summary per model."""
     stages = recipe.dpo.stage_list()
@@ -106,7 +106,7 @@ def _starts(recipe: Recipe, stage: DPOStage, previous: str | None,
 
 
 def train_stage(recipe: Recipe, stage: DPOStage, start: str, beta: float, weight: float, run: ModelRun,
-                data: tuple[list[dict[str, Any]], dict[str, Any]], *, resume: bool = False,
+                data: tuple[list[dict[str, Any]], dict[str, Any]], *, resume: bool | str = False,
                 show_progress: bool = True, label: str = "") -> dict[str, Any]:
     """Train one model of a stage into `run` on `data` (rows and their summary, from `load_preferences`);
     reused when finished with the same inputs."""

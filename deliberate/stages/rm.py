@@ -57,7 +57,7 @@ from deliberate.services.training import (
 )
 
 
-def run_rm(recipe: Recipe, *, only: list[str] | None = None, resume: bool = False,
+def run_rm(recipe: Recipe, *, only: list[str] | None = None, resume: bool | str = False,
            show_progress: bool = True) -> list[dict[str, Any]]:
     """Train every model in `rm.models` (or the named ones); returns one summary per model."""
     names = [m.name for m in recipe.rm.models]
@@ -179,7 +179,7 @@ def held_out_report(model, tokenizer, held: list[dict[str, Any]], kind: str, bat
     return out
 
 
-def train_reward_model(recipe: Recipe, spec: RewardModelSpec, *, resume: bool = False,
+def train_reward_model(recipe: Recipe, spec: RewardModelSpec, *, resume: bool | str = False,
                        show_progress: bool = True) -> dict[str, Any]:
     from datasets import Dataset
 

@@ -59,7 +59,7 @@ def build_trainer(recipe: Recipe, data_path: Path, show_progress: bool = True):
     return trainer, loaded
 
 
-def run_sft(recipe: Recipe, data_path: Path, *, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+def run_sft(recipe: Recipe, data_path: Path, *, resume: bool | str = False, show_progress: bool = True) -> dict[str, Any]:
     """Train (or reuse a finished run with the same data and settings); returns the run's summary."""
     run = Layout(recipe).sft
     fp = sft_fingerprint(recipe, data_path)

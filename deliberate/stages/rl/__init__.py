@@ -64,7 +64,7 @@ def rl_fingerprint(recipe: Recipe, start: str, records: list[PromptRecord]) -> s
                         "functions": [file_digest(p) for p in function_files if p.is_file()]})
 
 
-def run_rl(recipe: Recipe, *, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+def run_rl(recipe: Recipe, *, resume: bool | str = False, show_progress: bool = True) -> dict[str, Any]:
     cfg = recipe.rl
     records = load_prompts(cfg.data or recipe.data, load_spec(recipe.spec))
     if not records:
@@ -174,7 +174,7 @@ def _trl_start(recipe: Recipe, start: str, run: ModelRun) -> str:
 
 
 def _train_trl(recipe: Recipe, start: str, records: list[PromptRecord], run: ModelRun, fp: str, reward: Scorer,
-               resume: bool, show_progress: bool):
+               resume: bool | str, show_progress: bool):
     from datasets import Dataset
 
     cfg = recipe.rl

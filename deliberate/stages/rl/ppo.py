@@ -569,7 +569,7 @@ def ppo_step(m: PPOModels, records: list[PromptRecord], reward: Scorer, cost: Sc
 
 
 def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], run: ModelRun, fp: str, *, reward: Scorer,
-              cost: Scorer | None = None, resume: bool = False, show_progress: bool = True):
+              cost: Scorer | None = None, resume: bool | str = False, show_progress: bool = True):
     """Train the policy from `start`; returns (the trained policy, its tokenizer, a summary, the history)."""
     cfg = recipe.rl
     lagrangian = cfg.algo == "ppo-lagrangian"
@@ -592,8 +592,9 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], run: Mode
                         cfg.cost_window * world) if lagrangian else None
     kl = KLController(cfg.kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
     state = PPOState(kl_coef=cfg.kl_coef)
-    if resume:
-        load_checkpoint(m, state, Path(run.last_checkpoint(resume, "rl", fp, needs=CHECKPOINT_FILES)))
+    checkpoint = run.last_checkpoint(resume, "rl", fp, needs=CHECKPOINT_FILES)
+    if checkpoint:
+        load_checkpoint(m, state, Path(checkpoint))
         kl.coef = state.kl_coef
         if lagrange is not None and state.lagrange is not None:
             lagrange.load_state_dict(state.lagrange["module"])
@@ -604,7 +605,7 @@ def train_ppo(recipe: Recipe, start: str, records: list[PromptRecord], run: Mode
             for scheduler in m.schedulers:
                 for _ in range(state.step * updates_per_step(cfg, world)):
                     scheduler.step()
-    resumed_from = state.step if resume else None
+    resumed_from = state.step if checkpoint else None
 
     per_rank = cfg.prompts_per_step // world
     n_gen = cfg.generations()
