@@ -29,7 +29,7 @@ from deliberate.errors import DeliberateError, redact
 from deliberate.judges.cache import JudgeCache, cache_key
 from deliberate.judges.prompts import PROMPT_VERSION
 from deliberate.judges.rubrics import RUBRIC_VERSION
-from deliberate.services.chat_api import Failure
+from deliberate.services.chat_api import ApiUsage, Failure
 from deliberate.services.progress import progress_bar
 from deliberate.services.reasoning import split_reasoning
 from deliberate.services.spec import PolicySpec
@@ -137,17 +137,10 @@ def win_rate(results: Sequence[PairwiseResult]) -> float | None:
 
 
 @dataclass
-class Usage:
-    requests: int = 0  # judgments asked of the backend (cache misses)
-    failures: int = 0
-    retries: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cache_hits: int = 0
-    seconds: float = 0.0
+class Usage(ApiUsage):
+    """A judge's `ApiUsage` (its requests are the judgments asked of the backend: cache misses) and its cache hits."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: round(v, 2) if isinstance(v, float) else v for k, v in asdict(self).items()}
+    cache_hits: int = 0
 
     def line(self) -> str:
         return (f"judge: {self.requests} requests, {self.cache_hits} cached, {self.failures} failed, "

@@ -15,7 +15,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from deliberate.config import ApiConfig
@@ -33,12 +33,25 @@ class Failure:
         self.error = redact(self.error)  # a server may echo the key back in its error body
 
 
-class Counters:
-    """What a caller wants counted (the judge's `Usage` has these attributes)."""
+@dataclass
+class ApiUsage:
+    """What requests to an API took: requests asked, those that failed after their retries, retries, tokens in
+    and out as the server counted them, and seconds (a served model's answers; the judge's `Usage` adds cache
+    hits)."""
 
+    requests: int = 0
+    failures: int = 0
     retries: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: ApiUsage) -> None:
+        for name in ("requests", "failures", "retries", "tokens_in", "tokens_out", "seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: round(v, 2) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
 def _retry_after(headers: Any) -> float | None:

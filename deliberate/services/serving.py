@@ -17,36 +17,15 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from deliberate.config import ApiConfig, SamplingConfig
 from deliberate.errors import DeliberateError, redact
-from deliberate.services.chat_api import ChatAPI, Failure, Messages
+from deliberate.services.chat_api import ApiUsage, ChatAPI, Failure, Messages
 from deliberate.services.generation import Conversation, Generation, continues_turn, render_prompt, trim
 from deliberate.services.progress import progress_bar
 from deliberate.services.reasoning import CLOSE, OPEN
-
-
-@dataclass
-class ApiUsage:
-    """What a served model's answers took: prompts asked, those that failed after their retries, retries, tokens
-    in and out as the server counted them, and seconds."""
-
-    requests: int = 0
-    failures: int = 0
-    retries: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    seconds: float = 0.0
-
-    def add(self, other: ApiUsage) -> None:
-        for name, value in asdict(other).items():
-            setattr(self, name, getattr(self, name) + value)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: round(v, 2) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
 def public_url(url: str | None) -> str | None:
