@@ -4,7 +4,7 @@ import json
 import random
 
 import pytest
-from fake_openai import FakeOpenAI, Reply, sensible_judge
+from fake_openai import FakeOpenAI, Reply, judged_text, sensible_judge
 
 from deliberate.config import JudgeConfig
 from deliberate.errors import DeliberateError
@@ -187,14 +187,15 @@ def test_pairwise_judges_both_orders_and_a_position_biased_judge_gives_one_half(
 
 
 def test_pairwise_failures_are_excluded_not_counted_as_ties(tmp_path):
-    def behaviour(request, n):
-        return Reply("not json") if n % 2 else sensible_judge(request, n)
+    def behaviour(request, n):  # the swapped order fails, whatever order the concurrent requests arrive in
+        swapped = "a worse" in judged_text(request).split("<response_A>")[1].split("</response_A>")[0]
+        return Reply("not json") if swapped else sensible_judge(request, n)
 
     items = [PairwiseItem("q", "a better answer", "a worse one")]
     with FakeOpenAI(behaviour) as server:
         [result] = judge_for(server, tmp_path, repeats=2, deterministic=False).compare(items)
-    # Every second call fails, so each repeat lost its second order: counting the first orders alone would give
-    # the first answer a win rate of 1.0 from position alone; a repeat counts only with both orders.
+    # Each repeat lost its swapped order: counting the first orders alone would give the first answer a win rate
+    # of 1.0 from position alone; a repeat counts only with both orders.
     assert result.failures == 2 and result.dropped == 2 and result.ties == 0 and result.comparisons == 0
     assert result.win_rate is None
 
