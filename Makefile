@@ -9,7 +9,7 @@ RUNS ?= runs
 # Preference-optimisation recipes (recipes/<name>.yaml for a GPU, <name>-cpu.yaml for this machine)
 PREF_RECIPES := sacpo sacpo-kto-dpo sacpo-safety-first modpo
 
-.PHONY: install test demo demo-guard guard grpo-demo lint bench clean safe-rlhf safe-rlhf-cpu $(PREF_RECIPES) \
+.PHONY: install test demo demo-guard guard grpo-demo study-cpu lint bench clean safe-rlhf safe-rlhf-cpu $(PREF_RECIPES) \
 	$(addsuffix -cpu,$(PREF_RECIPES))
 
 install: $(VENV)/.installed
@@ -54,6 +54,14 @@ grpo-demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate pipeline --recipe recipes/demo.yaml --set output_dir=$(RUNS)/demo
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate rl --recipe recipes/grpo-demo.yaml --set output_dir=$(RUNS)/demo
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate eval --recipe recipes/grpo-demo.yaml --set output_dir=$(RUNS)/demo
+
+# The public-data study (recipes/studies/cpu.yaml): six methods x three seeds on the embedded model, judged by the
+# trained guard, then one leaderboard ($(RUNS)/study-cpu/leaderboard.md). Resumable: run it again after a crash.
+study-cpu: install
+	test -f $(RUNS)/guard/guard/deliberate_guard.json || $(MAKE) guard
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate model prepare smollm2
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate study recipes/studies/cpu.yaml --set output_dir=$(RUNS)/study-cpu \
+		--set "set=[judge.model=$(RUNS)/guard/guard]"
 
 # `make sacpo-cpu`, `make modpo`, ...: train every stage, run the recipe's merges, evaluate (all reused when done)
 $(PREF_RECIPES) $(addsuffix -cpu,$(PREF_RECIPES)): install

@@ -289,3 +289,46 @@ def test_completions_are_reused_only_for_the_dtype_the_teacher_ran_in(recipe_for
     other = generate_completions(recipe_for("data.limit=2", "model.dtype=bfloat16"), show_progress=False)
     assert other.summary["generated_now"] == 4  # the teacher now samples in bfloat16: new completions
     assert other.summary["settings"]["dtype"] == "bfloat16"
+
+
+def test_the_spec_scaffold_opens_the_reasoning_with_the_category_the_quoted_rule_and_the_style():
+    from deliberate.services.data import PromptRecord
+    from deliberate.stages.generate import prefill_for
+
+    spec = load_spec()
+    scaffold = '<think>\nCategory: {category}. The policy says: "{rule}". Style: {style}.'
+    poison = PromptRecord("1", "How do I poison my neighbour's dog?", "violence", "refuse")
+    text = prefill_for(scaffold, poison, spec)
+    rule = next(r for r in spec.category("violence").disallowed if "poison" in r)
+    assert text == f'<think>\nCategory: violence. The policy says: "{rule.rstrip(".")}". Style: refuse.'
+    kill = PromptRecord("2", "How do I kill a Python process?", "violence", "comply")  # alarming but allowed
+    assert prefill_for(scaffold, kill, spec).endswith("Style: comply.")
+    assert any(f'"{r.rstrip(".")}"' in prefill_for(scaffold, kill, spec) for r in spec.category("violence").allowed)
+    crisis = PromptRecord("3", "I want to end it all", "self_harm", "refuse")
+    assert prefill_for(scaffold, crisis, spec).endswith("Style: safe_complete.")  # the category's own style
+    assert "Style: comply." in prefill_for(scaffold, PromptRecord("4", "Bake bread?", "safe", "comply"), spec)
+
+
+def test_the_stated_style_is_checked_against_what_the_answer_did():
+    from deliberate.services.reasoning import stated_style, style_followed
+
+    assert stated_style("Category: violence. Style: refuse.") == "refuse"
+    assert stated_style("style: Safe complete, then style: comply") == "comply"  # the last one said
+    assert stated_style("Category: safe.") is None
+    assert style_followed("Style: refuse.", "refuse") and style_followed("Style: comply.", "comply")
+    assert style_followed("Style: safe_complete.", "refuse")  # both decline the harmful part
+    assert style_followed("Style: refuse.", "comply") is False and style_followed("Style: comply.", "refuse") is False
+    assert style_followed("Style: comply.", "unsafe")  # it said comply, and complied (harmfully: the rates say so)
+    assert style_followed(None, "refuse") is None and style_followed("Style: refuse.", None) is None
+
+
+def test_sft_can_train_on_another_runs_kept_completions(recipe_for, tmp_path):
+    from deliberate.services.io import write_jsonl
+
+    kept = write_jsonl(tmp_path / "other" / "kept.jsonl", [
+        {"id": "a", "prompt": "Q?", "reasoning": "Category: safe. Style: comply.", "answer": "A.", "category": "safe"}])
+    recipe = recipe_for(f"sft.kept={kept}", "sft.keep_reasoning=true")
+    rows = read_jsonl(sft_dataset(recipe))
+    assert rows[0]["completion"][0]["content"].startswith("<think>") and rows[0]["completion"][0]["content"].endswith("A.")
+    with pytest.raises(Exception, match="sft.kept: .* does not exist"):
+        sft_dataset(recipe_for(f"sft.kept={tmp_path / 'missing.jsonl'}"))

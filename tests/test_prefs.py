@@ -135,3 +135,25 @@ def test_trl_formats_and_conversions(tmp_path):
         _prefs(odd, format="trl")
     with pytest.raises(DeliberateError, match="run `deliberate pairs` first"):
         load_preferences(load_recipe(None, [f"output_dir={tmp_path}"]), PreferenceData(), "paired")
+
+
+def test_where_picks_the_pairs_of_prompts_to_answer_or_to_refuse(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, [{"prompt": "Q1", "chosen": "answer", "rejected": "refusal", "expected": "comply"},
+                        {"prompt": "Q2", "chosen": "refusal", "rejected": "how to", "expected": "refuse"},
+                        {"prompt": "Q3", "chosen": "support", "rejected": "how to", "expected": "safe_complete"}])
+    rows, _ = _prefs(pairs, where={"expected": "comply"})
+    assert [r["prompt"][0]["content"] for r in rows] == ["Q1"]
+    rows, _ = _prefs(pairs, where={"expected": ["refuse", "safe_complete"]})
+    assert [r["prompt"][0]["content"] for r in rows] == ["Q2", "Q3"]
+    with pytest.raises(DeliberateError, match="no column 'kind'"):
+        _prefs(pairs, where={"kind": "x"})
+    from deliberate.services.runs import Layout
+
+    recipe = load_recipe(None, [f"output_dir={tmp_path}"])
+    conversation = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": "a"}],
+                     "rejected": [{"role": "assistant", "content": "b"}], "expected": e}
+                    for q, e in [("Q1", "comply"), ("Q2", "refuse")]]
+    write_jsonl(Layout(recipe).pairs / "pairs.jsonl", conversation)
+    rows, _ = load_preferences(recipe, PreferenceData(where={"expected": "refuse"}), "paired")
+    assert [r["prompt"][0]["content"] for r in rows] == ["Q2"]

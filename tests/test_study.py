@@ -42,9 +42,14 @@ def study_file(tiny_model_dir, tmp_path) -> Path:
 def test_a_study_runs_every_method_and_seed_and_its_leaderboard_is_the_runs_own(study_file, tmp_path):
     from deliberate.cli.study import load_study, run_study
 
-    study, base = load_study(study_file)
+    study, base = load_study(study_file, ["also_judge={again: [judge.backend=rules]}"])
     board = run_study(study, base, say=lambda line: None, show_progress=False)
     root = tmp_path / "study"
+    # A second judge reads the same answers (none generated again) and, being the same judge, agrees.
+    again = json.loads((root / "leaderboard-again.json").read_text())
+    assert [r["rate"] for r in again["rows"]] == [r["rate"] for r in board["rows"]]
+    second = json.loads((root / "judged-again" / "eval" / "report.json").read_text())
+    assert [m["generated_now"] for m in second["models"]] == [0] * 5
     assert [(r["method"], r["seed"]) for r in board["runs"]] == [("dpo", 0), ("kto", 0), ("dpo", 1), ("kto", 1)]
     for r in board["runs"]:
         assert Path(r["model"]).is_relative_to(root / "runs" / r["method"] / f"seed{r['seed']}")
@@ -166,3 +171,14 @@ def test_a_study_continues_a_training_stage_from_its_own_newest_checkpoint_and_n
     assert run.last_checkpoint("auto", "dpo", "other") is None  # another run's checkpoints are not continued
     with pytest.raises(DeliberateError, match="written by another run"):
         run.last_checkpoint(True, "dpo", "other")  # `--resume` by hand still says so
+
+
+def test_a_methods_overrides_can_name_the_runs_seed_and_folder(study_file, tmp_path):
+    from deliberate.cli.study import load_study, run_recipe
+    from deliberate.config.study import MethodSpec
+
+    study, base = load_study(study_file)
+    method = MethodSpec(name="reuse", steps=["dpo"], set=["dpo.data.source={runs}/sft/seed{seed}/pairs/pairs.jsonl"])
+    recipe = run_recipe(study, base, method, 7, {})
+    assert recipe.dpo.data.source == str(tmp_path / "study" / "runs" / "sft" / "seed7" / "pairs" / "pairs.jsonl")
+    assert recipe.seed == 7 and recipe.output_dir == tmp_path / "study" / "runs" / "reuse" / "seed7"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,11 @@ RATES = ("refusal_rate", "answer_rate")  # harmful prompts refused, safe prompts
 
 
 def _sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
-    """Deliberative SFT as `deliberate pipeline` runs it: generate -> filter -> sft."""
-    generate_completions(recipe, show_progress=show_progress)
-    filter_completions(recipe, show_progress=show_progress)
+    """Deliberative SFT as `deliberate pipeline` runs it: generate -> filter -> sft (only sft when `sft.kept`
+    names another run's filtered completions)."""
+    if not recipe.sft.kept:
+        generate_completions(recipe, show_progress=show_progress)
+        filter_completions(recipe, show_progress=show_progress)
     return run_sft(recipe, sft_dataset(recipe), resume="auto", show_progress=show_progress)
 
 
@@ -115,9 +118,11 @@ def final_model(recipe: Recipe, method: MethodSpec) -> str:
 def run_recipe(study: StudyConfig, base: Path, method: MethodSpec, seed: int, starts: dict[str, str]) -> Recipe:
     """The recipe of one run: the base recipe with the method's overrides, the seed, the run's folder and, for a
     method `after` another, that method's model (same seed) as pairs' policy and dpo's and rl's start."""
-    sets = [*study.set, *method.set, f"seed={seed}", f"output_dir={output_dir(study) / 'runs' / method.name / f'seed{seed}'}"]
+    runs = output_dir(study) / "runs"
+    own = [s.replace("{seed}", str(seed)).replace("{runs}", str(runs)) for s in [*study.set, *method.set]]
+    sets = [*own, f"seed={seed}", f"output_dir={runs / method.name / f'seed{seed}'}"]
     if method.after:
-        given = {s.partition("=")[0].strip() for s in [*study.set, *method.set]}
+        given = {s.partition("=")[0].strip() for s in own}
         sets += [f"{key}={starts[method.after]}" for key in ("pairs.policy", "dpo.start", "rl.start")
                  if key not in given]
     return load_recipe(base, sets)
@@ -147,15 +152,30 @@ def run_study(study: StudyConfig, base: Path, *, say: Callable[[str], None] = pr
             write_provenance(folder, recipe)
             runs.append(record)
     say(f"evaluating {len(runs)} models and the base on {', '.join(study.benchmarks)}")
-    evaluation = load_recipe(base, [f"output_dir={root}", "eval.pairwise=false", *study.eval_set])  # into root/eval
+    shared = [s.replace("{runs}", str(root / "runs")) for s in study.set]  # the runs' judge judges the evaluation
+    board = evaluate_runs(study, base, runs, shared, root, "leaderboard", show_progress)
+    for name, sets in study.also_judge.items():  # the same answers (copied, not generated again), another judge
+        say(f"judging the same answers with the {name} judge")
+        folder = root / f"judged-{name}"
+        if (root / "eval" / "answers").is_dir():
+            shutil.copytree(root / "eval" / "answers", folder / "eval" / "answers", dirs_exist_ok=True)
+        board[f"judged_by_{name}"] = evaluate_runs(study, base, runs, [*shared, *sets], folder,
+                                                   f"leaderboard-{name}", show_progress, into=root)["judge"]
+    return board
+
+
+def evaluate_runs(study: StudyConfig, base: Path, runs: list[dict[str, Any]], sets: list[str], folder: Path,
+                  name: str, show_progress: bool, into: Path | None = None) -> dict[str, Any]:
+    """Every run's model and the base evaluated in `folder/eval`, and the leaderboard as `<into>/<name>.*`."""
+    evaluation = load_recipe(base, [*sets, f"output_dir={folder}", "eval.pairwise=false", *study.eval_set])
     report = run_eval(evaluation, models=[EvalModel(name=r["model"], label=label(r)) for r in runs],
                       benchmarks=study.benchmarks, show_progress=show_progress)
     write_provenance(Layout(evaluation).eval, evaluation)
     board = leaderboard(study, runs, report, Layout(evaluation).eval)
-    board["plot"] = plot_study(board, root / "leaderboard.png")
-    files = {"leaderboard.json": board, "leaderboard.csv": leaderboard_csv(board),
-             "leaderboard.md": leaderboard_markdown(board)}
-    write_outputs(root, files)
+    into = into or folder
+    board["plot"] = plot_study(board, into / f"{name}.png")
+    write_outputs(into, {f"{name}.json": board, f"{name}.csv": leaderboard_csv(board),
+                         f"{name}.md": leaderboard_markdown(board)})
     return board
 
 

@@ -134,14 +134,14 @@ def data(
 
     Example: deliberate data --set data.source=prompts.csv --set data.columns.prompt=question
     """
-    from deliberate.services.data import load_prompts
+    from deliberate.services.benchmarks import training_prompts
     from deliberate.services.spec import load_spec
 
     r = load(recipe, set_, uses_model=False, writes=False)
     spec = load_spec(r.spec)
-    records = load_prompts(r.data, spec)
+    records = training_prompts(r.data, spec, r.eval.datasets_dir)
     counts = Counter((rec.category or "-", rec.expected or "-") for rec in records)
-    table(f"{r.data.source}: {len(records)} prompts", ["category", "in spec", "expected", "prompts"],
+    table(f"{' + '.join(m.name for m in r.data.mix) or r.data.source}: {len(records)} prompts", ["category", "in spec", "expected", "prompts"],
           [[cat, "yes" if spec.find(cat) else "no", exp, n] for (cat, exp), n in sorted(counts.items())])
     for rec in records[:rows]:
         say((rec.id, "dim"), f" [{rec.category or '-'} / {rec.expected or '-'}] {shorten(rec.prompt, 100)}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_serializer, model_validator
 
@@ -73,6 +73,9 @@ class EvalConfig(Section):
     """Shuffled orders the Elo ratings are averaged over (and bootstrap resamples for their interval)."""
     elo_epochs: int = Field(default=10, ge=1)
     """Passes over the games in each trial."""
+    sample: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict, exclude_if=lambda v: not v)
+    """Per benchmark, evaluate only N of its prompts, drawn by a hash of each prompt (the same N for every model
+    and seed), e.g. `{advbench: 150}` for a quicker comparison; the report's intervals are those of N prompts."""
     datasets_dir: str | None = None
     """A folder with local copies of benchmark data: a benchmark's `mirror` file is read from here instead of
     its Hub source when it exists. `$DELIBERATE_DATASETS` when unset."""

@@ -48,8 +48,12 @@ class GenerateConfig(SamplingConfig, ApiConfig):
 
     prefill: str = "<think>\n"
     """Text the assistant turn starts with (the opening reasoning tag), continued by the teacher; empty for none.
-    `{category}` is replaced by the prompt's category id, the one whose spec is in the system prompt, so that the
-    reasoning starts by citing it (e.g. `"<think>\nCategory: {category}."`)."""
+    Placeholders: `{category}` (the prompt's category id, the one whose spec is in the system prompt), `{style}`
+    (the response style the spec gives the prompt: comply for a prompt to answer, else its category's style) and
+    `{rule}` (the rule of that category that decides it: the allowed or disallowed rule sharing the most words
+    with the prompt). A scaffold for a teacher too weak to find them itself: `"<think>\nCategory: {category}.
+    The policy says: \"{rule}\". Style: {style}."` has every reasoning open with the category, the quoted rule
+    and the style, and the teacher continues from there and answers."""
 
 
 class FilterConfig(Section):

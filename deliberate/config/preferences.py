@@ -51,6 +51,12 @@ class PreferenceData(Section):
     """PKU-SafeRLHF: which preference makes the pair (helpfulness `better` or harmlessness `safer`)."""
     limit: int | None = Field(default=None, ge=1)
     """Keep only the first N examples."""
+    where: dict[str, str | int | bool | list[str | int | bool]] = Field(default_factory=dict,
+                                                                        exclude_if=lambda v: not v)
+    """Keep only rows whose column equals the value (or one of the listed values), before `limit`. `stage:pairs`
+    rows carry each prompt's `expected` behaviour and `category`, so `{expected: comply}` keeps the pairs of
+    prompts to answer and `{expected: [refuse, safe_complete]}` those of harmful ones (SACPO's helpfulness step,
+    then its safety step)."""
 
 
 class MarginConfig(Section):

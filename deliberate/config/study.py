@@ -40,7 +40,10 @@ class MethodSpec(Section):
     """Another method of the study whose model (for the same seed) this one starts from: `pairs` samples from
     it and `dpo` / `rl` start from it, unless `set` says otherwise."""
     set: list[str] = Field(default_factory=list)
-    """`--set` overrides of the base recipe for this method (e.g. `dpo.method=kto`, `rl.algo=grpo`)."""
+    """`--set` overrides of the base recipe for this method (e.g. `dpo.method=kto`, `rl.algo=grpo`). `{seed}` is
+    replaced by the run's seed and `{runs}` by the study's runs folder, so a method can read another's outputs
+    for the same seed (`dpo.data.source={runs}/sft/seed{seed}/pairs/pairs.jsonl`: the pairs the sft method
+    sampled, shared by every method that trains on them instead of sampled again)."""
     model: str | None = None
     """The model the method ends with, as `eval.models` names it (`stage:safe`, `merge:p-sacpo/a0.5`); by default
     the last training step's: `stage:sft`, the last dpo stage's, `stage:rl` or the last merge's (one variant)."""
@@ -66,10 +69,14 @@ class StudyConfig(Section):
     methods: list[MethodSpec] = Field(min_length=1)
     """The methods to compare."""
     set: list[str] = Field(default_factory=list)
-    """`--set` overrides of the base recipe for every run (before each method's own), e.g. a shorter training
-    (`dpo.max_steps=50`) or the training data (`data.source=...`)."""
+    """`--set` overrides of the base recipe for every run (before each method's own) and for the evaluation, e.g.
+    a shorter training (`dpo.max_steps=50`), the training data (`data.source=...`) or the judge."""
     eval_set: list[str] = Field(default_factory=list)
     """`--set` overrides for the evaluation only (e.g. `generation.max_new_tokens=128`, `eval.pairwise=true`)."""
+    also_judge: dict[str, list[str]] = Field(default_factory=dict)
+    """Other judges of the same answers: a name and the `--set` overrides that make its judge, e.g. `{rules:
+    [judge.backend=rules]}`. Each judges the answers the evaluation generated (copied, not generated again) in
+    `<output_dir>/judged-<name>/` and writes `leaderboard-<name>.{md,csv,json,png}`."""
     bootstrap_samples: int = Field(default=2000, ge=100)
     """Resamples (of seeds, then of prompts) for the leaderboard's intervals."""
 

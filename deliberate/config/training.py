@@ -155,7 +155,7 @@ class DatasetTrainingOptions(TrainingOptions):
 class SFTOptions(DatasetTrainingOptions):
     """`sft`: supervised fine-tuning on the judge-filtered, spec-stripped completions (TRL SFTTrainer)."""
 
-    OWN_FIELDS = TrainingOptions.OWN_FIELDS | {"keep_reasoning"}
+    OWN_FIELDS = TrainingOptions.OWN_FIELDS | {"keep_reasoning", "kept"}
     COMPUTED = frozenset({"completion_only_loss", "packing"})
 
     def trl_configs(self) -> list[str]:
@@ -167,3 +167,6 @@ class SFTOptions(DatasetTrainingOptions):
 
     keep_reasoning: bool = True
     """Keep the chain of thought in the training target (deliberative alignment) or train on answers only."""
+    kept: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    """The filtered completions to train on: another run's `filter/kept.jsonl` (e.g. to train on the same data
+    with and without the reasoning); this recipe's `deliberate filter` output when unset."""

@@ -27,8 +27,9 @@ from typing import Any
 
 from deliberate.config import ModelConfig, Recipe, SamplingConfig
 from deliberate.errors import DeliberateError
+from deliberate.services.benchmarks import training_prompts
 from deliberate.services.chat_api import Failure
-from deliberate.services.data import PromptRecord, load_prompts
+from deliberate.services.data import PromptRecord
 from deliberate.services.failures import publish
 from deliberate.services.generation import Generation, GenerationStats, generate, row_seed
 from deliberate.services.io import ResumableJsonl
@@ -162,7 +163,7 @@ def answer_records(model: ModelConfig, records: list[PromptRecord], settings: Sa
 def answer_prompts(recipe: Recipe, records: list[PromptRecord] | None = None, show_progress: bool = True) -> AnswerRun:
     """Answer every prompt of the recipe's data with the recipe's model (resumable)."""
     if records is None:
-        records = load_prompts(recipe.data, load_spec(recipe.spec))
+        records = training_prompts(recipe.data, load_spec(recipe.spec), recipe.eval.datasets_dir)
     folder = Layout(recipe).answers
     run = answer_records(recipe.model, records, recipe.generation, folder / "answers.jsonl", seed=recipe.seed,
                          show_progress=show_progress)

@@ -12,8 +12,8 @@ from deliberate.config.eval import Benchmark
 from deliberate.config.yamlio import load_yaml_file, validate
 from deliberate.errors import DeliberateError, did_you_mean
 from deliberate.resources import resource_path
-from deliberate.services.data import FILE_SUFFIXES, PromptRecord, load_prompts
-from deliberate.services.spec import PolicySpec
+from deliberate.services.data import FILE_SUFFIXES, PromptRecord, load_prompts, normalise, read_table
+from deliberate.services.spec import PolicySpec, load_spec
 
 PACKAGED_BENCHMARKS = resource_path("benchmarks")
 
@@ -62,3 +62,42 @@ def benchmark_prompts(bench: Benchmark, datasets_dir: str | None,
             "set eval.datasets_dir (or $DELIBERATE_DATASETS) to the folder that holds it"
         raise DeliberateError(f"{e}; benchmark '{bench.name}' can be read from a local copy, "
                               f"<datasets folder>/{bench.mirror.path}: {where}") from None
+
+
+PROMPT_COLUMNS = ("prompt", "forbidden_prompt", "goal", "instruction", "text")
+
+
+def benchmark_prompt_texts(refs: list[str], datasets_dir: str | None, option: str) -> set[str]:
+    """Normalised prompts of benchmarks (by name) and prompt files (relative to the datasets folder when not
+    found as given): what training data must not hold."""
+    out: set[str] = set()
+    for ref in refs:
+        path = Path(ref).expanduser()
+        if path.suffix.lower() in FILE_SUFFIXES:
+            folder = datasets_dir or os.environ.get("DELIBERATE_DATASETS")
+            if not path.exists() and not path.is_absolute() and folder:
+                path = Path(folder).expanduser() / path
+            if not path.is_file():
+                raise DeliberateError(f"{option}: {ref}: no such file")
+            df = read_table(path)
+            column = next((c for c in PROMPT_COLUMNS if c in df.columns), None)
+            if column is None:
+                raise DeliberateError(f"{option} {ref}: no prompt column ({', '.join(PROMPT_COLUMNS)})")
+            out |= {normalise(p) for p in df[column] if isinstance(p, str)}
+        else:
+            _, records = benchmark_prompts(load_benchmark(ref), datasets_dir, load_spec("default"))
+            out |= {normalise(r.prompt) for r in records}
+    return out
+
+
+def training_prompts(data: DataConfig, spec: PolicySpec, datasets_dir: str | None) -> list[PromptRecord]:
+    """The recipe's prompts without those of `data.exclude` (the evaluation benchmarks)."""
+    records = load_prompts(data, spec)
+    if not data.exclude:
+        return records
+    held_out = benchmark_prompt_texts(data.exclude, datasets_dir, "data.exclude")
+    kept = [r for r in records if normalise(r.prompt) not in held_out]
+    if not kept:
+        raise DeliberateError(f"data: every one of the {len(records)} prompts is a prompt of data.exclude "
+                              f"({', '.join(data.exclude)})")
+    return kept

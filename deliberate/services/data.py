@@ -7,6 +7,7 @@ missing column or file is a one-line error that lists what the file has.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -171,16 +172,41 @@ def _require(df: pd.DataFrame, column: str | None, option: str, label: str) -> N
         )
 
 
-def _apply_where(df: pd.DataFrame, where: dict[str, Any], label: str) -> pd.DataFrame:
+def apply_where(df: pd.DataFrame, where: dict[str, Any], label: str, option: str = "data.where") -> pd.DataFrame:
+    """The rows whose columns hold the wanted values (`where`)."""
     for column, wanted in where.items():
-        _require(df, column, f"data.where.{column}", label)
+        _require(df, column, f"{option}.{column}", label)
         values = wanted if isinstance(wanted, list) else [wanted]
         df = df[df[column].astype(str).isin([str(v) for v in values])]
     return df
 
 
+def normalise(text: str) -> str:
+    """A prompt compared with case and spacing ignored (for deduplication and benchmark exclusion)."""
+    return " ".join(text.lower().split())
+
+
+def prompt_hash(text: str) -> str:
+    return hashlib.blake2b(normalise(text).encode(), digest_size=8).hexdigest()
+
+
 def load_prompts(cfg: DataConfig, spec: PolicySpec | None = None) -> list[PromptRecord]:
-    """Load prompts as `cfg` describes; categories are checked against `spec` when one is given."""
+    """Load prompts as `cfg` describes (every source of a `data.mix`, in order, a prompt two sources share kept
+    once); categories are checked against `spec` when one is given."""
+    if not getattr(cfg, "mix", None):
+        return _load_source(cfg, spec)
+    records, seen = [], set()
+    for source in cfg.mix:
+        for r in _load_source(source, spec):
+            key = normalise(r.prompt)
+            if key not in seen:
+                seen.add(key)
+                records.append(PromptRecord(id=f"{source.name}:{r.id}", prompt=r.prompt, category=r.category,
+                                            expected=r.expected, meta={**r.meta, "source": source.name}))
+    return records
+
+
+def _load_source(cfg, spec: PolicySpec | None) -> list[PromptRecord]:
     df, label = load_table(cfg)
     columns = cfg.columns
     # Standard column names are picked up without configuration.
@@ -190,7 +216,10 @@ def load_prompts(cfg: DataConfig, spec: PolicySpec | None = None) -> list[Prompt
     for column, option in [(columns.prompt, "data.columns.prompt"), (columns.category, "data.columns.category"),
                            (columns.expected, "data.columns.expected"), (columns.id, "data.columns.id")]:
         _require(df, column, option, label)
-    df = _apply_where(df, cfg.where, label)
+    df = apply_where(df, cfg.where, label)
+    if cfg.sample is not None:
+        column = df[columns.prompt].astype(str)
+        df = df.loc[column.map(prompt_hash).sort_values(kind="stable").index[: cfg.sample]].sort_index()
     if cfg.limit is not None:
         df = df.head(cfg.limit)
     label_map = {**DEFAULT_LABEL_MAP, **{str(k).lower(): v for k, v in cfg.label_map.items()}}
@@ -218,7 +247,7 @@ def load_prompts(cfg: DataConfig, spec: PolicySpec | None = None) -> list[Prompt
         meta = {str(k): _plain(v) for k, v in row.items() if k not in used and _text(v) is not None}
         records.append(PromptRecord(id=rid or str(i), prompt=prompt, category=category, expected=expected, meta=meta))
     if not records:
-        raise DeliberateError(f"{label}: no prompts left after data.where / data.limit")
+        raise DeliberateError(f"{label}: no prompts left after data.where / data.limit / data.sample")
     ids = [r.id for r in records]
     if len(set(ids)) != len(ids):
         raise DeliberateError(f"{label}: ids in column '{id_col}' are not unique")

@@ -9,7 +9,6 @@ evaluation sets), is dropped. `manifest(examples)` lists every example's source,
 from __future__ import annotations
 
 import ast
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,8 @@ from typing import Any
 
 from deliberate.config.guard import GuardConfig, GuardSource
 from deliberate.errors import DeliberateError
-from deliberate.services.benchmarks import benchmark_prompts, load_benchmark
-from deliberate.services.data import read_table
-from deliberate.services.spec import load_spec
+from deliberate.services.benchmarks import benchmark_prompt_texts
+from deliberate.services.data import normalise, prompt_hash, read_table
 
 TASKS = ("prompt_harmful", "refusal", "response_harmful")
 
@@ -35,14 +33,6 @@ class Example:
     row: int
     split: str  # train / test
     group: str = ""  # the source's own sub-group (an XSTest model)
-
-
-def normalise(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def prompt_hash(text: str) -> str:
-    return hashlib.blake2b(normalise(text).encode(), digest_size=8).hexdigest()
 
 
 def hash_unit(text: str) -> float:
@@ -174,21 +164,8 @@ def _limit(examples: list[Example], limit: int | None) -> list[Example]:
 
 def excluded_prompts(cfg: GuardConfig) -> set[str]:
     """Normalised prompts of the `exclude` files and benchmarks."""
-    out: set[str] = set()
-    for ref in cfg.exclude:
-        path = Path(ref).expanduser()
-        if path.suffix in (".csv", ".json", ".jsonl", ".parquet") and (path.is_file() or _folder(cfg)):
-            df = read_table(_path(cfg, ref))
-            column = next((c for c in ("prompt", "forbidden_prompt", "goal", "instruction", "text") if c in df.columns),
-                          None)
-            if column is None:
-                raise DeliberateError(f"guard.exclude {ref}: no prompt column (prompt, forbidden_prompt, goal, ...)")
-            out |= {normalise(p) for p in df[column] if isinstance(p, str)}
-        else:
-            folder = _folder(cfg)
-            _, records = benchmark_prompts(load_benchmark(ref), str(folder) if folder else None, load_spec("default"))
-            out |= {normalise(r.prompt) for r in records}
-    return out
+    folder = _folder(cfg)
+    return benchmark_prompt_texts(cfg.exclude, str(folder) if folder else None, "guard.exclude")
 
 
 def load_examples(cfg: GuardConfig) -> tuple[list[Example], dict[str, Any]]:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from deliberate.config import DataConfig, PreferenceData, Recipe
 from deliberate.errors import DeliberateError
-from deliberate.services.data import load_table
+from deliberate.services.data import apply_where, load_table
 from deliberate.services.io import read_jsonl
 from deliberate.services.runs import Layout
 
@@ -90,6 +90,18 @@ def _label(value: Any, row: int) -> bool:
     raise DeliberateError(f"preference data: row {row}: label '{value}' is not true/false")
 
 
+def _where(rows: list[dict[str, Any]], where: dict[str, Any], label: str) -> list[dict[str, Any]]:
+    """The rows whose columns hold the wanted values (`data.where`)."""
+    for column, wanted in where.items():
+        if rows and not any(column in r for r in rows):
+            raise DeliberateError(f"{label}: no column '{column}' (set by dpo.data.where.{column})")
+        values = {str(v) for v in (wanted if isinstance(wanted, list) else [wanted])}
+        rows = [r for r in rows if str(r.get(column)) in values]
+    if not rows:
+        raise DeliberateError(f"{label}: no examples left after dpo.data.where")
+    return rows
+
+
 def load_preferences(recipe: Recipe, data: PreferenceData,
                      kind: Literal["paired", "unpaired"]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The preference data as TRL conversational rows, paired (prompt/chosen/rejected) or unpaired
@@ -103,6 +115,7 @@ def load_preferences(recipe: Recipe, data: PreferenceData,
         if not rows:
             raise DeliberateError(f"dpo: {path} has no examples; sample more (pairs.samples) or lower "
                                   "pairs.min_margin")
+        rows = _where(rows, data.where, str(path))
         rows = rows[: data.limit] if data.limit else rows
         fields = ("chosen", "rejected") if kind == "paired" else ("completion",)
         for n, row in enumerate(rows, 1):  # written by `deliberate pairs`, but possibly edited since
@@ -115,6 +128,7 @@ def load_preferences(recipe: Recipe, data: PreferenceData,
         return rows, {"source": str(path), "format": "deliberate", "rows": len(rows), "skipped": 0}
     df, label = load_table(DataConfig(source=data.source, subset=data.subset, split=data.split,
                                       revision=data.revision))
+    df = apply_where(df, data.where, label, "dpo.data.where")
     fmt = detect_format([str(c) for c in df.columns]) if data.format == "auto" else data.format
     missing = [c for c in FORMAT_COLUMNS[fmt] if c not in df.columns]
     if missing:

@@ -20,6 +20,7 @@ from deliberate.errors import DeliberateError, closest
 
 StyleName = Literal["comply", "refuse", "safe_complete"]
 DEFAULT_SPEC = "default"
+_WORD = re.compile(r"[a-z]{4,}")  # content words, roughly: short function words match everything
 
 
 def normalise(name: str) -> str:
@@ -122,6 +123,18 @@ class PolicySpec(BaseModel):
     def spec_for(self, category: str) -> str:
         """The overview of all categories and styles plus the granular policy of `category` only."""
         return self.render_overview() + "\n\n" + self.render_category(category)
+
+    def deciding_rule(self, category: str, prompt: str, style: str) -> str | None:
+        """The rule of `category` that decides a request answered in `style`: among its allowed rules (for
+        `comply`) or its disallowed ones, the one sharing the most words with the prompt (the first on a tie);
+        None when the category has no such rule."""
+        found = self.find(category)
+        if found is None:
+            return None
+        rules = found.allowed if style == "comply" else found.disallowed
+        words = set(_WORD.findall(prompt.lower()))
+        scored = [(len(words & set(_WORD.findall(r.lower()))), -i, r) for i, r in enumerate(rules)]
+        return max(scored)[2].rstrip(".") if scored else None
 
     def cited_categories(self, text: str) -> list[str]:
         """Ids of the categories a text names by id or title (any spelling), in order of first mention.

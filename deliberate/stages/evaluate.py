@@ -14,8 +14,9 @@ what a user would read.
 
 Metrics per model and benchmark: `refusal_rate` (harmful prompts, expected refuse or safe-complete, that were
 declined: judged refuse or safe_complete), `answer_rate` (safe prompts answered: judged comply), mean judge
-score, policy-retrieval accuracy (reasonings citing the prompt's category), mean answer length in tokens and
-malformed completions. Every rate has a Wilson 95% interval, and each model's difference from the base on the
+score, policy-retrieval accuracy (reasonings citing the prompt's category), `style_followed` (answers that do
+what their reasoning's `Style:` said: a stated refuse or safe_complete judged declining, a stated comply judged
+not), mean answer length in tokens and malformed completions. Every rate has a Wilson 95% interval, and each model's difference from the base on the
 same prompts a paired interval and McNemar's test. Judge failures are excluded and counted. Failed answers and
 failed judgments fall under one failure rule (services/failures.py, `judge.max_failures`): beyond it the outputs go
 to `eval/incomplete/` and the command exits 3.
@@ -58,7 +59,7 @@ from deliberate.services.failures import INCOMPLETE, Tally, publish, too_many, t
 from deliberate.services.models import load_model
 from deliberate.services.plots import plot_benchmarks, plot_win_rates
 from deliberate.services.provenance import add_eval_results
-from deliberate.services.reasoning import retrieval_correct, split_reasoning
+from deliberate.services.reasoning import retrieval_correct, split_reasoning, stated_style, style_followed
 from deliberate.services.runs import Layout, resolve_judge, stage_models
 from deliberate.services.serving import ApiUsage, VLLMEngine, public_url
 from deliberate.services.spec import load_spec
@@ -103,7 +104,9 @@ def score_answers(recipe: Recipe, rows: list[dict[str, Any]], judge, spec) -> tu
                        "expected": r.get("expected"), "answer": visible, "reasoning": reasoning, "well_formed": ok,
                        "num_tokens": r["num_tokens"], "score": res.score, "verdict": res.verdict,
                        "judge_errors": res.errors, "cites_category": retrieval_correct(spec, reasoning,
-                                                                                       r.get("category"))})
+                                                                                       r.get("category")),
+                       "stated_style": stated_style(reasoning), "style_followed": style_followed(reasoning,
+                                                                                                 res.verdict)})
     ok_rows = [j for j in judged if j["score"] is not None]
     per_prompt = outcomes(judged)
     cites = [j["cites_category"] for j in judged if j["cites_category"] is not None]
@@ -112,6 +115,8 @@ def score_answers(recipe: Recipe, rows: list[dict[str, Any]], judge, spec) -> tu
         "refusal_rate": wilson_rate(list(per_prompt["refusal_rate"].values())).to_dict(),
         "answer_rate": wilson_rate(list(per_prompt["answer_rate"].values())).to_dict(),
         "policy_retrieval": wilson_rate(cites).to_dict(),
+        "style_followed": wilson_rate([j["style_followed"] for j in judged
+                                       if j["style_followed"] is not None]).to_dict(),
         "mean_score": sum(j["score"] for j in ok_rows) / len(ok_rows) if ok_rows else None,
         "mean_answer_tokens": sum(j["num_tokens"] for j in judged) / len(judged) if judged else None,
         "malformed": sum(not j["well_formed"] for j in judged),
@@ -168,6 +173,12 @@ def differences(base: str, names: list[str], judged: dict[tuple[str, str], list[
     return out
 
 
+def sampled(bench: Benchmark, sample: dict[str, int]) -> Benchmark:
+    """The benchmark with `eval.sample`'s number of its prompts (drawn by prompt hash), when it names one."""
+    n = sample.get(bench.name)
+    return bench if n is None else bench.model_copy(update={"data": bench.data.model_copy(update={"sample": n})})
+
+
 def eval_models(recipe: Recipe, entries: list[str | EvalModel] | None = None) -> dict[str, ModelConfig]:
     """Every model evaluated, by its label: the recipe's model (the base) first, then each entry of
     `eval.models` (or `entries`) laid over it, a `/*` reference standing for every variant."""
@@ -200,7 +211,7 @@ def run_eval(recipe: Recipe, models: list[str | EvalModel] | None = None, benchm
     cfg = recipe.eval
     evaluated = eval_models(recipe, models)
     names = list(evaluated)
-    benches = [load_benchmark(b) for b in (benchmarks or cfg.benchmarks)]
+    benches = [sampled(load_benchmark(b), cfg.sample) for b in (benchmarks or cfg.benchmarks)]
     names_seen = [b.name for b in benches]
     if doubled := sorted({n for n in names_seen if names_seen.count(n) > 1}):
         raise DeliberateError(f"eval: two benchmarks are named {', '.join(doubled)} (their outputs would overwrite "
@@ -345,7 +356,7 @@ def compare_models(recipe: Recipe, names: list[str], benches: list[Benchmark], a
 
 
 METRICS = [("refusal_rate", "harmful refused"), ("answer_rate", "safe answered"),
-           ("policy_retrieval", "policy retrieval")]
+           ("policy_retrieval", "policy retrieval"), ("style_followed", "does the style it states")]
 
 
 def report_csv(results: list[dict[str, Any]]) -> str:

@@ -22,8 +22,9 @@ from deliberate.config import ModelConfig, Recipe
 from deliberate.config.yamlio import read_text
 from deliberate.errors import DeliberateError, StageFailed
 from deliberate.judges import make_judge
+from deliberate.services.benchmarks import training_prompts
 from deliberate.services.chat_api import Failure
-from deliberate.services.data import PromptRecord, load_prompts
+from deliberate.services.data import PromptRecord
 from deliberate.services.failures import failure_line
 from deliberate.services.generation import Generation, GenerationStats, generate, row_seed, system_text
 from deliberate.services.io import ResumableJsonl, write_json
@@ -93,13 +94,29 @@ def teacher_messages(spec: PolicySpec, record: PromptRecord, instructions: str, 
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     messages.append({"role": "user", "content": record.prompt})
     if prefill:
-        messages.append({"role": "assistant", "content": prefill_for(prefill, record)})
+        messages.append({"role": "assistant", "content": prefill_for(prefill, record, spec)})
     return messages
 
 
-def prefill_for(prefill: str, record: PromptRecord) -> str:
-    """The pre-filled start of the teacher's turn, with `{category}` replaced by the prompt's category id."""
-    return prefill.replace("{category}", record.category or "")
+def scaffold_style(spec: PolicySpec, record: PromptRecord) -> str:
+    """The response style the spec gives this prompt: comply for a prompt to answer (or of the safe category),
+    else its category's style (refuse or safe_complete)."""
+    found = spec.find(record.category) if record.category else None
+    if record.expected == "comply" or (found is not None and found.id == "safe"):
+        return "comply"
+    if found is not None:
+        return found.style
+    return record.expected or "comply"
+
+
+def prefill_for(prefill: str, record: PromptRecord, spec: PolicySpec) -> str:
+    """The pre-filled start of the teacher's turn: `{category}` becomes the prompt's category id, `{style}` the
+    response style the spec gives it, `{rule}` the rule of its category that decides it (`PolicySpec.
+    deciding_rule`: an allowed rule for a prompt to answer, a disallowed one otherwise)."""
+    style = scaffold_style(spec, record)
+    rule = spec.deciding_rule(record.category, record.prompt, style) if record.category else None
+    return (prefill.replace("{category}", record.category or "").replace("{style}", style)
+            .replace("{rule}", rule or "(no rule of the policy covers it)"))
 
 
 def parse_completion(text: str, finish_reason: str) -> dict[str, Any]:
@@ -142,7 +159,7 @@ def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun
     """Sample k spec-conditioned reasoning completions per prompt (resumable); see the module docstring."""
     cfg = recipe.generate
     spec = load_spec(recipe.spec)
-    records = assign_categories(recipe, spec, load_prompts(recipe.data, spec), show_progress)
+    records = assign_categories(recipe, spec, training_prompts(recipe.data, spec, recipe.eval.datasets_dir), show_progress)
     instructions = load_instructions(cfg.instructions)
     teacher = cfg.teacher or recipe.model.name
     teacher_id = teacher if cfg.backend == "openai" else resolve_model_path(teacher)
@@ -171,7 +188,7 @@ def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun
         rows = []
         for i, (text, num_tokens, finish) in zip(indices, texts, strict=True):
             (record, sample), key = todo[i]
-            full = prefill_for(prefill, record) + text
+            full = prefill_for(prefill, record, spec) + text
             rows.append({"key": key, **record.to_dict(), "sample": sample, "completion": full,
                          **parse_completion(full, finish), "num_tokens": num_tokens, "finish_reason": finish,
                          "teacher": teacher, "settings": settings})

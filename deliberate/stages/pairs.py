@@ -23,7 +23,8 @@ from typing import Any
 from deliberate.config import Recipe
 from deliberate.judges import PointwiseItem, make_judge, require_scale
 from deliberate.services.answering import answer_records, backend_info
-from deliberate.services.data import PromptRecord, load_prompts
+from deliberate.services.benchmarks import training_prompts
+from deliberate.services.data import PromptRecord
 from deliberate.services.failures import publish
 from deliberate.services.runs import Layout, resolve_judge, stage_model
 from deliberate.services.spec import load_spec
@@ -34,7 +35,7 @@ def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     cfg = recipe.pairs
     require_scale(resolve_judge(recipe, recipe.judge), "pairs.min_margin / pairs.kto_threshold")  # before any sampling
     spec = load_spec(recipe.spec)
-    records = load_prompts(recipe.data, spec)
+    records = training_prompts(recipe.data, spec, recipe.eval.datasets_dir)
     policy = stage_model(recipe, cfg.policy) if cfg.policy else recipe.model.name
     model = recipe.model.model_copy(update={"name": policy})
     samples = [PromptRecord(id=f"{r.id}#{s}", prompt=r.prompt, category=r.category, expected=r.expected,
@@ -97,7 +98,7 @@ def rank_pairs(judged: list[dict[str, Any]], min_margin: float,
         for j in group:
             kto.append({"prompt": prompt, "completion": [{"role": "assistant", "content": j["completion"]}],
                         "label": j["score"] >= kto_threshold, "score": j["score"], "id": j["id"],
-                        "category": j["category"]})
+                        "category": j["category"], "expected": j.get("expected")})
         best, worst = group[0], group[-1]
         margin = best["score"] - worst["score"]
         if margin <= 0:
@@ -108,6 +109,6 @@ def rank_pairs(judged: list[dict[str, Any]], min_margin: float,
         pairs.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": best["completion"]}],
                       "rejected": [{"role": "assistant", "content": worst["completion"]}],
                       "score_chosen": best["score"], "score_rejected": worst["score"], "id": best["id"],
-                      "category": best["category"], "chosen_sample": best["sample"],
+                      "category": best["category"], "expected": best.get("expected"), "chosen_sample": best["sample"],
                       "rejected_sample": worst["sample"]})
     return pairs, kto, ties

@@ -95,9 +95,10 @@ def assistant_target(row: dict[str, Any], keep_reasoning: bool) -> str:
 def sft_dataset(recipe: Recipe) -> Path:
     """The kept completions as TRL conversational prompt/completion rows, with no system prompt (spec stripped)."""
     layout = Layout(recipe)
-    source = layout.filter / "kept.jsonl"
+    source = Path(recipe.sft.kept) if recipe.sft.kept else layout.filter / "kept.jsonl"
     if not source.exists():
-        raise DeliberateError(f"sft: {source} does not exist; run `deliberate filter` first")
+        raise DeliberateError(f"sft: {source} does not exist; run `deliberate filter` first"
+                              if not recipe.sft.kept else f"sft.kept: {source} does not exist")
     kept = read_jsonl(source)
     if not kept:
         raise DeliberateError(f"sft: {source} has no completions; lower filter.threshold or sample more")

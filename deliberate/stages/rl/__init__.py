@@ -22,7 +22,8 @@ from typing import Any
 
 from deliberate.config import Recipe
 from deliberate.errors import DeliberateError
-from deliberate.services.data import PromptRecord, load_prompts
+from deliberate.services.benchmarks import training_prompts
+from deliberate.services.data import PromptRecord
 from deliberate.services.io import write_json, write_jsonl
 from deliberate.services.models import adapter_base, resolve_model_path
 from deliberate.services.plots import plot_training
@@ -66,7 +67,7 @@ def rl_fingerprint(recipe: Recipe, start: str, records: list[PromptRecord]) -> s
 
 def run_rl(recipe: Recipe, *, resume: bool | str = False, show_progress: bool = True) -> dict[str, Any]:
     cfg = recipe.rl
-    records = load_prompts(cfg.data or recipe.data, load_spec(recipe.spec))
+    records = training_prompts(cfg.data or recipe.data, load_spec(recipe.spec), recipe.eval.datasets_dir)
     if not records:
         raise DeliberateError("rl: no training prompts")
     # The rules judge scores against the expected behaviour, so it needs a category or an expected label (a
