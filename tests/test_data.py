@@ -234,3 +234,15 @@ def test_a_mix_reads_several_sources_as_one_set_and_drops_the_benchmarks_prompts
     only_advbench = cfg(mix=[{**data.mix[0].model_dump(), "limit": 1}], exclude=["advbench"])
     with pytest.raises(DeliberateError, match="every one of the 1 prompts is a prompt of data.exclude"):
         training_prompts(only_advbench, spec, str(shared_datasets))
+
+
+def test_eval_sample_evaluates_the_same_n_prompts_of_a_benchmark_every_time(spec, shared_datasets):
+    from deliberate.services.benchmarks import benchmark_prompts, load_benchmark
+    from deliberate.stages.evaluate import sampled
+
+    full = benchmark_prompts(load_benchmark("advbench"), str(shared_datasets), spec)[1]
+    _, some = benchmark_prompts(sampled(load_benchmark("advbench"), {"advbench": 20}), str(shared_datasets), spec)
+    again = benchmark_prompts(sampled(load_benchmark("advbench"), {"advbench": 20}), str(shared_datasets), spec)[1]
+    assert len(full) == 520 and len(some) == 20 and [r.id for r in some] == [r.id for r in again]
+    assert {r.id for r in some} < {r.id for r in full} and [r.id for r in some] != [r.id for r in full[:20]]
+    assert sampled(load_benchmark("xstest"), {"advbench": 20}).data.sample is None

@@ -225,6 +225,9 @@ def _load_source(cfg, spec: PolicySpec | None) -> list[PromptRecord]:
     label_map = {**DEFAULT_LABEL_MAP, **{str(k).lower(): v for k, v in cfg.label_map.items()}}
     used = {c for c in (columns.prompt, cat_col, exp_col, id_col) if c}
     records = []
+    # Without an id column a row is its position; a sampled row keeps its position in the file, so that its id
+    # does not depend on which other rows were drawn.
+    positions = [str(p) for p in df.index] if cfg.sample is not None else None
     for i, row in enumerate(df.to_dict("records")):
         prompt = row[columns.prompt]
         if not isinstance(prompt, str) or not prompt.strip():
@@ -245,7 +248,7 @@ def _load_source(cfg, spec: PolicySpec | None) -> list[PromptRecord]:
                     )
         rid = _text(row.get(id_col)) if id_col else None
         meta = {str(k): _plain(v) for k, v in row.items() if k not in used and _text(v) is not None}
-        records.append(PromptRecord(id=rid or str(i), prompt=prompt, category=category, expected=expected, meta=meta))
+        records.append(PromptRecord(id=rid or (positions[i] if positions else str(i)), prompt=prompt, category=category, expected=expected, meta=meta))
     if not records:
         raise DeliberateError(f"{label}: no prompts left after data.where / data.limit / data.sample")
     ids = [r.id for r in records]
