@@ -9,7 +9,7 @@ RUNS ?= runs
 # Preference-optimisation recipes (recipes/<name>.yaml for a GPU, <name>-cpu.yaml for this machine)
 PREF_RECIPES := sacpo sacpo-kto-dpo sacpo-safety-first modpo
 
-.PHONY: install test demo demo-guard guard grpo-demo study-cpu lint bench clean safe-rlhf safe-rlhf-cpu $(PREF_RECIPES) \
+.PHONY: install test demo demo-guard guard grpo-demo study-cpu study-cpu-quick lint bench clean safe-rlhf safe-rlhf-cpu $(PREF_RECIPES) \
 	$(addsuffix -cpu,$(PREF_RECIPES))
 
 install: $(VENV)/.installed
@@ -62,6 +62,11 @@ study-cpu: install
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate model prepare smollm2
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate study recipes/studies/cpu.yaml --set output_dir=$(RUNS)/study-cpu \
 		--set "set=[judge.model=$(RUNS)/guard/guard]"
+
+# The quicker variant (recipes/studies/cpu-quick.yaml): rules judge, float32, fewer prompts and methods
+study-cpu-quick: install
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate model prepare smollm2
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate study recipes/studies/cpu-quick.yaml --set output_dir=$(RUNS)/study-cpu-quick
 
 # `make sacpo-cpu`, `make modpo`, ...: train every stage, run the recipe's merges, evaluate (all reused when done)
 $(PREF_RECIPES) $(addsuffix -cpu,$(PREF_RECIPES)): install

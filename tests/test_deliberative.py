@@ -332,3 +332,23 @@ def test_sft_can_train_on_another_runs_kept_completions(recipe_for, tmp_path):
     assert rows[0]["completion"][0]["content"].startswith("<think>") and rows[0]["completion"][0]["content"].endswith("A.")
     with pytest.raises(Exception, match="sft.kept: .* does not exist"):
         sft_dataset(recipe_for(f"sft.kept={tmp_path / 'missing.jsonl'}"))
+
+
+def test_the_answer_can_be_generated_from_the_prompt_and_the_reasoning_alone(recipe_for, monkeypatch):
+    fake, seen = scripted(lambda c: "Done." if "</think>" in c[-1]["content"] else "Fine.")
+    monkeypatch.setattr(generate_stage, "generate", fake)
+    recipe = recipe_for("data.sample=12", "generate.samples=1", "generate.reasoning_budget=3",
+                        "generate.answer_sees_spec=[refuse, safe_complete]",
+                        'generate.prefill="<think>\\nStyle: {style}."')
+    run = generate_completions(recipe, show_progress=False)
+    answers = [c for c in seen if "</think>" in c[-1]["content"]]
+    assert len(answers) == len(run.rows) == 12
+    styles = {c[-1]["content"].split("Style: ")[1].split(".")[0] for c in answers}
+    assert "comply" in styles and styles & {"refuse", "safe_complete"}
+    for c in answers:
+        if "Style: comply." in c[-1]["content"]:  # no spec, no worked examples: the user's prompt and the reasoning
+            assert [m["role"] for m in c] == ["user", "assistant"]
+        else:
+            assert c[0]["role"] == "system" and len(c) == 2 + 2 * len(FEW_SHOT) + 1
+    with pytest.raises(Exception, match="needs backend hf and a reasoning_budget"):
+        recipe_for("generate.answer_sees_spec=false")

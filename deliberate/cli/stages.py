@@ -327,7 +327,7 @@ def study(
     continues), the evaluation to <output_dir>/eval/, and the comparison to <output_dir>/leaderboard.md, .csv,
     .json and .png: per method the mean over seeds of each rate with a 95% interval over seeds and prompts, and
     its paired difference from the base and from the best method.
-    Example: deliberate study recipes/study-demo.yaml --set seeds=[0]
+    Example: deliberate study recipes/studies/cpu-quick.yaml --set seeds=[0]
     """
     from deliberate.cli.study import load_study, output_dir, run_study
 

@@ -9,6 +9,8 @@ from pydantic import Field, model_validator
 from deliberate.config.base import Expected, Section
 from deliberate.config.sampling import ApiConfig, SamplingConfig
 
+StyleName = Literal["comply", "refuse", "safe_complete"]
+
 
 class GenerateConfig(SamplingConfig, ApiConfig):
     """`generate`: the teacher's spec-conditioned sampling. The sampling fields are `generation`'s (with
@@ -37,10 +39,20 @@ class GenerateConfig(SamplingConfig, ApiConfig):
     """What the system prompt asks after the spec: a file path or the text itself. The built-in instructions
     (reason in <think>...</think>, name the category, quote the rule, choose the style, then answer; with worked
     examples) when unset."""
+    answer_sees_spec: bool | list[StyleName] = Field(default=True, exclude_if=lambda v: v is True)
+    """`hf` with `reasoning_budget`: whether the answer after the closed reasoning is generated with the spec and
+    worked examples still in context (true, the default) or from the user's prompt and the reasoning alone (false:
+    as the student answers, with no system prompt; the spec reaches the answer through the reasoning's category,
+    rule and style). A list of styles keeps the spec for the prompts the spec gives those styles, e.g. `[refuse,
+    safe_complete]`: a small teacher copies the worked examples' refusals into answers it should give, and answers
+    well without them."""
     few_shot: bool = True
     """Show the teacher worked examples (built in) as earlier conversation turns; never part of the SFT data."""
     @model_validator(mode="after")
     def _budget_fits(self):
+        if self.answer_sees_spec is not True and (self.reasoning_budget is None or self.backend != "hf"):
+            raise ValueError("answer_sees_spec: false needs backend hf and a reasoning_budget (the answer is "
+                             "generated after the closed reasoning)")
         if self.reasoning_budget is not None and self.reasoning_budget >= self.max_new_tokens:
             raise ValueError(f"reasoning_budget ({self.reasoning_budget}) must be below max_new_tokens "
                              f"({self.max_new_tokens}), which also holds the answer")

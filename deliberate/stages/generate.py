@@ -197,7 +197,10 @@ def generate_completions(recipe: Recipe, show_progress: bool = True) -> StageRun
     stats: dict[str, Any] = {}
     if todo:
         if cfg.backend == "hf":
-            stats = _generate_hf(recipe, conversations, [key for _, key in todo], save, show_progress)
+            sees = cfg.answer_sees_spec
+            with_spec = [sees if isinstance(sees, bool) else scaffold_style(spec, record) in sees
+                         for (record, _), _ in todo]
+            stats = _generate_hf(recipe, conversations, [key for _, key in todo], save, show_progress, with_spec)
         elif cfg.backend == "vllm":
             stats = _generate_vllm(recipe, teacher, conversations, save)
         else:
@@ -241,7 +244,8 @@ def teacher_model(recipe: Recipe) -> ModelConfig:
     return base.model_copy(update={"dtype": cfg.dtype}) if cfg.dtype else base
 
 
-def _generate_hf(recipe: Recipe, conversations, keys: list[str], save, show_progress: bool) -> dict[str, Any]:
+def _generate_hf(recipe: Recipe, conversations, keys: list[str], save, show_progress: bool,
+                 with_spec: list[bool]) -> dict[str, Any]:
     """Local sampling; row i's seed comes from its key, so a resumed run draws what the uninterrupted one would
     have (the answer after a forced close of the reasoning gets a seed of its own)."""
     cfg = recipe.generate
@@ -278,8 +282,10 @@ def _generate_hf(recipe: Recipe, conversations, keys: list[str], save, show_prog
             if not closed:
                 reasoning = last_sentences(reasoning, head=c[-1]["content"])
             prefixes.append(f"{reasoning}\n{CLOSE}\n")
-        continued = [[*c[:-1], {"role": "assistant", "content": c[-1]["content"] + p}]
-                     for c, p in zip(part, prefixes, strict=True)]
+        # The answer is generated after the closed block: in the teacher's whole context, or (answer_sees_spec
+        # false for the row) from the user's prompt and the reasoning alone, the spec reaching it through them.
+        continued = [[*(c[:-1] if with_spec[i] else c[-2:-1]), {"role": "assistant", "content": c[-1]["content"] + p}]
+                     for i, c, p in zip(indices, part, prefixes, strict=True)]
         answers = run(continued, settings.model_copy(update={"max_new_tokens": cfg.max_new_tokens - budget}),
                       "answering", [row_seed(recipe.seed, f"{keys[i]}:answer") for i in indices])
         save(indices,
