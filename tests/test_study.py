@@ -182,3 +182,31 @@ def test_a_methods_overrides_can_name_the_runs_seed_and_folder(study_file, tmp_p
     recipe = run_recipe(study, base, method, 7, {})
     assert recipe.dpo.data.source == str(tmp_path / "study" / "runs" / "sft" / "seed7" / "pairs" / "pairs.jsonl")
     assert recipe.seed == 7 and recipe.output_dir == tmp_path / "study" / "runs" / "reuse" / "seed7"
+
+
+def test_the_leaderboard_reports_what_a_reasoning_model_recalls(tmp_path):
+    from deliberate.cli.study import leaderboard, leaderboard_markdown
+    from deliberate.config.study import StudyConfig
+    from deliberate.stages.evaluate import slug
+
+    def judged(name, cites, followed):
+        rows = [{"id": f"h{i}", "expected": "refuse", "verdict": "refuse", "score": 10.0, "cites_category": c,
+                 "style_followed": f} for i, (c, f) in enumerate(zip(cites, followed, strict=True))]
+        write_jsonl(tmp_path / "judgments" / slug(name) / "b.jsonl", rows)
+
+    judged("base", [None] * 4, [None] * 4)  # the base does not reason
+    judged("plain/seed0", [None] * 4, [None] * 4)
+    judged("plain/seed1", [None] * 4, [None] * 4)
+    judged("reasoning/seed0", [True, True, False, None], [True, False, True, True])
+    judged("reasoning/seed1", [True, False, False, False], [True, True, True, True])
+    study = StudyConfig(recipe="x", benchmarks=["b"], seeds=[0, 1], bootstrap_samples=200,
+                        methods=[{"name": "plain", "steps": ["sft"]}, {"name": "reasoning", "steps": ["sft"]}])
+    runs = [{"method": m, "seed": k} for k in (0, 1) for m in ("plain", "reasoning")]
+    board = leaderboard(study, runs, {"base": "base", "judge": "rules", "results": [{"benchmark": "b"}]}, tmp_path)
+    (retrieval,) = [r for r in board["rows"] if r["metric"] == "policy_retrieval" and r["benchmark"] == "b"]
+    assert retrieval["method"] == "reasoning" and retrieval["vs_base"] is None  # neither the base nor plain reasons
+    assert retrieval["rate"]["per_seed"] == pytest.approx([2 / 3, 1 / 4])
+    assert retrieval["rate"]["value"] == pytest.approx((2 / 3 + 1 / 4) / 2)
+    (followed,) = [r for r in board["rows"] if r["metric"] == "style_followed" and r["benchmark"] == "b"]
+    assert followed["rate"]["per_seed"] == pytest.approx([3 / 4, 1.0])
+    assert "policy retrieval (reasoning cites the category)" in leaderboard_markdown(board)

@@ -49,6 +49,17 @@ from deliberate.stages.sft import run_sft, sft_dataset
 
 RUN_MARKER = "study_run.json"  # written into a run's folder once its final model is known
 RATES = ("refusal_rate", "answer_rate")  # harmful prompts refused, safe prompts answered
+# What a reasoning model recalls: reasonings citing the prompt's category, answers doing the style they stated
+RECALL = ("policy_retrieval", "style_followed")
+WHAT = {"refusal_rate": "harmful prompts refused", "answer_rate": "safe prompts answered",
+        "policy_retrieval": "policy retrieval (reasoning cites the category)",
+        "style_followed": "answers that do the style their reasoning states"}
+
+
+def recall_outcomes(judged: list[dict[str, Any]]) -> dict[str, dict[str, bool]]:
+    """Per recall measure, each judged prompt's outcome by id, where it applies (see `RECALL`)."""
+    keys = {"policy_retrieval": "cites_category", "style_followed": "style_followed"}
+    return {rate: {j["id"]: bool(j[key]) for j in judged if j.get(key) is not None} for rate, key in keys.items()}
 
 
 def _sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
@@ -196,8 +207,11 @@ def leaderboard(study: StudyConfig, runs: list[dict[str, Any]], report: dict[str
     base = report["base"]
     by_method = {m.name: [r for r in runs if r["method"] == m.name] for m in study.methods}
     bench_names = list(dict.fromkeys(r["benchmark"] for r in report["results"]))  # names as the files give them
-    per_bench = {(bench, name): outcomes(_judged(folder, name, bench))
-                 for bench in bench_names for name in [base, *map(label, runs)]}
+    per_bench = {}
+    for bench in bench_names:
+        for name in [base, *map(label, runs)]:
+            judged = _judged(folder, name, bench)
+            per_bench[(bench, name)] = {**outcomes(judged), **recall_outcomes(judged)}
     # Pooled over the benchmarks (prompt ids namespaced by benchmark), for the plot and the first columns.
     columns = [*bench_names, "all"]
 
@@ -208,16 +222,20 @@ def leaderboard(study: StudyConfig, runs: list[dict[str, Any]], report: dict[str
 
     rows, n = [], study.bootstrap_samples
     for bench in columns:
-        for rate in RATES:
+        for rate in (*RATES, *RECALL):
             base_outcomes = outcomes_of(base, bench, rate)
-            if not base_outcomes:
+            if not base_outcomes and rate in RATES:
                 continue
             figures = {}
             for method, method_runs in by_method.items():
                 seeds = [outcomes_of(label(r), bench, rate) for r in method_runs]
+                if not any(seeds):  # a recall measure of a method that does not reason
+                    continue
                 figures[method] = {"rate": seeds_and_prompts([_floats(s) for s in seeds], n),
-                                   "vs_base": seeds_and_prompts([paired_by_prompt(s, base_outcomes) for s in seeds], n),
-                                   "seeds": seeds}
+                                   "vs_base": seeds_and_prompts([paired_by_prompt(s, base_outcomes) for s in seeds], n)
+                                   if base_outcomes else None, "seeds": seeds}
+            if not figures:
+                continue
             best = max(figures, key=lambda m: figures[m]["rate"]["value"] if figures[m]["rate"]["value"] is not None
                        else -1)
             for method, f in figures.items():
@@ -227,9 +245,10 @@ def leaderboard(study: StudyConfig, runs: list[dict[str, Any]], report: dict[str
                 rows.append({"benchmark": bench, "metric": rate, "method": method, "rate": f["rate"],
                              "vs_base": f["vs_base"], "best": best, "vs_best": vs_best,
                              "tied_with_best": method == best or (low is not None and low <= 0 <= high)})
-            base_rate = seeds_and_prompts([_floats(base_outcomes)], n)
-            rows.append({"benchmark": bench, "metric": rate, "method": "base", "rate": base_rate, "vs_base": None,
-                         "best": best, "vs_best": None, "tied_with_best": None})
+            if base_outcomes:
+                rows.append({"benchmark": bench, "metric": rate, "method": "base",
+                             "rate": seeds_and_prompts([_floats(base_outcomes)], n), "vs_base": None, "best": best,
+                             "vs_best": None, "tied_with_best": None})
     points = [{"method": r["method"], "seed": r["seed"],
                "harmful_refused": _mean(outcomes_of(label(r), "all", "refusal_rate")),
                "safe_answered": _mean(outcomes_of(label(r), "all", "answer_rate"))} for r in runs]
@@ -273,7 +292,7 @@ def leaderboard_csv(board: dict[str, Any]) -> str:
 
 
 def leaderboard_markdown(board: dict[str, Any]) -> str:
-    what = {"refusal_rate": "harmful prompts refused", "answer_rate": "safe prompts answered"}
+    what = WHAT
     judge = board["judge"] + (f" ({board['judge_model']})" if board["judge_model"] else "")
     lines = [f"# {board['study']}: leaderboard", "",
              f"Base `{board['base']}`; judge {judge};"
@@ -281,7 +300,7 @@ def leaderboard_markdown(board: dict[str, Any]) -> str:
              "over seeds and prompts; differences are paired by prompt and seed. A method marked = is not told "
              "apart from the column's best (its interval from the best contains 0).", ""]
     for bench in [*board["benchmarks"], "all"]:
-        for rate in RATES:
+        for rate in (*RATES, *RECALL):
             rows = [r for r in board["rows"] if r["benchmark"] == bench and r["metric"] == rate]
             if not rows:
                 continue
