@@ -9,8 +9,6 @@ from pydantic import Field, model_validator
 from deliberate.config.base import Expected, Section
 from deliberate.config.sampling import ApiConfig, SamplingConfig
 
-StyleName = Literal["comply", "refuse", "safe_complete"]
-
 
 class GenerateConfig(SamplingConfig, ApiConfig):
     """`generate`: the teacher's spec-conditioned sampling. The sampling fields are `generation`'s (with
@@ -39,7 +37,7 @@ class GenerateConfig(SamplingConfig, ApiConfig):
     """What the system prompt asks after the spec: a file path or the text itself. The built-in instructions
     (reason in <think>...</think>, name the category, quote the rule, choose the style, then answer; with worked
     examples) when unset."""
-    answer_sees_spec: bool | list[StyleName] = Field(default=True, exclude_if=lambda v: v is True)
+    answer_sees_spec: bool | list[Expected] = Field(default=True, exclude_if=lambda v: v is True)  # or styles
     """`hf` with `reasoning_budget`: whether the answer after the closed reasoning is generated with the spec and
     worked examples still in context (true, the default) or from the user's prompt and the reasoning alone (false:
     as the student answers, with no system prompt; the spec reaches the answer through the reasoning's category,
@@ -51,7 +49,7 @@ class GenerateConfig(SamplingConfig, ApiConfig):
     @model_validator(mode="after")
     def _budget_fits(self):
         if self.answer_sees_spec is not True and (self.reasoning_budget is None or self.backend != "hf"):
-            raise ValueError("answer_sees_spec: false needs backend hf and a reasoning_budget (the answer is "
+            raise ValueError("answer_sees_spec other than true needs backend hf and a reasoning_budget (the answer is "
                              "generated after the closed reasoning)")
         if self.reasoning_budget is not None and self.reasoning_budget >= self.max_new_tokens:
             raise ValueError(f"reasoning_budget ({self.reasoning_budget}) must be below max_new_tokens "

@@ -91,15 +91,15 @@ def _label(value: Any, row: int) -> bool:
 
 
 def _where(rows: list[dict[str, Any]], where: dict[str, Any], label: str) -> list[dict[str, Any]]:
-    """The rows whose columns hold the wanted values (`data.where`)."""
-    for column, wanted in where.items():
-        if rows and not any(column in r for r in rows):
-            raise DeliberateError(f"{label}: no column '{column}' (set by dpo.data.where.{column})")
-        values = {str(v) for v in (wanted if isinstance(wanted, list) else [wanted])}
-        rows = [r for r in rows if str(r.get(column)) in values]
-    if not rows:
+    """The rows whose columns hold the wanted values (`data.where`, read as a file's rows are)."""
+    import pandas as pd
+
+    if not where:
+        return rows
+    kept = [rows[i] for i in apply_where(pd.DataFrame(rows), where, label, "dpo.data.where").index]
+    if not kept:
         raise DeliberateError(f"{label}: no examples left after dpo.data.where")
-    return rows
+    return kept
 
 
 def load_preferences(recipe: Recipe, data: PreferenceData,
