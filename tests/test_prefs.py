@@ -157,3 +157,33 @@ def test_where_picks_the_pairs_of_prompts_to_answer_or_to_refuse(tmp_path):
     write_jsonl(Layout(recipe).pairs / "pairs.jsonl", conversation)
     rows, _ = load_preferences(recipe, PreferenceData(where={"expected": "refuse"}), "paired")
     assert [r["prompt"][0]["content"] for r in rows] == ["Q2"]
+
+
+def test_also_from_pools_a_second_models_samples_and_resumes(tiny_model_dir, tmp_path):
+    from conftest import build_tiny_model
+
+    from deliberate.stages.pairs import build_pairs
+
+    other = build_tiny_model(tmp_path / "other", seed=1)
+    data = tmp_path / "p.jsonl"
+    write_jsonl(data, [{"id": str(i), "prompt": f"Say something about {w}", "category": "safe"}
+                       for i, w in enumerate(["tea", "rain", "maps", "bread"])])
+    recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"output_dir={tmp_path / 'out'}",
+                                f"data.source={data}", "judge.backend=rules", "pairs.samples=2",
+                                "pairs.max_new_tokens=6", "pairs.drop_cut_off=false", "pairs.min_margin=0",
+                                f"pairs.also_from=[{other}]"])
+    summary = build_pairs(recipe, show_progress=False)
+    folder = tmp_path / "out" / "pairs"
+    judged = read_jsonl(folder / "judged.jsonl")
+    assert summary["completions"] == 16 and summary["generated_now"] == 16
+    assert summary["policy"] == str(tiny_model_dir) and summary["also_from"] == [str(other)]
+    by_prompt = {}
+    for j in judged:
+        by_prompt.setdefault(j["id"], []).append((j["sample"], j["writer"]))
+    # samples 0-1 from the policy (the file it always had), 2-3 from the other model (a file of its own)
+    assert all(sorted(v) == [(0, "base"), (1, "base"), (2, str(other)), (3, str(other))] for v in by_prompt.values())
+    assert len(read_jsonl(folder / "completions.jsonl")) == len(read_jsonl(folder / "completions-1.jsonl")) == 8
+    for p in read_jsonl(folder / "pairs.jsonl"):
+        writer = {0: "base", 1: "base", 2: str(other), 3: str(other)}
+        assert (p["chosen_writer"], p["rejected_writer"]) == (writer[p["chosen_sample"]], writer[p["rejected_sample"]])
+    assert build_pairs(recipe, show_progress=False)["generated_now"] == 0  # both files resume

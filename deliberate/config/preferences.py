@@ -23,6 +23,11 @@ class PairsConfig(SamplingConfig):
     recipe's `model` when unset."""
     samples: int = Field(default=4, ge=2)
     """Completions sampled per prompt (n); the best and the worst of them make a pair."""
+    also_from: list[str] = Field(default_factory=list, exclude_if=lambda v: not v)
+    """More models that sample `samples` completions per prompt each, judged and ranked beside the policy's
+    (`base`, `stage:sft`, a folder or Hub id). From `stage:sft` with `also_from: [base]`, a harmful prompt the SFT
+    model refuses and the base answers, or a safe one the base answers and the SFT model refuses, makes a pair that
+    contrasts refusing with answering even where the policy's own samples all agree (off-policy pairs)."""
     judge_sees_reasoning: bool = False
     """Show the judge the chain of thought too; by default it judges the final answer only (as the RL stage)."""
     min_margin: float = Field(default=1.0, ge=0)

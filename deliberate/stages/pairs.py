@@ -6,6 +6,8 @@ each one with the category's spec (the final answer only unless `pairs.judge_see
   `pairs.min_margin` (equal scores are a tie: no pair). A completion whose judgment failed is never paired,
   and one cut off at the token limit is left out;
 - KTO examples: every judged completion, desirable when its score is at least `pairs.kto_threshold`.
+`pairs.also_from` adds other models' samples to each prompt's candidates (e.g. the base beside the SFT model,
+so a refusal and an answer to the same prompt can meet); every row says which model wrote it (`writer`).
 
 Outputs in `<output_dir>/pairs/`: `completions.jsonl` (resumable), `judged.jsonl`, `pairs.jsonl` (TRL
 conversational prompt/chosen/rejected with both scores), `kto.jsonl` (prompt/completion/label with the score)
@@ -36,26 +38,36 @@ def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     require_scale(resolve_judge(recipe, recipe.judge), "pairs.min_margin / pairs.kto_threshold")  # before any sampling
     spec = load_spec(recipe.spec)
     records = training_prompts(recipe.data, spec, recipe.eval.datasets_dir)
-    policy = stage_model(recipe, cfg.policy) if cfg.policy else recipe.model.name
-    model = recipe.model.model_copy(update={"name": policy})
-    samples = [PromptRecord(id=f"{r.id}#{s}", prompt=r.prompt, category=r.category, expected=r.expected,
-                            meta={**r.meta, "prompt_id": r.id, "sample": s})
-               for r in records for s in range(cfg.samples)]
+    writers = [cfg.policy or "base", *cfg.also_from]
+    models = [recipe.model.model_copy(update={"name": sampler_path(recipe, ref)}) for ref in writers]
+    policy, model = models[0].name, models[0]
     folder = Layout(recipe).pairs
-    run = answer_records(model, samples, cfg.sampling(), folder / "completions.jsonl", seed=recipe.seed,
-                         show_progress=show_progress, description="sampling completions")
+    rows, generated, gen_errors = [], 0, []
+    for i, (ref, sampler) in enumerate(zip(writers, models, strict=True)):
+        # Sample numbers run on across the models (model i writes samples i*n .. i*n+n-1), so a prompt's
+        # candidates stay distinct and the policy's own keep the numbers (and the file) they had without others.
+        samples = [PromptRecord(id=f"{r.id}#{s}", prompt=r.prompt, category=r.category, expected=r.expected,
+                                meta={**r.meta, "prompt_id": r.id, "sample": s, "writer": ref})
+                   for r in records for s in range(i * cfg.samples, (i + 1) * cfg.samples)]
+        path = folder / ("completions.jsonl" if i == 0 else f"completions-{i}.jsonl")
+        run = answer_records(sampler, samples, cfg.sampling(), path, seed=recipe.seed, show_progress=show_progress,
+                             description="sampling completions" + (f" ({ref})" if len(writers) > 1 else ""))
+        rows += run.rows
+        generated += run.generated
+        gen_errors += run.errors
     judge = make_judge(resolve_judge(recipe, recipe.judge), spec, show_progress=show_progress)
     try:
-        usable = [r for r in run.rows if not (cfg.drop_cut_off and r["finish_reason"] == "length")]
+        usable = [r for r in rows if not (cfg.drop_cut_off and r["finish_reason"] == "length")]
         results = judge.score([PointwiseItem(r["prompt"], r["answer"], r.get("category"), r.get("expected"))
                                for r in usable], hide_reasoning=not cfg.judge_sees_reasoning)
     finally:
         judge.close()
     by_key = {r["key"]: res for r, res in zip(usable, results, strict=True)}
     judged = []
-    for r in run.rows:
+    for r in rows:
         res = by_key.get(r["key"])
-        judged.append({"id": r["meta"]["prompt_id"], "sample": r["meta"]["sample"], "prompt": r["prompt"],
+        judged.append({"id": r["meta"]["prompt_id"], "sample": r["meta"]["sample"],
+                       "writer": r["meta"].get("writer", writers[0]), "prompt": r["prompt"],
                        "category": r.get("category"), "expected": r.get("expected"), "completion": r["answer"],
                        "finish_reason": r["finish_reason"], "score": res.score if res else None,
                        "verdict": res.verdict if res else None,
@@ -64,9 +76,10 @@ def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                        else None})
     pairs, kto, ties = rank_pairs(judged, cfg.min_margin, cfg.kto_threshold)
     scored = [j for j in judged if j["score"] is not None]
-    summary = {"policy": policy, **backend_info(model), "prompts": len(records), "completions": len(judged),
-               "generated_now": run.generated, "generation_failures": len(run.errors),
-               "generation_usage": run.usage.to_dict() if run.usage else None,
+    summary = {"policy": policy, **({"also_from": [m.name for m in models[1:]]} if cfg.also_from else {}),
+               **backend_info(model), "prompts": len(records), "completions": len(judged),
+               "generated_now": generated, "generation_failures": len(gen_errors),
+               "generation_usage": run.usage.to_dict() if run.usage and len(models) == 1 else None,
                "cut_off": sum(j["finish_reason"] == "length" for j in judged),
                "judge_failures": sum(j["judge_error"] is not None for j in judged), "judged": len(scored),
                "mean_score": round(sum(j["score"] for j in scored) / len(scored), 3) if scored else None,
@@ -75,11 +88,16 @@ def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                "kto_undesirable": sum(not k["label"] for k in kto), "min_margin": cfg.min_margin,
                "kto_threshold": cfg.kto_threshold, "judge": recipe.judge.backend,
                "judge_usage": judge.usage.to_dict()}
-    errors = run.errors + [j["judge_error"] for j in judged if j["judge_error"] is not None]
+    errors = gen_errors + [j["judge_error"] for j in judged if j["judge_error"] is not None]
     publish("pairs", folder, {"judged.jsonl": judged, "pairs.jsonl": pairs, "kto.jsonl": kto, "summary.json":
-            summary}, summary=summary, total=len(usable) + len(run.errors), errors=errors,
-            max_failures=recipe.judge.max_failures, what="completions and judgments" if run.errors else "judgments")
+            summary}, summary=summary, total=len(usable) + len(gen_errors), errors=errors,
+            max_failures=recipe.judge.max_failures, what="completions and judgments" if gen_errors else "judgments")
     return summary
+
+
+def sampler_path(recipe: Recipe, ref: str) -> str:
+    """The model a pairs writer names: `base` is the recipe's model, `stage:`/`merge:` references their folder."""
+    return recipe.model.name if ref == "base" else stage_model(recipe, ref)
 
 
 def rank_pairs(judged: list[dict[str, Any]], min_margin: float,
@@ -110,5 +128,7 @@ def rank_pairs(judged: list[dict[str, Any]], min_margin: float,
                       "rejected": [{"role": "assistant", "content": worst["completion"]}],
                       "score_chosen": best["score"], "score_rejected": worst["score"], "id": best["id"],
                       "category": best["category"], "expected": best.get("expected"), "chosen_sample": best["sample"],
-                      "rejected_sample": worst["sample"]})
+                      "rejected_sample": worst["sample"],
+                      **({"chosen_writer": best["writer"], "rejected_writer": worst["writer"]}
+                         if "writer" in best else {})})
     return pairs, kto, ties
