@@ -42,7 +42,7 @@ def study_file(tiny_model_dir, tmp_path) -> Path:
 def test_a_study_runs_every_method_and_seed_and_its_leaderboard_is_the_runs_own(study_file, tmp_path):
     from deliberate.cli.study import load_study, run_study
 
-    study, base = load_study(study_file, ["also_judge={again: [judge.backend=rules]}"])
+    study, base = load_study(study_file, ["also_judge={again: [judge.backend=rules]}", "methods[1].max_new_tokens=6"])
     board = run_study(study, base, say=lambda line: None, show_progress=False)
     root = tmp_path / "study"
     # A second judge reads the same answers (none generated again) and, being the same judge, agrees.
@@ -61,6 +61,11 @@ def test_a_study_runs_every_method_and_seed_and_its_leaderboard_is_the_runs_own(
     # Each seed's rate is that run's rate in the evaluation report, and the mean is their mean.
     report = json.loads((root / "eval" / "report.json").read_text())
     rates = {(r["model"], r["benchmark"]): r for r in report["results"]}
+    # kto's models answer with the method's own budget, the others with the recipe's
+    assert {m["model"]: m["max_new_tokens"] for m in report["models"]} == {
+        report["base"]: 4, "dpo/seed0": 4, "dpo/seed1": 4, "kto/seed0": 6, "kto/seed1": 6}
+    answers = read_jsonl(root / "eval" / "answers" / "kto_seed0" / f"{board['benchmarks'][0]}.jsonl")
+    assert {a["generation"]["max_new_tokens"] for a in answers} == {6}
     bench = board["benchmarks"][0]
     for row in (r for r in board["rows"] if r["benchmark"] == bench and r["method"] != "base"):
         expected = [rates[(f"{row['method']}/seed{s}", bench)][row["metric"]]["value"] for s in (0, 1)]

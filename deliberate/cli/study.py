@@ -179,7 +179,9 @@ def evaluate_runs(study: StudyConfig, base: Path, runs: list[dict[str, Any]], se
                   name: str, show_progress: bool, into: Path | None = None) -> dict[str, Any]:
     """Every run's model and the base evaluated in `folder/eval`, and the leaderboard as `<into>/<name>.*`."""
     evaluation = load_recipe(base, [*sets, f"output_dir={folder}", "eval.pairwise=false", *study.eval_set])
-    report = run_eval(evaluation, models=[EvalModel(name=r["model"], label=label(r)) for r in runs],
+    budgets = {m.name: {"max_new_tokens": m.max_new_tokens} for m in study.methods if m.max_new_tokens}
+    report = run_eval(evaluation, models=[EvalModel(name=r["model"], label=label(r), **budgets.get(r["method"], {}))
+                                          for r in runs],
                       benchmarks=study.benchmarks, show_progress=show_progress)
     write_provenance(Layout(evaluation).eval, evaluation)
     board = leaderboard(study, runs, report, Layout(evaluation).eval)

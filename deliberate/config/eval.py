@@ -19,6 +19,9 @@ class EvalModel(ModelConfig):
 
     label: str | None = None
     """How the report names the model; its `name` when unset."""
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    """This model's token budget, over `generation.max_new_tokens` (a model that reasons before it answers needs
+    room for its reasoning; the judge sees the answer after it)."""
 
     @model_serializer(mode="wrap")
     def _as_given(self, handler) -> dict[str, Any]:
@@ -29,7 +32,7 @@ class EvalModel(ModelConfig):
     def over(self, base: ModelConfig) -> ModelConfig:
         """The model this entry names: `base` with the fields the entry gives (another name drops `base`'s
         revision and adapter base, which belong to `base`'s own weights)."""
-        given = self.model_dump(exclude={"label"})
+        given = self.model_dump(exclude={"label", "max_new_tokens"})
         reset = {"revision": None, "base": None} if given.get("name", base.name) != base.name else {}
         return base.model_copy(update={**reset, **given})
 

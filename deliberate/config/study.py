@@ -44,6 +44,9 @@ class MethodSpec(Section):
     replaced by the run's seed and `{runs}` by the study's runs folder, so a method can read another's outputs
     for the same seed (`dpo.data.source={runs}/sft/seed{seed}/pairs/pairs.jsonl`: the pairs the sft method
     sampled, shared by every method that trains on them instead of sampled again)."""
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    """Its models' token budget in the evaluation, over the recipe's `generation.max_new_tokens`: a method whose
+    model reasons before it answers needs room for the reasoning (the judge sees the answer after it)."""
     model: str | None = None
     """The model the method ends with, as `eval.models` names it (`stage:safe`, `merge:p-sacpo/a0.5`); by default
     the last training step's: `stage:sft`, the last dpo stage's, `stage:rl` or the last merge's (one variant)."""

@@ -41,7 +41,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from deliberate.config import CRITERIA, Benchmark, ModelConfig, Recipe
+from deliberate.config import CRITERIA, Benchmark, ModelConfig, Recipe, SamplingConfig
 from deliberate.config.eval import EvalModel, eval_model
 from deliberate.errors import DeliberateError
 from deliberate.judges import JudgeFailure, PairwiseItem, PointwiseItem, make_judge
@@ -179,11 +179,13 @@ def sampled(bench: Benchmark, sample: dict[str, int]) -> Benchmark:
     return bench if n is None else bench.model_copy(update={"data": bench.data.model_copy(update={"sample": n})})
 
 
-def eval_models(recipe: Recipe, entries: list[str | EvalModel] | None = None) -> dict[str, ModelConfig]:
-    """Every model evaluated, by its label: the recipe's model (the base) first, then each entry of
-    `eval.models` (or `entries`) laid over it, a `/*` reference standing for every variant."""
+def eval_models(recipe: Recipe, entries: list[str | EvalModel] | None = None
+                ) -> dict[str, tuple[ModelConfig, SamplingConfig]]:
+    """Every model evaluated and how it answers, by its label: the recipe's model (the base) first, then each entry
+    of `eval.models` (or `entries`) laid over it, a `/*` reference standing for every variant."""
     base = recipe.model
     found: dict[str, ModelConfig] = {base.name: base}
+    budgets: dict[str, int] = {}
     for entry in map(eval_model, recipe.eval.models if entries is None else entries):
         model = entry.over(base)
         named = stage_models(recipe, model.name)
@@ -196,13 +198,16 @@ def eval_models(recipe: Recipe, entries: list[str | EvalModel] | None = None) ->
                 raise DeliberateError(f"eval.models: two different models are labelled '{label}'; give one a label "
                                       "(`{name: ..., label: ...}`)")
             found[label] = one
+            if entry.max_new_tokens is not None:
+                budgets[label] = entry.max_new_tokens
     slugs = [slug(label) for label in found]
     if doubled := sorted({label for label in found if slugs.count(slug(label)) > 1}):
         raise DeliberateError(f"eval.models: {', '.join(doubled)} would share one answers folder; label them apart")
     for model in found.values():  # before any answer is generated
         if model.backend == "openai":
             check_served(model)
-    return found
+    return {label: (model, recipe.generation.model_copy(update={"max_new_tokens": budgets[label]})
+                    if label in budgets else recipe.generation) for label, model in found.items()}
 
 
 def run_eval(recipe: Recipe, models: list[str | EvalModel] | None = None, benchmarks: list[str] | None = None,
@@ -233,12 +238,13 @@ def run_eval(recipe: Recipe, models: list[str | EvalModel] | None = None, benchm
     files: dict[str, Any] = {}  # every judged output, written together at the end under the failure rule
     tally = Tally()
     try:
-        for name, model in evaluated.items():
+        for name, (model, settings) in evaluated.items():
             # Loaded once for all benchmarks (hf, vllm), and only if some answer is missing.
-            load = functools.cache(lambda model=model: open_model(sampling_model(model, recipe.generation), load_model))
+            load = functools.cache(lambda model=model, settings=settings: open_model(sampling_model(model, settings),
+                                                                                     load_model))
             usage, failed, generated = ApiUsage(), [], 0  # a served model's, over all benchmarks
             for bench in benches:
-                run = answer_records(model, prompts[bench.name], recipe.generation,
+                run = answer_records(model, prompts[bench.name], settings,
                                      root / "answers" / slug(name) / f"{bench.name}.jsonl", seed=recipe.seed,
                                      show_progress=show_progress, description=f"{name} on {bench.name}", load=load)
                 tally.add(len(prompts[bench.name]), run.errors)
@@ -260,7 +266,8 @@ def run_eval(recipe: Recipe, models: list[str | EvalModel] | None = None, benchm
             if load.cache_info().currsize and isinstance(engine := load(), VLLMEngine):
                 engine.close()  # vLLM holds its GPU memory until it is torn down
             load.cache_clear()  # free this model before the next one loads
-            model_rows.append({"model": name, "path": model.name, **backend_info(model), "generated_now": generated,
+            model_rows.append({"model": name, "path": model.name, **backend_info(model),
+                               "max_new_tokens": settings.max_new_tokens, "generated_now": generated,
                                "answer_failures": len(failed), "answer_errors": top_reasons(failed) if failed else None,
                                "api_usage": usage.to_dict() if model.backend == "openai" else None})
         pairwise, elo = (compare_models(recipe, names, benches, answers, judge, files, tally) if cfg.pairwise and
