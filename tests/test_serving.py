@@ -161,6 +161,7 @@ def test_a_served_base_model_and_an_api_judge_are_named_in_the_report(tmp_path, 
         "openai: judge-test", server.base_url, "1")
     assert report["models"] == [{"model": "served-llama", "path": "served-llama", "backend": "openai",
                                  "base_url": server.base_url, "generated_now": 5, "answer_failures": 0,
+                                 "max_new_tokens": report["generation"]["max_new_tokens"],
                                  "answer_errors": None, "api_usage": report["models"][0]["api_usage"]}]
     assert f"judge `openai: judge-test` at `{server.base_url}` (prompt version 1)" in (
         tmp_path / "eval" / "report.md").read_text()

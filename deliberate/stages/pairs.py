@@ -29,6 +29,7 @@ from deliberate.services.benchmarks import training_prompts
 from deliberate.services.data import PromptRecord
 from deliberate.services.failures import publish
 from deliberate.services.runs import Layout, resolve_judge, stage_model
+from deliberate.services.serving import ApiUsage
 from deliberate.services.spec import load_spec
 
 
@@ -42,7 +43,7 @@ def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     models = [recipe.model.model_copy(update={"name": sampler_path(recipe, ref)}) for ref in writers]
     policy, model = models[0].name, models[0]
     folder = Layout(recipe).pairs
-    rows, generated, gen_errors = [], 0, []
+    rows, generated, gen_errors, usage = [], 0, [], None  # usage: the served writers' requests, summed
     for i, (ref, sampler) in enumerate(zip(writers, models, strict=True)):
         # Sample numbers run on across the models (model i writes samples i*n .. i*n+n-1), so a prompt's
         # candidates stay distinct and the policy's own keep the numbers (and the file) they had without others.
@@ -55,6 +56,9 @@ def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
         rows += run.rows
         generated += run.generated
         gen_errors += run.errors
+        if run.usage is not None:
+            usage = usage or ApiUsage()
+            usage.add(run.usage)
     judge = make_judge(resolve_judge(recipe, recipe.judge), spec, show_progress=show_progress)
     try:
         usable = [r for r in rows if not (cfg.drop_cut_off and r["finish_reason"] == "length")]
@@ -79,7 +83,7 @@ def build_pairs(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     summary = {"policy": policy, **({"also_from": [m.name for m in models[1:]]} if cfg.also_from else {}),
                **backend_info(model), "prompts": len(records), "completions": len(judged),
                "generated_now": generated, "generation_failures": len(gen_errors),
-               "generation_usage": run.usage.to_dict() if run.usage and len(models) == 1 else None,
+               "generation_usage": usage.to_dict() if usage else None,
                "cut_off": sum(j["finish_reason"] == "length" for j in judged),
                "judge_failures": sum(j["judge_error"] is not None for j in judged), "judged": len(scored),
                "mean_score": round(sum(j["score"] for j in scored) / len(scored), 3) if scored else None,
