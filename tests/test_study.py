@@ -98,7 +98,7 @@ def test_a_crashed_study_resumes_without_redoing_finished_runs(study_file, tmp_p
         return real(recipe, **kw)
 
     monkeypatch.setitem(module.STEPS, "dpo", crash_on_the_second_run)
-    study, base = module.load_study(study_file)
+    study, base = module.load_study(study_file, ["isolate_runs=false"])  # the crash is patched into this process
     with pytest.raises(KeyboardInterrupt):
         module.run_study(study, base, say=lambda line: None, show_progress=False)
     first = tmp_path / "study" / "runs" / "dpo" / "seed0" / "dpo" / "dpo" / "model" / "model.safetensors"
@@ -215,3 +215,12 @@ def test_the_leaderboard_reports_what_a_reasoning_model_recalls(tmp_path):
     (followed,) = [r for r in board["rows"] if r["metric"] == "style_followed" and r["benchmark"] == "b"]
     assert followed["rate"]["per_seed"] == pytest.approx([3 / 4, 1.0])
     assert "policy retrieval (reasoning cites the category)" in leaderboard_markdown(board)
+
+
+def test_a_runs_error_in_its_own_process_is_the_same_one_error(study_file):
+    from deliberate.cli.study import load_study, run_study
+
+    study, base = load_study(study_file, ["methods[0].set=[dpo.data.source=missing-pairs.jsonl]"])
+    assert study.isolate_runs  # each run trains in a fresh process unless told otherwise
+    with pytest.raises(DeliberateError, match="missing-pairs.jsonl"):
+        run_study(study, base, say=lambda line: None, show_progress=False)

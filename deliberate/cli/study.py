@@ -139,6 +139,32 @@ def run_recipe(study: StudyConfig, base: Path, method: MethodSpec, seed: int, st
     return load_recipe(base, sets)
 
 
+def train_run(study: StudyConfig, base: Path, method: MethodSpec, seed: int, starts: dict[str, str],
+              show_progress: bool = True) -> str:
+    """Every step of one method x seed (a finished stage is reused); the folder of the model it ends with."""
+    recipe = run_recipe(study, base, method, seed, starts)
+    for step in method.steps:
+        STEPS[step](recipe, show_progress=show_progress)
+    return final_model(recipe, method)
+
+
+def _in_own_process(study: StudyConfig, base: Path, method: MethodSpec, seed: int, starts: dict[str, str],
+                    show_progress: bool) -> str:
+    """`train_run` in a fresh process, so that what one run's stages leave in memory (models, optimiser states,
+    the allocator's arenas) is returned before the next: one process training method after method grew past 24 GB.
+    A `DeliberateError` in the run is raised here as it was there."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            return pool.submit(train_run, study, base, method, seed, starts, show_progress).result()
+        except BrokenProcessPool:
+            raise DeliberateError(f"study: the process training {method.name}, seed {seed} was killed (out of "
+                                  "memory? `dmesg` tells); its finished stages are kept: run the study again") from None
+
+
 def run_study(study: StudyConfig, base: Path, *, say: Callable[[str], None] = print,
               show_progress: bool = True) -> dict[str, Any]:
     """Train every method x seed (finished runs are reused), evaluate, and write the leaderboard."""
@@ -152,10 +178,11 @@ def run_study(study: StudyConfig, base: Path, *, say: Callable[[str], None] = pr
             done += 1
             recipe = run_recipe(study, base, method, seed, starts)
             folder = Path(recipe.output_dir)
-            for step in method.steps:
-                say(f"run {done}/{total}: {method.name}, seed {seed}: {step}")
-                STEPS[step](recipe, show_progress=show_progress)
-            model = final_model(recipe, method)
+            say(f"run {done}/{total}: {method.name}, seed {seed}: {' -> '.join(method.steps)}")
+            if study.isolate_runs:
+                model = _in_own_process(study, base, method, seed, starts, show_progress)
+            else:
+                model = train_run(study, base, method, seed, starts, show_progress)
             starts[method.name] = model
             record = {"method": method.name, "seed": seed, "model": model, "steps": method.steps}
             folder.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,9 @@ class StudyConfig(Section):
     """Other judges of the same answers: a name and the `--set` overrides that make its judge, e.g. `{rules:
     [judge.backend=rules]}`. Each judges the answers the evaluation generated (copied, not generated again) in
     `<output_dir>/judged-<name>/` and writes `leaderboard-<name>.{md,csv,json,png}`."""
+    isolate_runs: bool = True
+    """Train each method x seed in a fresh process (its memory returned when it ends). Off, every run trains in
+    the study's own process: faster to start, but what a stage leaves in memory stays until the study ends."""
     bootstrap_samples: int = Field(default=2000, ge=100)
     """Resamples (of seeds, then of prompts) for the leaderboard's intervals."""
 
