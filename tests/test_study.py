@@ -108,6 +108,16 @@ def test_a_crashed_study_resumes_without_redoing_finished_runs(study_file, tmp_p
     assert first.stat().st_mtime_ns == stamp  # the finished run was reused, not trained again
     assert len(board["runs"]) == 4 and (tmp_path / "study" / "leaderboard.json").is_file()
 
+    def entered(recipe, **kw):
+        raise AssertionError(f"a finished run's stage was entered again: {recipe.output_dir}")
+
+    monkeypatch.setitem(module.STEPS, "dpo", entered)  # finished runs with the same inputs are not re-entered
+    again = module.run_study(study, base, say=lambda line: None, show_progress=False)
+    assert [r["model"] for r in again["runs"]] == [r["model"] for r in board["runs"]]
+    changed, _ = module.load_study(study_file, ["isolate_runs=false", "set=[dpo.max_steps=3]"])
+    with pytest.raises(AssertionError, match="entered again"):  # other inputs: trained again
+        module.run_study(changed, base, say=lambda line: None, show_progress=False)
+
 
 def test_a_study_file_with_a_mistake_is_one_error_line(tmp_path):
     from deliberate.cli.study import load_study

@@ -139,6 +139,27 @@ def run_recipe(study: StudyConfig, base: Path, method: MethodSpec, seed: int, st
     return load_recipe(base, sets)
 
 
+def run_inputs(recipe: Recipe, method: MethodSpec) -> str:
+    """What a run's model is made from: its whole recipe (seed, folder, the start it continues) and its steps."""
+    from deliberate.services.runs import fingerprint
+
+    return fingerprint({"recipe": recipe.model_dump(mode="json"), "steps": method.steps, "model": final_ref(method)})
+
+
+def finished_run(folder: Path, inputs: str) -> str | None:
+    """The model of a run finished earlier with the same inputs, or None. A finished run is not entered again:
+    re-entering its stages re-judged its pairs (scores move in the last digit between batches), which changed
+    the data of every preference model after it and trained them again."""
+    import json
+
+    marker = folder / RUN_MARKER
+    if not marker.is_file():
+        return None
+    record = json.loads(marker.read_text())
+    model = record.get("model")
+    return model if record.get("inputs") == inputs and model and Path(model).is_dir() else None
+
+
 def train_run(study: StudyConfig, base: Path, method: MethodSpec, seed: int, starts: dict[str, str],
               show_progress: bool = True) -> str:
     """Every step of one method x seed (a finished stage is reused); the folder of the model it ends with."""
@@ -178,13 +199,15 @@ def run_study(study: StudyConfig, base: Path, *, say: Callable[[str], None] = pr
             done += 1
             recipe = run_recipe(study, base, method, seed, starts)
             folder = Path(recipe.output_dir)
-            say(f"run {done}/{total}: {method.name}, seed {seed}: {' -> '.join(method.steps)}")
-            if study.isolate_runs:
-                model = _in_own_process(study, base, method, seed, starts, show_progress)
+            inputs = run_inputs(recipe, method)
+            if model := finished_run(folder, inputs):
+                say(f"run {done}/{total}: {method.name}, seed {seed}: finished earlier, reused")
             else:
-                model = train_run(study, base, method, seed, starts, show_progress)
+                say(f"run {done}/{total}: {method.name}, seed {seed}: {' -> '.join(method.steps)}")
+                model = (_in_own_process if study.isolate_runs else train_run)(study, base, method, seed, starts,
+                                                                                show_progress)
             starts[method.name] = model
-            record = {"method": method.name, "seed": seed, "model": model, "steps": method.steps}
+            record = {"method": method.name, "seed": seed, "model": model, "steps": method.steps, "inputs": inputs}
             folder.mkdir(parents=True, exist_ok=True)
             write_json(folder / RUN_MARKER, record)
             write_provenance(folder, recipe)
