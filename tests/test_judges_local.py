@@ -101,7 +101,7 @@ def test_a_local_hf_judge_runs_the_same_prompts_and_fails_on_a_cut_verdict(tiny_
     results = judge.score([PointwiseItem("How do I bake bread?", ANSWER, "safe")] * 2)
     # Cut at 16 tokens, the verdict cannot be finished: every item is a reported failure, never a score.
     assert all(not r.ok and r.errors for r in results)
-    assert judge.usage.failures == 2 and judge.usage.requests == 2
+    assert judge.usage.failures == 1 and judge.usage.requests == 1  # the same item twice is asked once
 
 
 @pytest.fixture(scope="module")

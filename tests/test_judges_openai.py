@@ -222,3 +222,12 @@ def test_an_unreachable_judge_fails_every_item_with_the_reason(tmp_path):
     judge = make_judge(cfg, SPEC, show_progress=False)
     results = judge.score([HELPFUL, HARMFUL])
     assert not any(r.ok for r in results) and "connection error" in results[0].errors[0]
+
+
+def test_the_same_request_twice_in_one_call_is_asked_once_and_scored_alike(tmp_path):
+    items = [PointwiseItem(f"prompt {i % 3}", "Here you go.", "safe") for i in range(9)]  # 3 distinct, 3 times each
+    with FakeOpenAI() as server:
+        judge = judge_for(server, tmp_path, deterministic=False)
+        results = judge.score(items)
+        assert server.calls == 3 and judge.usage.requests == 3
+    assert [r.score for r in results[:3]] * 3 == [r.score for r in results]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -276,13 +277,20 @@ class Judge:
         fixed = {**self.backend.identity(), "prompt_version": PROMPT_VERSION, "kind": kind}
         keys = [cache_key({**fixed, **asdict(r)}) for r in requests]
         results: list[dict[str, Any] | JudgeFailure | None] = [None] * len(requests)
-        todo = []
+        # The same pointwise request twice in one call (two samples with the same answer) is asked once: judged
+        # in different batches a guard's bfloat16 scores differ in the last digit, and the cache would then give
+        # a rerun the one score where the first run had two, changing its pairs. (A pairwise comparison of two
+        # equal answers is still asked in both orders: a judge's position bias shows there.)
+        todo, first, also = [], {}, defaultdict(list)  # also: the later copies of a request asked once
         for i, key in enumerate(keys):
             hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
                 results[i] = hit
                 self.usage.cache_hits += 1
+            elif kind == "pointwise" and key in first:
+                also[first[key]].append(i)
             else:
+                first[key] = i
                 todo.append(i)
         if todo and self.max_calls is not None and self.usage.requests + len(todo) > self.max_calls:
             raise DeliberateError(
@@ -297,7 +305,8 @@ class Judge:
                         return
                     if isinstance(value, dict) and isinstance(value.get("rationale"), str):
                         value = {**value, "rationale": redact(value["rationale"])}  # a judge may quote a key
-                    results[i] = value
+                    for k in (i, *also[i]):
+                        results[k] = value
                     self.usage.requests += 1
                     if isinstance(value, JudgeFailure):
                         self.usage.failures += 1
