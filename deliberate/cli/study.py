@@ -160,17 +160,14 @@ def finished_run(folder: Path, inputs: str) -> str | None:
     return model if record.get("inputs") == inputs and model and Path(model).is_dir() else None
 
 
-def train_run(study: StudyConfig, base: Path, method: MethodSpec, seed: int, starts: dict[str, str],
-              show_progress: bool = True) -> str:
+def train_run(recipe: Recipe, method: MethodSpec, show_progress: bool = True) -> str:
     """Every step of one method x seed (a finished stage is reused); the folder of the model it ends with."""
-    recipe = run_recipe(study, base, method, seed, starts)
     for step in method.steps:
         STEPS[step](recipe, show_progress=show_progress)
     return final_model(recipe, method)
 
 
-def _in_own_process(study: StudyConfig, base: Path, method: MethodSpec, seed: int, starts: dict[str, str],
-                    show_progress: bool) -> str:
+def _in_own_process(recipe: Recipe, method: MethodSpec, show_progress: bool) -> str:
     """`train_run` in a fresh process, so that what one run's stages leave in memory (models, optimiser states,
     the allocator's arenas) is returned before the next: one process training method after method grew past 24 GB.
     A `DeliberateError` in the run is raised here as it was there."""
@@ -180,9 +177,9 @@ def _in_own_process(study: StudyConfig, base: Path, method: MethodSpec, seed: in
 
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         try:
-            return pool.submit(train_run, study, base, method, seed, starts, show_progress).result()
+            return pool.submit(train_run, recipe, method, show_progress).result()
         except BrokenProcessPool:
-            raise DeliberateError(f"study: the process training {method.name}, seed {seed} was killed (out of "
+            raise DeliberateError(f"study: the process training {method.name}, seed {recipe.seed} was killed (out of "
                                   "memory? `dmesg` tells); its finished stages are kept: run the study again") from None
 
 
@@ -204,8 +201,7 @@ def run_study(study: StudyConfig, base: Path, *, say: Callable[[str], None] = pr
                 say(f"run {done}/{total}: {method.name}, seed {seed}: finished earlier, reused")
             else:
                 say(f"run {done}/{total}: {method.name}, seed {seed}: {' -> '.join(method.steps)}")
-                model = (_in_own_process if study.isolate_runs else train_run)(study, base, method, seed, starts,
-                                                                                show_progress)
+                model = (_in_own_process if study.isolate_runs else train_run)(recipe, method, show_progress)
             starts[method.name] = model
             record = {"method": method.name, "seed": seed, "model": model, "steps": method.steps, "inputs": inputs}
             folder.mkdir(parents=True, exist_ok=True)
