@@ -234,3 +234,42 @@ def test_a_runs_error_in_its_own_process_is_the_same_one_error(study_file):
     assert study.isolate_runs  # each run trains in a fresh process unless told otherwise
     with pytest.raises(DeliberateError, match="missing-pairs.jsonl"):
         run_study(study, base, say=lambda line: None, show_progress=False)
+
+
+PARENT = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from deliberate.cli.study import die_with_parent
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
+        print(pool.submit(os.getpid).result(), flush=True)
+        pool.submit(time.sleep, 300).result()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\\nState:\\tZ" not in status  # a zombie has exited; only its reaping is left
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_runs_training_process_does_not_outlive_a_killed_study(tmp_path):
+    import signal
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.send_signal(signal.SIGKILL)  # the study killed: nothing of it runs any cleanup
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child)
