@@ -63,8 +63,11 @@ study-cpu: install
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate study recipes/studies/cpu.yaml --set output_dir=$(RUNS)/study-cpu \
 		--set "set=[judge.model=$(RUNS)/guard/guard]"
 
-# The quicker variant (recipes/studies/cpu-quick.yaml): rules judge, float32, fewer prompts and methods
+# The variant for a CPU without native bfloat16 (recipes/studies/cpu-quick.yaml): the same six methods in float32,
+# about half the prompts, shorter preference and GRPO stages, samples of the benchmarks (the guard in float32 too)
 study-cpu-quick: install
+	test -f $(RUNS)/guard/guard/deliberate_guard.json || HF_HUB_OFFLINE=1 $(BIN)/deliberate guard train \
+		--recipe recipes/guard.yaml --set output_dir=$(RUNS)/guard --set guard.dtype=float32
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate model prepare smollm2
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate study recipes/studies/cpu-quick.yaml --set output_dir=$(RUNS)/study-cpu-quick
 
