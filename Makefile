@@ -37,7 +37,7 @@ demo: install
 
 # The small guard trained on public labelled data (recipes/guard.yaml; reads ../shared/datasets): about 15 minutes
 guard: install
-	HF_HUB_OFFLINE=1 $(BIN)/deliberate guard train --recipe recipes/guard.yaml --set output_dir=$(RUNS)/guard
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate guard train --recipe recipes/guard.yaml --set output_dir=$(RUNS)/guard $(GUARD_SET)
 
 # The demo recipe judged by the trained guard instead of the rules judge (filter, pairs and eval), same table
 GUARD_JUDGE := --set judge.backend=guard --set judge.model=$(RUNS)/guard/guard --set output_dir=$(RUNS)/demo-guard
@@ -66,8 +66,7 @@ study-cpu: install
 # The variant for a CPU without native bfloat16 (recipes/studies/cpu-quick.yaml): the same six methods in float32,
 # about half the prompts, shorter preference and GRPO stages, samples of the benchmarks (the guard in float32 too)
 study-cpu-quick: install
-	test -f $(RUNS)/guard/guard/deliberate_guard.json || HF_HUB_OFFLINE=1 $(BIN)/deliberate guard train \
-		--recipe recipes/guard.yaml --set output_dir=$(RUNS)/guard --set guard.dtype=float32
+	test -f $(RUNS)/guard/guard/deliberate_guard.json || $(MAKE) guard GUARD_SET="--set guard.dtype=float32"
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate model prepare smollm2
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate study recipes/studies/cpu-quick.yaml --set output_dir=$(RUNS)/study-cpu-quick
 
