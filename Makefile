@@ -63,12 +63,16 @@ study-cpu: install
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate study recipes/studies/cpu.yaml --set output_dir=$(RUNS)/study-cpu \
 		--set "set=[judge.model=$(RUNS)/guard/guard]"
 
-# The variant for a CPU without native bfloat16 (recipes/studies/cpu-quick.yaml): the same six methods in float32,
-# about half the prompts, shorter preference and GRPO stages, samples of the benchmarks (the guard in float32 too)
+# The study cut to fit a 2-core CPU (recipes/studies/cpu-quick.yaml): the same six methods on about half the
+# prompts, shorter preference and GRPO stages, samples of the benchmarks. bfloat16 where the CPU computes it
+# natively (AVX512-BF16 or AMX); elsewhere it is emulated, about 7x slower, so the runs and the guard are in float32.
+NATIVE_BF16 := $(shell grep -qsE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo yes)
 study-cpu-quick: install
-	test -f $(RUNS)/guard/guard/deliberate_guard.json || $(MAKE) guard GUARD_SET="--set guard.dtype=float32"
+	test -f $(RUNS)/guard/guard/deliberate_guard.json || \
+		$(MAKE) guard $(if $(NATIVE_BF16),,GUARD_SET="--set guard.dtype=float32")
 	HF_HUB_OFFLINE=1 $(BIN)/deliberate model prepare smollm2
-	HF_HUB_OFFLINE=1 $(BIN)/deliberate study recipes/studies/cpu-quick.yaml --set output_dir=$(RUNS)/study-cpu-quick
+	HF_HUB_OFFLINE=1 $(BIN)/deliberate study recipes/studies/cpu-quick.yaml --set output_dir=$(RUNS)/study-cpu-quick \
+		--set "set[0]=judge.model=$(RUNS)/guard/guard" $(if $(NATIVE_BF16),,--set recipe=../study-cpu-float32.yaml)
 
 # `make sacpo-cpu`, `make modpo`, ...: train every stage, run the recipe's merges, evaluate (all reused when done)
 $(PREF_RECIPES) $(addsuffix -cpu,$(PREF_RECIPES)): install

@@ -273,3 +273,31 @@ def test_a_runs_training_process_does_not_outlive_a_killed_study(tmp_path):
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _alive(child)
+
+
+STUDIES = sorted((Path(__file__).resolve().parents[1] / "recipes" / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_every_shipped_studys_runs_have_valid_recipes(path, tmp_path):
+    from deliberate.cli.study import load_study, run_recipe
+
+    study, base = load_study(path, [f"output_dir={tmp_path}"])
+    for method in study.methods:
+        recipe = run_recipe(study, base, method, 0, {m.name: "stage:sft" for m in study.methods})
+        assert recipe.seed == 0 and recipe.output_dir == tmp_path / "runs" / method.name / "seed0"
+
+
+def test_the_quick_study_is_float32_throughout_with_the_float32_recipe_and_bfloat16_without(tmp_path):
+    """`make study-cpu-quick` swaps in study-cpu-float32.yaml on a CPU without native bfloat16: no run of it may
+    compute in bfloat16 there (emulated, ~7x slower), and where the CPU has it every stage does."""
+    from deliberate.cli.study import load_study, run_recipe
+
+    quick = next(p for p in STUDIES if p.name == "cpu-quick.yaml")
+    for swap, dtype, mixed in (([], "bfloat16", True), (["recipe=../study-cpu-float32.yaml"], "float32", False)):
+        study, base = load_study(quick, [f"output_dir={tmp_path}", "set[0]=judge.model=elsewhere/guard", *swap])
+        for method in study.methods:
+            r = run_recipe(study, base, method, 1, {m.name: "stage:sft" for m in study.methods})
+            assert (r.generate.dtype, r.pairs.dtype, r.generation.dtype) == (dtype, dtype, dtype), method.name
+            assert (r.sft.bf16, r.dpo.bf16, r.rl.bf16) == (mixed, mixed, mixed), method.name
+            assert r.judge.backend == "guard" and r.judge.model == "elsewhere/guard"
