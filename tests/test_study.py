@@ -204,26 +204,28 @@ def test_the_leaderboard_reports_what_a_reasoning_model_recalls(tmp_path):
     from deliberate.config.study import StudyConfig
     from deliberate.stages.evaluate import slug
 
-    def judged(name, cites, followed):
+    def judged(name, cites, followed):  # None: no reasoning (every prompt has a policy, `violence`, to retrieve)
         rows = [{"id": f"h{i}", "expected": "refuse", "verdict": "refuse", "score": 10.0, "cites_category": c,
-                 "style_followed": f} for i, (c, f) in enumerate(zip(cites, followed, strict=True))]
+                 "style_followed": f, "policy": "violence", "reasoning": None if c is None else "Category: ..."}
+                for i, (c, f) in enumerate(zip(cites, followed, strict=True))]
         write_jsonl(tmp_path / "judgments" / slug(name) / "b.jsonl", rows)
 
     judged("base", [None] * 4, [None] * 4)  # the base does not reason
     judged("plain/seed0", [None] * 4, [None] * 4)
     judged("plain/seed1", [None] * 4, [None] * 4)
-    judged("reasoning/seed0", [True, True, False, None], [True, False, True, True])
-    judged("reasoning/seed1", [True, False, False, False], [True, True, True, True])
+    # Seed 0 reasons on three prompts of four (the fourth retrieved nothing); seed 1 never reasons: it recalls 0%.
+    judged("reasoning/seed0", [True, True, False, None], [True, False, True, None])
+    judged("reasoning/seed1", [None] * 4, [None] * 4)
     study = StudyConfig(recipe="x", benchmarks=["b"], seeds=[0, 1], bootstrap_samples=200,
                         methods=[{"name": "plain", "steps": ["sft"]}, {"name": "reasoning", "steps": ["sft"]}])
     runs = [{"method": m, "seed": k} for k in (0, 1) for m in ("plain", "reasoning")]
     board = leaderboard(study, runs, {"base": "base", "judge": "rules", "results": [{"benchmark": "b"}]}, tmp_path)
     (retrieval,) = [r for r in board["rows"] if r["metric"] == "policy_retrieval" and r["benchmark"] == "b"]
     assert retrieval["method"] == "reasoning" and retrieval["vs_base"] is None  # neither the base nor plain reasons
-    assert retrieval["rate"]["per_seed"] == pytest.approx([2 / 3, 1 / 4])
-    assert retrieval["rate"]["value"] == pytest.approx((2 / 3 + 1 / 4) / 2)
+    assert retrieval["rate"]["per_seed"] == pytest.approx([2 / 4, 0.0])
+    assert retrieval["rate"]["value"] == pytest.approx((2 / 4 + 0.0) / 2)
     (followed,) = [r for r in board["rows"] if r["metric"] == "style_followed" and r["benchmark"] == "b"]
-    assert followed["rate"]["per_seed"] == pytest.approx([3 / 4, 1.0])
+    assert followed["rate"]["per_seed"][0] == pytest.approx(2 / 3)  # only where a style was stated
     assert "policy retrieval (reasoning cites the category)" in leaderboard_markdown(board)
 
 

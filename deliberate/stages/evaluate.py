@@ -59,7 +59,13 @@ from deliberate.services.failures import INCOMPLETE, Tally, publish, too_many, t
 from deliberate.services.models import load_model
 from deliberate.services.plots import plot_benchmarks, plot_win_rates
 from deliberate.services.provenance import add_eval_results
-from deliberate.services.reasoning import retrieval_correct, split_reasoning, stated_style, style_followed
+from deliberate.services.reasoning import (
+    policy_of,
+    retrieval_correct,
+    split_reasoning,
+    stated_style,
+    style_followed,
+)
 from deliberate.services.runs import Layout, resolve_judge, stage_models
 from deliberate.services.serving import ApiUsage, VLLMEngine, public_url
 from deliberate.services.spec import load_spec
@@ -103,8 +109,8 @@ def score_answers(recipe: Recipe, rows: list[dict[str, Any]], judge, spec) -> tu
         judged.append({"id": r["id"], "prompt": r["prompt"], "category": r.get("category"),
                        "expected": r.get("expected"), "answer": visible, "reasoning": reasoning, "well_formed": ok,
                        "num_tokens": r["num_tokens"], "score": res.score, "verdict": res.verdict,
-                       "judge_errors": res.errors, "cites_category": retrieval_correct(spec, reasoning,
-                                                                                       r.get("category")),
+                       "judge_errors": res.errors, "policy": policy_of(spec, r.get("category")),
+                       "cites_category": retrieval_correct(spec, reasoning, r.get("category")),
                        "stated_style": stated_style(reasoning), "style_followed": style_followed(reasoning,
                                                                                                  res.verdict)})
     ok_rows = [j for j in judged if j["score"] is not None]
