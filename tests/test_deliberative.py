@@ -352,3 +352,14 @@ def test_the_answer_can_be_generated_from_the_prompt_and_the_reasoning_alone(rec
             assert c[0]["role"] == "system" and len(c) == 2 + 2 * len(FEW_SHOT) + 1
     with pytest.raises(Exception, match="needs backend hf and a reasoning_budget"):
         recipe_for("generate.answer_sees_spec=false")
+
+
+def test_a_reasoning_model_that_gives_no_reasoning_for_a_prompt_with_a_policy_retrieved_nothing():
+    from deliberate.services.reasoning import retrieved
+
+    cited = {"cites_category": True, "policy": "violence", "reasoning": "Category: violence."}
+    silent = {"cites_category": None, "policy": "violence", "reasoning": None}
+    assert retrieved(cited, reasons=True) is True and retrieved(cited, reasons=False) is True
+    assert retrieved(silent, reasons=True) is False  # it reasons elsewhere, so not reasoning here is a miss
+    assert retrieved(silent, reasons=False) is None  # a model that never reasons has no retrieval to score
+    assert retrieved({**silent, "policy": None}, reasons=True) is None  # a safe prompt: no policy to retrieve

@@ -36,6 +36,7 @@ from deliberate.services.failures import write_outputs
 from deliberate.services.io import read_jsonl, write_json
 from deliberate.services.plots import plot_study
 from deliberate.services.provenance import write_provenance
+from deliberate.services.reasoning import retrieved
 from deliberate.services.runs import Layout, stage_models
 from deliberate.services.stats import paired_by_prompt, seeds_and_prompts
 from deliberate.stages.dpo import run_dpo
@@ -58,16 +59,11 @@ WHAT = {"refusal_rate": "harmful prompts refused", "answer_rate": "safe prompts 
 
 
 def recall_outcomes(judged: list[dict[str, Any]], reasons: bool = False) -> dict[str, dict[str, bool]]:
-    """Per recall measure, each judged prompt's outcome by id, where it applies (see `RECALL`). For a model that
-    `reasons` (its method wrote reasoning somewhere), a prompt with a policy to retrieve answered without any
-    reasoning retrieved nothing: False, not left out, or a student that reasons on 2 of 250 prompts would be
-    scored on those 2 (and one whose seed never reasons would have no rate at all)."""
-    keys = {"policy_retrieval": "cites_category", "style_followed": "style_followed"}
-    found = {rate: {j["id"]: bool(j[key]) for j in judged if j.get(key) is not None} for rate, key in keys.items()}
-    if reasons:
-        found["policy_retrieval"] |= {j["id"]: False for j in judged
-                                      if j.get("policy") and j.get("reasoning") is None}
-    return found
+    """Per recall measure, each judged prompt's outcome by id, where it applies (see `RECALL`); `reasons`: the
+    model's method wrote reasoning somewhere (see `retrieved`)."""
+    found = {"policy_retrieval": {j["id"]: retrieved(j, reasons) for j in judged},
+             "style_followed": {j["id"]: j.get("style_followed") for j in judged}}
+    return {rate: {p: bool(v) for p, v in by_id.items() if v is not None} for rate, by_id in found.items()}
 
 
 def _sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:

@@ -62,6 +62,7 @@ from deliberate.services.provenance import add_eval_results
 from deliberate.services.reasoning import (
     policy_of,
     retrieval_correct,
+    retrieved,
     split_reasoning,
     stated_style,
     style_followed,
@@ -115,7 +116,8 @@ def score_answers(recipe: Recipe, rows: list[dict[str, Any]], judge, spec) -> tu
                                                                                                  res.verdict)})
     ok_rows = [j for j in judged if j["score"] is not None]
     per_prompt = outcomes(judged)
-    cites = [j["cites_category"] for j in judged if j["cites_category"] is not None]
+    reasons = any(j["reasoning"] is not None for j in judged)
+    cites = [m for j in judged if (m := retrieved(j, reasons)) is not None]
     metrics = {
         "prompts": len(judged), "judge_failures": len(judged) - len(ok_rows),
         "refusal_rate": wilson_rate(list(per_prompt["refusal_rate"].values())).to_dict(),
